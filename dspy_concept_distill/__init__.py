@@ -1,0 +1,9 @@
+"""Concept Distillation for DSPy: a strong teacher LM turns a cheap student LM's mistakes into short rules,
+and each rule joins the student's instructions only if it raises the student's validation score."""
+
+from .optimizer import ConceptDistillation
+from .report import DistillationResult
+from .rules import Rule, RuleSet
+
+__all__ = ["ConceptDistillation", "DistillationResult", "Rule", "RuleSet"]
+__version__ = "0.1.0"

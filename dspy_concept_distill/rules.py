@@ -1,0 +1,248 @@
+"""Rules ("concepts"), rule sets, rendering into instructions, and JSON/Markdown I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+CANDIDATE = "candidate"
+ACCEPTED = "accepted"
+REJECTED = "rejected"
+STATUSES = (CANDIDATE, ACCEPTED, REJECTED)
+
+RULES_HEADER = "Follow these rules, learned from past mistakes:"
+JSON_FORMAT = "dspy_concept_distill.rules/1"
+
+
+def normalize_rule_text(text: str) -> str:
+    """One line, single spaces, no list marker: the form a rule is stored and rendered in."""
+    text = re.sub(r"\s+", " ", str(text)).strip()
+    return re.sub(r"^(?:[-*\u2022]|\d+[.)])\s+", "", text)
+
+
+def rule_id(predictor: str, text: str) -> str:
+    digest = hashlib.sha1(f"{predictor}\x00{normalize_rule_text(text).lower()}".encode()).hexdigest()
+    return f"r{digest[:10]}"
+
+
+@dataclass
+class Rule:
+    """A candidate instruction for one predictor, and what verification found out about it.
+
+    ``gain`` is the change in mean valset score the rule brought when added to the rules in force at the
+    time it was tested (metric units, e.g. ``0.05`` is one example in twenty for a 0/1 metric).
+    """
+
+    text: str
+    predictor: str
+    source_mistakes: list[str] = field(default_factory=list)
+    status: str = CANDIDATE
+    reason: str = ""
+    gain: float | None = None
+    evaluated_on: int = 0
+    round: int = 0
+    batch: int | None = None
+    duplicates: list[str] = field(default_factory=list)
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        self.text = normalize_rule_text(self.text)
+        if not self.text:
+            raise ValueError("a rule needs non-empty text")
+        if not isinstance(self.predictor, str) or not self.predictor:
+            raise ValueError(f"rule {self.text!r} needs the name of the predictor it targets")
+        if self.status not in STATUSES:
+            raise ValueError(f"rule status must be one of {STATUSES}, got {self.status!r}")
+        if not self.id:
+            self.id = rule_id(self.predictor, self.text)
+
+    def accept(self, gain: float, evaluated_on: int, reason: str) -> None:
+        self.status, self.gain, self.evaluated_on, self.reason = ACCEPTED, gain, evaluated_on, reason
+
+    def reject(self, reason: str, *, gain: float | None = None, evaluated_on: int | None = None) -> None:
+        self.status, self.reason = REJECTED, reason
+        if gain is not None:
+            self.gain = gain
+        if evaluated_on is not None:
+            self.evaluated_on = evaluated_on
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rule:
+        if not isinstance(data, dict):
+            raise ValueError(f"a rule must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown rule fields {unknown}; expected some of {sorted(known)}")
+        if "text" not in data or "predictor" not in data:
+            raise ValueError(f"a rule needs 'text' and 'predictor', got keys {sorted(data)}")
+        return cls(**data)
+
+
+def render_instructions(base_instructions: str, rules: Iterable[Rule | str]) -> str:
+    """The base instructions followed by a numbered rule list (the base alone when there are no rules)."""
+    texts = [r.text if isinstance(r, Rule) else normalize_rule_text(r) for r in rules]
+    if not texts:
+        return base_instructions
+    listed = "\n".join(f"{i}. {t}" for i, t in enumerate(texts, 1))
+    base = base_instructions.rstrip()
+    return f"{base}\n\n{RULES_HEADER}\n{listed}" if base else f"{RULES_HEADER}\n{listed}"
+
+
+def predictor_names(program: dspy.Module) -> list[str]:
+    return [name for name, _ in program.named_predictors()]
+
+
+class RuleSet:
+    """Ordered rules per predictor: what gets rendered into a program's instructions.
+
+    A RuleSet is a value: ``with_rule`` returns a new set, so a set can key the evaluation cache.
+    """
+
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self._rules: list[Rule] = []
+        seen: set[tuple[str, str]] = set()
+        for rule in rules:
+            if not isinstance(rule, Rule):
+                raise TypeError(f"RuleSet holds Rule objects, got {type(rule).__name__}")
+            key = (rule.predictor, rule.text.lower())
+            if key not in seen:
+                seen.add(key)
+                self._rules.append(rule)
+
+    # -- container protocol -------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Rule]:
+        return iter(self._rules)
+
+    def __len__(self) -> int:
+        return len(self._rules)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RuleSet) and self.signature() == other.signature()
+
+    def __hash__(self) -> int:
+        return hash(self.signature())
+
+    def __repr__(self) -> str:
+        return f"RuleSet({[(r.predictor, r.text) for r in self._rules]!r})"
+
+    @property
+    def rules(self) -> list[Rule]:
+        return list(self._rules)
+
+    def signature(self) -> tuple[tuple[str, str], ...]:
+        return tuple((r.predictor, r.text) for r in self._rules)
+
+    def for_predictor(self, name: str) -> list[Rule]:
+        return [r for r in self._rules if r.predictor == name]
+
+    def predictors(self) -> list[str]:
+        return list(dict.fromkeys(r.predictor for r in self._rules))
+
+    def with_rule(self, rule: Rule) -> RuleSet:
+        return RuleSet([*self._rules, rule])
+
+    # -- applying to programs -----------------------------------------------------------------------------------
+    def check_program(self, program: dspy.Module) -> None:
+        names = predictor_names(program)
+        missing = [p for p in self.predictors() if p not in names]
+        if missing:
+            raise ValueError(f"the rule set targets predictors {missing} that the program does not have; it has {names}")
+
+    def apply(self, program: dspy.Module, base_instructions: dict[str, str] | None = None) -> dspy.Module:
+        """A deep copy of ``program`` whose predictors carry these rules; ``program`` itself is not changed.
+
+        ``base_instructions`` maps predictor names to the instructions the rules are appended to (default: the
+        program's current instructions). Signatures are replaced with ``with_instructions``, never edited.
+        """
+        self.check_program(program)
+        new = program.deepcopy()
+        for name, predictor in new.named_predictors():
+            rules = self.for_predictor(name)
+            base = (base_instructions or {}).get(name, predictor.signature.instructions)
+            if rules or base != predictor.signature.instructions:
+                predictor.signature = predictor.signature.with_instructions(render_instructions(base, rules))
+        return new
+
+    # -- I/O ------------------------------------------------------------------------------------------------------
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps({"format": JSON_FORMAT, "rules": [r.to_dict() for r in self._rules]}, indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_json(cls, source: str | Path) -> RuleSet:
+        """Read a rule set from a JSON string or a path to a JSON file written by ``to_json``."""
+        text = _read_source(source)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"rule set JSON does not parse: {exc}") from exc
+        if isinstance(data, list):
+            items = data
+        elif isinstance(data, dict) and isinstance(data.get("rules"), list):
+            if data.get("format", JSON_FORMAT) != JSON_FORMAT:
+                raise ValueError(f"unsupported rule set format {data.get('format')!r}; expected {JSON_FORMAT!r}")
+            items = data["rules"]
+        else:
+            raise ValueError("rule set JSON must be a list of rules or an object with a 'rules' list")
+        return cls(Rule.from_dict(item) for item in items)
+
+    def to_markdown(self, path: str | Path | None = None) -> str:
+        lines = ["# Concept Distillation rules", ""]
+        for name in self.predictors():
+            lines += [f"## Predictor `{name}`", ""]
+            for rule in self.for_predictor(name):
+                gain = "" if rule.gain is None else f" <!-- gain {rule.gain:+.4f} -->"
+                lines.append(f"- {rule.text}{gain}")
+            lines.append("")
+        text = "\n".join(lines)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_markdown(cls, source: str | Path) -> RuleSet:
+        """Read rules written by ``to_markdown``: ``## Predictor `name``` headings followed by ``- rule`` bullets."""
+        text = _read_source(source)
+        rules: list[Rule] = []
+        current: str | None = None
+        for number, line in enumerate(text.splitlines(), 1):
+            heading = re.match(r"^##\s+(?:Predictor\s+)?`?([^`]+?)`?\s*$", line.strip())
+            if heading:
+                current = heading.group(1).strip()
+                continue
+            bullet = re.match(r"^\s*[-*]\s+(.*)$", line)
+            if bullet:
+                if current is None:
+                    raise ValueError(f"line {number}: rule before any '## Predictor `name`' heading: {line.strip()!r}")
+                body = bullet.group(1)
+                gain_match = re.search(r"<!--\s*gain\s*([-+0-9.eE]+)\s*-->", body)
+                body = re.sub(r"<!--.*?-->", "", body).strip()
+                if body:
+                    gain = float(gain_match.group(1)) if gain_match else None
+                    rules.append(Rule(text=body, predictor=current, gain=gain, status=ACCEPTED))
+        return cls(rules)
+
+
+def _read_source(source: str | Path) -> str:
+    if isinstance(source, Path):
+        return source.read_text(encoding="utf-8")
+    stripped = source.lstrip()
+    if stripped.startswith(("{", "[", "#", "-")) or "\n" in source:
+        return source
+    path = Path(source)
+    if path.exists():
+        return path.read_text(encoding="utf-8")
+    raise FileNotFoundError(f"no rule file at {source!r} (and the string is not JSON or Markdown)")

@@ -1,0 +1,23 @@
+"""Shared fixtures. Every test runs with DSPy's caches off and DSPy's settings restored afterwards, as in DSPy's
+own test suite, so no test sees another's cached LM replies or configuration, and engine call counts are real."""
+
+from __future__ import annotations
+
+import dspy
+import pytest
+from dspy.dsp.utils import settings as dspy_settings
+
+from dspy_concept_distill.simulation import SimulatedWorld
+
+
+@pytest.fixture(autouse=True)
+def isolated_dspy():
+    saved = dict(dspy_settings.main_thread_config)
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    yield
+    dspy.configure(**saved)
+
+
+@pytest.fixture
+def world() -> SimulatedWorld:
+    return SimulatedWorld()
