@@ -18,7 +18,7 @@ STUDENT = "student"
 TEACHER = "teacher"
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhaustedError(RuntimeError):
     """The next LM call would pass ``max_student_calls`` or ``max_teacher_calls``."""
 
     def __init__(self, role: str, limit: int) -> None:
@@ -44,7 +44,9 @@ class Ledger:
         self._rows: dict[tuple[str, str, str], UsageRow] = {}
         self._lock = threading.Lock()
 
-    def record(self, role: str, phase: str, model: str, usage: dict[str, Any] | None, cost: float | None = None) -> None:
+    def record(
+        self, role: str, phase: str, model: str, usage: dict[str, Any] | None, cost: float | None = None
+    ) -> None:
         usage = usage or {}
         with self._lock:
             row = self._rows.setdefault((role, phase, model), UsageRow(role, phase, model))
@@ -138,7 +140,7 @@ class Budget:
     """Hard limits on LM calls per role, enforced by reserving calls before work starts.
 
     ``reserve`` is called before a unit of work (one program run, one teacher call) with an upper bound of the
-    calls it can make; it raises ``BudgetExhausted`` when the calls already made plus those reserved by work in
+    calls it can make; it raises ``BudgetExhaustedError`` when the calls already made plus those reserved by work in
     flight plus the new reservation would pass the limit. ``settle`` releases the reservation once the work's
     actual calls are booked in the ledger.
     """
@@ -160,7 +162,7 @@ class Budget:
         limit = self.limits[role]
         with self._lock:
             if limit is not None and self.ledger.calls(role) + self._reserved[role] + calls > limit:
-                raise BudgetExhausted(role, limit)
+                raise BudgetExhaustedError(role, limit)
             self._reserved[role] += calls
 
     def settle(self, role: str, calls: int) -> None:

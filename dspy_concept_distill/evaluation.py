@@ -18,7 +18,7 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
 
-from .budget import STUDENT, Budget, BudgetExhausted
+from .budget import STUDENT, Budget, BudgetExhaustedError
 from .rules import RuleSet
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ EXCEPTION = "exception"
 METRIC_ERROR = "metric"
 
 
-class StudentLMFailure(RuntimeError):
+class StudentLMError(RuntimeError):
     """The student LM itself failed (connection, auth, rate limit, server error) after DSPy's retries."""
 
 
@@ -106,7 +106,7 @@ class MetricAdapter:
     @staticmethod
     def read(value: Any) -> tuple[float, str | None]:
         feedback = None
-        if isinstance(value, dspy.Prediction) or isinstance(value, dict):
+        if isinstance(value, (dspy.Prediction, dict)):
             getter = value.get if isinstance(value, dict) else (lambda k, d=None: getattr(value, k, d))
             feedback = getter("feedback", None)
             value = getter("score", None)
@@ -161,7 +161,8 @@ class Evaluator:
     def instructions_for(self, ruleset: RuleSet) -> dict[str, str]:
         from .rules import render_instructions
 
-        return {name: render_instructions(base, ruleset.for_predictor(name)) for name, base in self.base_instructions.items()}
+        return {name: render_instructions(base, ruleset.for_predictor(name))
+                for name, base in self.base_instructions.items()}
 
     def key(self, ruleset: RuleSet) -> str:
         with self._lock:
@@ -187,7 +188,7 @@ class Evaluator:
     def run(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str) -> list[Outcome]:
         """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel.
 
-        Raises ``BudgetExhausted`` or ``StudentLMFailure`` after the batch if some jobs could not run; every job
+        Raises ``BudgetExhaustedError`` or ``StudentLMError`` after the batch if some jobs could not run; every job
         that did finish is in the cache first, so no finished work is lost.
         """
         todo: dict[tuple[str, str], tuple[RuleSet, dspy.Example]] = {}
@@ -235,15 +236,16 @@ class Evaluator:
             else:
                 skipped += 1
         if infra:
-            raise StudentLMFailure(f"the student LM failed on {infra} of {len(items)} runs: {first_infra}") from first_infra
+            message = f"the student LM failed on {infra} of {len(items)} runs: {first_infra}"
+            raise StudentLMError(message) from first_infra
         if skipped:
-            raise BudgetExhausted(STUDENT, self.budget.limits[STUDENT] or 0)
+            raise BudgetExhaustedError(STUDENT, self.budget.limits[STUDENT] or 0)
 
     def _run_one(self, program: dspy.Module, example: dspy.Example, phase: str) -> Outcome | _Skipped | BaseException:
         reserve = self.calls_per_run
         try:
             self.budget.reserve(STUDENT, reserve)
-        except BudgetExhausted:
+        except BudgetExhaustedError:
             return _Skipped()
         names = {id(p): n for n, p in program.named_predictors()}
         trace: list[Any] = []

@@ -18,7 +18,7 @@ from typing import Any
 import dspy
 import pydantic
 
-from .budget import TEACHER, Budget, BudgetExhausted
+from .budget import TEACHER, Budget, BudgetExhaustedError
 from .evaluation import is_lm_infrastructure_error
 from .mistakes import Mistake
 from .rules import REJECTED, Rule, normalize_rule_text
@@ -111,7 +111,9 @@ class BatchReply:
     attempts: int = 0
 
 
-def make_batches(mistakes: Sequence[Mistake], per_batch: int, num_batches: int, rng: random.Random) -> list[list[Mistake]]:
+def make_batches(
+    mistakes: Sequence[Mistake], per_batch: int, num_batches: int, rng: random.Random
+) -> list[list[Mistake]]:
     """Shuffled batches of mistakes; when there are fewer mistakes than slots, later batches resample them."""
     if not mistakes or num_batches <= 0:
         return []
@@ -153,7 +155,7 @@ def ask_teacher(
             reply.rules = [_as_dict(r) for r in (out.rules or [])]
             reply.error = None
             return reply
-        except BudgetExhausted:
+        except BudgetExhaustedError:
             raise
         except Exception as exc:
             reply.error = f"{type(exc).__name__}: {exc}"[:500]
@@ -193,7 +195,8 @@ class LeakChecker:
                 return f"leaks training data: contains the gold answer {str(gold)[:60]!r}"
         copied = next((g for g in _ngrams(words, self.ngram) if g in self._ngrams), None)
         if copied:
-            return f"leaks training data: copies {self.ngram} consecutive words from a training example ({' '.join(copied)!r})"
+            words = " ".join(copied)
+            return f"leaks training data: copies {self.ngram} consecutive words from a training example ({words!r})"
         return None
 
 

@@ -67,7 +67,8 @@ class Mistake:
             lines += [f"    {k}: {_clip(v)}" for k, v in step["outputs"].items()]
         if self.error_kind == "parse":
             where = f" of predictor `{self.failed_predictor}`" if self.failed_predictor else ""
-            lines.append(f"  The reply{where} could not be parsed into the output fields. Raw reply: {_clip(self.raw_text)}")
+            lines.append(f"  The reply{where} could not be parsed into the output fields. "
+                         f"Raw reply: {_clip(self.raw_text)}")
         elif self.error:
             lines.append(f"  The program raised: {_clip(self.error)}")
         lines.append(f"Score: {self.score:g}")

@@ -20,9 +20,9 @@ import dspy
 from dspy.teleprompt import Teleprompter
 from tqdm.auto import tqdm
 
-from .budget import STUDENT, TEACHER, Budget, BudgetExhausted, Ledger
+from .budget import STUDENT, TEACHER, Budget, BudgetExhaustedError, Ledger
 from .checkpoint import Checkpoint
-from .evaluation import Evaluator, MetricAdapter, StudentLMFailure, example_key
+from .evaluation import Evaluator, MetricAdapter, StudentLMError, example_key
 from .induction import BatchReply, LeakChecker, describe_task, induce, make_batches, rules_from_replies
 from .mistakes import Mistake, collect_mistakes
 from .report import DistillationResult, RoundSummary
@@ -325,7 +325,7 @@ class ConceptDistillation(Teleprompter):
                             accepted, len(pending), _fmt(before), _fmt(_mean(val_scores)))
                 if run.stopped or accepted == 0:
                     break
-        except (BudgetExhausted, StudentLMFailure) as exc:
+        except (BudgetExhaustedError, StudentLMError) as exc:
             run.stopped = str(exc)
             logger.warning("stopping early, keeping the rules verified so far: %s", exc)
         finally:
@@ -358,7 +358,7 @@ class ConceptDistillation(Teleprompter):
                 retries=self.teacher_retries, budget=budget, round_index=round_index, rng=rng, on_reply=on_reply,
                 replay={b: r for (rnd, b), r in replay.items() if rnd == round_index},
             )
-        except BudgetExhausted as exc:
+        except BudgetExhaustedError as exc:
             logger.warning("teacher budget used up after %d batches: %s", len(run.replies), exc)
             replies = [r for r in run.replies if r.round == round_index]
         finally:

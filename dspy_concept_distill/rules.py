@@ -157,7 +157,9 @@ class RuleSet:
         names = predictor_names(program)
         missing = [p for p in self.predictors() if p not in names]
         if missing:
-            raise ValueError(f"the rule set targets predictors {missing} that the program does not have; it has {names}")
+            raise ValueError(
+                f"the rule set targets predictors {missing} that the program does not have; it has {names}"
+            )
 
     def apply(self, program: dspy.Module, base_instructions: dict[str, str] | None = None) -> dspy.Module:
         """A deep copy of ``program`` whose predictors carry these rules; ``program`` itself is not changed.

@@ -137,7 +137,9 @@ class SimulatedWorld:
             self._examples[ex.qid] = ex
         return [ex.to_example() for ex in made]
 
-    def split(self, n_train: int, n_val: int, plain_share: float = 0.4) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    def split(
+        self, n_train: int, n_val: int, plain_share: float = 0.4
+    ) -> tuple[list[dspy.Example], list[dspy.Example]]:
         """Train and val sets with the same mix: ``plain_share`` plain examples, the rest spread over concepts."""
         def mix(n: int) -> dict[str, int]:
             plain = round(n * plain_share)
@@ -269,8 +271,9 @@ class ScriptedTeacherEngine:
     """Scripted teacher (not a real model) for Concept Distillation's induction prompt.
 
     Each call: the helpful rule for every category among the mistakes shown (its paraphrase if it proposed that
-    rule in an earlier call, which is a near-duplicate), and on the first call every distractor too. Calls listed
-    in ``world.bad_teacher_calls`` (0-based) get an unparseable reply. Counts its calls in ``calls``.
+    rule in an earlier call, which is a near-duplicate), then the distractors it has not proposed yet, cut to the
+    prompt's ``max_rules``. Calls listed in ``world.bad_teacher_calls`` (0-based, counting DSPy's JSON-fallback
+    calls) get an unparseable reply. Counts its calls in ``calls``.
     """
 
     def __init__(self, world: SimulatedWorld) -> None:
@@ -307,11 +310,17 @@ class ScriptedTeacherEngine:
                 self.proposed.add(concept.rule)
             text = concept.paraphrase if seen and concept.paraphrase else concept.rule
             rules.append({"predictor": _predictor_for(task, concept.field), "rule": text, "mistakes": numbers})
-        if index == 0:
-            for distractor in self.world.distractors:
-                fixed = [n for c, ns in by_category.items() if c in distractor.fixes for n in ns]
-                rules.append({"predictor": _predictor_for(task, distractor.field), "rule": distractor.rule,
-                              "mistakes": fixed or [1]})
+        for distractor in self.world.distractors:
+            with self._lock:
+                if distractor.rule in self.proposed:
+                    continue
+                self.proposed.add(distractor.rule)
+            fixed = [n for c, ns in by_category.items() if c in distractor.fixes for n in ns]
+            rules.append({"predictor": _predictor_for(task, distractor.field), "rule": distractor.rule,
+                          "mistakes": fixed or [1]})
+        limit = re.search(r"\[\[ ## max_rules ## \]\]\s*(\d+)", user)
+        if limit:
+            rules = rules[: int(limit.group(1))]
         reply = _chat_reply({"diagnoses": json.dumps(diagnoses), "rules": json.dumps(rules)})
         return _response(reply, prompt_chars)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import dspy
 
-from .budget import BudgetExhausted
-from .evaluation import Evaluator, StudentLMFailure, example_key
+from .budget import BudgetExhaustedError
+from .evaluation import Evaluator, StudentLMError, example_key
 from .mistakes import Mistake
 from .rules import CANDIDATE, Rule, RuleSet
 
@@ -211,7 +211,7 @@ class Verifier:
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(score=f"{sum(base) / len(base):.3f}", rules=len(current))
-        except (BudgetExhausted, StudentLMFailure) as exc:
+        except (BudgetExhaustedError, StudentLMError) as exc:
             for rule in candidates:
                 if rule.status == CANDIDATE:
                     rule.reject(f"not verified: {exc}")

@@ -3,16 +3,17 @@ own test suite, so no test sees another's cached LM replies or configuration, an
 
 from __future__ import annotations
 
+import sys
+
 import dspy
 import pytest
-from dspy.dsp.utils import settings as dspy_settings
 
 from dspy_concept_distill.simulation import SimulatedWorld
 
 
 @pytest.fixture(autouse=True)
 def isolated_dspy():
-    saved = dict(dspy_settings.main_thread_config)
+    saved = dict(sys.modules["dspy.dsp.utils.settings"].main_thread_config)
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     yield
     dspy.configure(**saved)

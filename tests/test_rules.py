@@ -1,0 +1,103 @@
+import json
+
+import dspy
+import pytest
+
+from dspy_concept_distill import Rule, RuleSet
+from dspy_concept_distill.rules import ACCEPTED, RULES_HEADER, render_instructions
+
+
+class TwoStep(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.plan = dspy.Predict("question -> plan")
+        self.solve = dspy.ChainOfThought("question, plan -> answer")
+
+    def forward(self, question):
+        return self.solve(question=question, plan=self.plan(question=question).plan)
+
+
+def test_rule_text_is_normalized_to_one_line_without_list_marker():
+    rule = Rule(text="  - Convert   units\n first. ", predictor="predict")
+    assert rule.text == "Convert units first."
+    assert rule.id == Rule(text="convert units first.", predictor="predict").id
+
+
+def test_rule_rejects_empty_text_and_missing_predictor():
+    with pytest.raises(ValueError, match="non-empty text"):
+        Rule(text="   ", predictor="predict")
+    with pytest.raises(ValueError, match="predictor"):
+        Rule(text="Do X.", predictor="")
+
+
+def test_render_appends_numbered_rules_and_keeps_base_without_rules():
+    assert render_instructions("Solve it.", []) == "Solve it."
+    text = render_instructions("Solve it.", [Rule(text="A.", predictor="p"), "B."])
+    assert text == f"Solve it.\n\n{RULES_HEADER}\n1. A.\n2. B."
+
+
+def test_apply_targets_named_predictors_and_never_changes_the_original():
+    program = TwoStep()
+    before = {n: (p.signature, p.signature.instructions) for n, p in program.named_predictors()}
+    rules = RuleSet([Rule(text="Plan in units.", predictor="plan"),
+                     Rule(text="Answer tersely.", predictor="solve.predict")])
+    new = rules.apply(program)
+    after = dict(new.named_predictors())
+    assert "Plan in units." in after["plan"].signature.instructions
+    assert "Plan in units." not in after["solve.predict"].signature.instructions
+    assert "Answer tersely." in after["solve.predict"].signature.instructions
+    for name, predictor in program.named_predictors():
+        assert predictor.signature is before[name][0]
+        assert predictor.signature.instructions == before[name][1]
+
+
+def test_apply_refuses_rules_for_predictors_the_program_lacks():
+    with pytest.raises(ValueError, match=r"\['nope'\]"):
+        RuleSet([Rule(text="X.", predictor="nope")]).apply(TwoStep())
+
+
+def test_json_round_trip_keeps_every_field(tmp_path):
+    rule = Rule(text="Convert units.", predictor="plan", source_mistakes=["0-ab"], status=ACCEPTED, gain=0.1,
+                evaluated_on=20, reason="ok", duplicates=["Convert all units."])
+    path = tmp_path / "rules.json"
+    RuleSet([rule]).to_json(path)
+    loaded = RuleSet.from_json(path)
+    assert [r.to_dict() for r in loaded] == [rule.to_dict()]
+    assert RuleSet.from_json(json.dumps([rule.to_dict()])).rules[0].text == "Convert units."
+
+
+def test_json_errors_name_the_problem():
+    with pytest.raises(ValueError, match="does not parse"):
+        RuleSet.from_json("{not json")
+    with pytest.raises(ValueError, match="unknown rule fields"):
+        RuleSet.from_json(json.dumps([{"text": "x", "predictor": "p", "colour": "red"}]))
+    with pytest.raises(ValueError, match="unsupported rule set format"):
+        RuleSet.from_json(json.dumps({"format": "other/9", "rules": []}))
+    with pytest.raises(FileNotFoundError):
+        RuleSet.from_json("no_such_file.json")
+
+
+def test_markdown_round_trip_groups_by_predictor(tmp_path):
+    rules = RuleSet([Rule(text="Plan in units.", predictor="plan", gain=0.05),
+                     Rule(text="Answer tersely.", predictor="solve.predict"),
+                     Rule(text="Check the plan.", predictor="plan")])
+    text = rules.to_markdown(tmp_path / "rules.md")
+    assert text.index("`plan`") < text.index("`solve.predict`")
+    loaded = RuleSet.from_markdown(tmp_path / "rules.md")
+    assert [(r.predictor, r.text) for r in loaded] == [
+        ("plan", "Plan in units."), ("plan", "Check the plan."), ("solve.predict", "Answer tersely.")]
+    assert loaded.rules[0].gain == pytest.approx(0.05)
+
+
+def test_markdown_bullet_before_heading_is_an_error():
+    with pytest.raises(ValueError, match="line 1"):
+        RuleSet.from_markdown("- orphan rule\n")
+
+
+def test_ruleset_is_a_value_and_drops_exact_repeats():
+    a = Rule(text="A.", predictor="p")
+    assert RuleSet([a]) == RuleSet([Rule(text="A.", predictor="p")])
+    assert len(RuleSet([a, Rule(text="a.", predictor="p")])) == 1
+    base = RuleSet()
+    extended = base.with_rule(a)
+    assert len(base) == 0 and len(extended) == 1
