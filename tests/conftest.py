@@ -3,7 +3,10 @@ own test suite, so no test sees another's cached LM replies or configuration, an
 
 from __future__ import annotations
 
+import os
 import sys
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fetch of litellm's price table
 
 import dspy
 import pytest
