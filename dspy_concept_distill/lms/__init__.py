@@ -1,0 +1,9 @@
+"""Local models for DSPy: an embedded llama.cpp engine and an OpenAI-compatible server helper.
+
+Nothing here imports ``llama_cpp`` until a model is actually loaded or a server started.
+"""
+
+from dspy_concept_distill.lms.llama_cpp import LlamaCppEngine, default_model_path, local_lm
+from dspy_concept_distill.lms.server import OpenAIServer, ServerStartError, start_server
+
+__all__ = ["LlamaCppEngine", "OpenAIServer", "ServerStartError", "default_model_path", "local_lm", "start_server"]
