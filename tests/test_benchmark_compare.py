@@ -18,7 +18,7 @@ from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
 from dspy_concept_distill.simulation import SimulatedWorld
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
 
 import compare_optimizers as bench
 from simulated_proposer import BASE_INSTRUCTION, SimulatedProposerEngine, proposer_lm
