@@ -63,6 +63,14 @@ class Ledger:
                 if (role is None or r.role == role) and (phase is None or r.phase == phase)
             )
 
+    def __getstate__(self) -> dict[str, Any]:  # locks do not copy or pickle: rebuild one
+        with self._lock:
+            return {"_rows": {k: UsageRow(**vars(v)) for k, v in self._rows.items()}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._rows = state["_rows"]
+        self._lock = threading.Lock()
+
     def rows(self) -> list[UsageRow]:
         with self._lock:
             rows = [UsageRow(**vars(r)) for r in self._rows.values()]

@@ -17,6 +17,7 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
+from tqdm.auto import tqdm
 
 from .budget import STUDENT, Budget, BudgetExhaustedError
 from .rules import RuleSet
@@ -185,8 +186,11 @@ class Evaluator:
         return [o.score if (o := self.cached(ruleset, ex)) is not None else None for ex in examples]
 
     # -- running --------------------------------------------------------------------------------------------------
-    def run(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str) -> list[Outcome]:
-        """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel.
+    def run(
+        self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str, desc: str | None = None
+    ) -> list[Outcome]:
+        """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel; ``desc`` shows a
+        progress bar with the running mean score.
 
         Raises ``BudgetExhaustedError`` or ``StudentLMError`` after the batch if some jobs could not run; every job
         that did finish is in the cache first, so no finished work is lost.
@@ -197,15 +201,27 @@ class Evaluator:
             if key not in self.cache and key not in todo:
                 todo[key] = (ruleset, example)
         if todo:
-            self._run_uncached(list(todo.items()), phase)
+            self._run_uncached(list(todo.items()), phase, desc)
         return [self.cache[(self.key(r), example_key(e))] for r, e in jobs]
 
-    def _run_uncached(self, items: list[tuple[tuple[str, str], tuple[RuleSet, dspy.Example]]], phase: str) -> None:
+    def _run_uncached(
+        self, items: list[tuple[tuple[str, str], tuple[RuleSet, dspy.Example]]], phase: str, desc: str | None
+    ) -> None:
         results: dict[int, Outcome | _Skipped | BaseException] = {}
+        bar = tqdm(total=len(items), desc=desc) if desc else None
+        scores: list[float] = []
 
         def dispatch(_job: int) -> dspy.Prediction:
             _, (ruleset, example) = items[_job]
-            results[_job] = self._run_one(self.variant(ruleset), example, phase)
+            outcome = self._run_one(self.variant(ruleset), example, phase)
+            results[_job] = outcome
+            if bar is not None:
+                with self._lock:
+                    if isinstance(outcome, Outcome):
+                        scores.append(outcome.score)
+                    bar.update(1)
+                    if scores:
+                        bar.set_postfix(score=f"{sum(scores) / len(scores):.3f}")
             return dspy.Prediction(job=_job)
 
         def read_score(job_example: dspy.Example, prediction: dspy.Prediction) -> float:
@@ -222,7 +238,11 @@ class Evaluator:
             max_errors=len(devset) + 1,
             failure_score=self.failure_score,
         )
-        evaluate(dispatch)
+        try:
+            evaluate(dispatch)
+        finally:
+            if bar is not None:
+                bar.close()
 
         skipped = infra = 0
         first_infra: BaseException | None = None

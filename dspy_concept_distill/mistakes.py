@@ -103,7 +103,8 @@ def collect_mistakes(
     With no explicit ``threshold`` a mistake is a score below the metric's maximum, taken as 1.0 or the largest
     score seen if that is larger.
     """
-    outcomes = evaluator.run([(ruleset, ex) for ex in trainset], phase="mistakes")
+    outcomes = evaluator.run([(ruleset, ex) for ex in trainset], phase="mistakes",
+                             desc=f"Round {round_index + 1}: student on trainset")
     if threshold is None:
         threshold = max([1.0, *(o.score for o in outcomes)])
     mistakes = []

@@ -338,7 +338,8 @@ class ConceptDistillation(Teleprompter):
     # -- phases ---------------------------------------------------------------------------------------------------
     @staticmethod
     def _scores(evaluator: Evaluator, ruleset: RuleSet, valset: list[dspy.Example]) -> list[float]:
-        return [o.score for o in evaluator.run([(ruleset, ex) for ex in valset], phase="verification")]
+        outcomes = evaluator.run([(ruleset, ex) for ex in valset], phase="verification", desc="Baseline on valset")
+        return [o.score for o in outcomes]
 
     def _induce(self, program, base_instructions, names, trainset, current, mistakes, run, budget, rng,
                 round_index, replay, save) -> list[Rule]:

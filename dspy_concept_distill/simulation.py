@@ -221,7 +221,7 @@ class SimulatedStudentEngine:
         with self._lock:
             self.calls += 1
         system = _system_text(request)
-        user = "\n".join(m.text or "" for m in request.messages if m.role == "user")
+        user = next((m.text or "" for m in reversed(request.messages) if m.role == "user"), "")  # not the demos
         fields = _output_fields(system)
         example = self.world.example(user)
         if example is None:

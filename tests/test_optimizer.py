@@ -398,3 +398,15 @@ def test_plain_category_only_world_has_no_mistakes():
         dspy.Predict("question -> answer: float"), trainset=train, valset=val)
     assert out.distillation.mistakes == [] and teacher.engine.calls == 0
     assert out.distillation.final_score == out.distillation.baseline_score == 1.0
+
+
+def test_optimized_program_deep_copies_cleanly(world, caplog):
+    train, val, _, teacher = setup(world)
+    optimized = ConceptDistillation(metric=world.metric, teacher_lm=teacher).compile(
+        dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
+    with caplog.at_level(logging.WARNING):
+        copied = optimized.deepcopy()
+    assert "Failed to deep copy" not in caplog.text
+    assert copied.distillation is not optimized.distillation
+    assert copied.distillation.student_calls == optimized.distillation.student_calls
+    assert copied.predict.signature.instructions == optimized.predict.signature.instructions
