@@ -1,0 +1,152 @@
+"""How often does a tiny local model break DSPy's output format, with and without constrained decoding?
+
+Runs SmolLM2-135M-Instruct (embedded llama.cpp, temperature 0) through ``dspy.Predict("question -> answer: float")``
+on the first N MultiArith questions, under three set-ups:
+
+* ``chat``          ChatAdapter, unconstrained engine, ChatAdapter's own retry through JSONAdapter on a parse failure
+                    (DSPy's default behaviour; the retry is unconstrained too, because the engine declares no
+                    response-format support).
+* ``chat-no-retry`` the same without the JSONAdapter retry: how often the model follows ChatAdapter's format at all.
+* ``json-grammar``  JSONAdapter, whose JSON schema for the signature reaches llama.cpp as a grammar.
+
+Predict, not ChainOfThought: the question here is format adherence, and a reasoning field would need far more
+tokens before the answer, so small budgets would turn truncation into parse failures and blur the comparison.
+
+    python benchmarks/parse_failures.py --n 20
+
+Writes benchmarks/results/parse_failures.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from dspy_concept_distill.lms import LlamaCppEngine, default_model_path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "multiarith" / "MultiArith.json"
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "parse_failures.json"
+
+SETUPS: dict[str, dict[str, Any]] = {
+    "chat": {"adapter": "ChatAdapter", "json_fallback": True, "constrained": False},
+    "chat-no-retry": {"adapter": "ChatAdapter", "json_fallback": False, "constrained": False},
+    "json-grammar": {"adapter": "JSONAdapter", "json_fallback": None, "constrained": True},
+}
+
+
+def load_multiarith(path: Path, n: int) -> list[dspy.Example]:
+    """The first ``n`` MultiArith problems as examples with ``question`` and a float ``answer``."""
+    from datasets import load_dataset
+
+    if not path.is_file():
+        raise SystemExit(f"MultiArith not found at {path}; pass --data PATH to MultiArith.json")
+    rows = load_dataset("json", data_files=str(path), split="train")
+    rows = rows.select(range(min(n, len(rows))))
+    return [dspy.Example(question=row["sQuestion"].strip(), answer=float(row["lSolutions"][0])).with_inputs("question")
+            for row in rows]
+
+
+def is_correct(predicted: Any, gold: float) -> bool:
+    try:
+        return math.isclose(float(predicted), gold, rel_tol=1e-6, abs_tol=1e-6)
+    except (TypeError, ValueError):
+        return False
+
+
+def run_setup(name: str, examples: list[dspy.Example], *, max_tokens: int, model_path: Path) -> dict[str, Any]:
+    """Run one set-up over the examples; return counts and per-example records."""
+    setup = SETUPS[name]
+    engine = LlamaCppEngine(model_path, n_ctx=2048, constrained=setup["constrained"])
+    lm = dspy.LM(f"local/smollm2-135m-{name}", engine=engine, temperature=0.0, max_tokens=max_tokens, cache=False)
+    if setup["adapter"] == "JSONAdapter":
+        adapter = dspy.JSONAdapter()
+    else:
+        adapter = dspy.ChatAdapter(use_json_adapter_fallback=setup["json_fallback"])
+    predict = dspy.Predict("question -> answer: float")
+    records, failures, correct = [], 0, 0
+    start = time.perf_counter()
+    with dspy.context(lm=lm, adapter=adapter):
+        for example in examples:
+            calls_before = len(lm.history)
+            try:
+                answer: Any = predict(question=example.question).answer
+                parsed = True
+            except dspy.utils.exceptions.AdapterParseError:
+                answer, parsed = None, False
+            ok = parsed and is_correct(answer, example.answer)
+            failures += not parsed
+            correct += ok
+            calls = lm.history[calls_before:]
+            records.append({"gold": example.answer, "answer": answer, "parsed": parsed, "correct": ok,
+                            "lm_calls": len(calls), "raw": [c["outputs"][0] if c["outputs"] else "" for c in calls]})
+    seconds = time.perf_counter() - start
+    usage = [entry["usage"] for entry in lm.history]
+    return {
+        **setup,
+        "examples": len(examples),
+        "parse_failures": failures,
+        "correct": correct,
+        "lm_calls": len(lm.history),
+        "prompt_tokens": sum(u.get("prompt_tokens") or 0 for u in usage),
+        "completion_tokens": sum(u.get("completion_tokens") or 0 for u in usage),
+        "seconds": round(seconds, 1),
+        "records": records,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=20, help="number of MultiArith questions (first N)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="completion budget per call")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="path to MultiArith.json")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("dspy").setLevel(logging.ERROR)  # one truncation/parse warning per example is noise here
+
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    examples = load_multiarith(args.data, args.n)
+    model_path = default_model_path()
+    results = {name: run_setup(name, examples, max_tokens=args.max_tokens, model_path=model_path)
+               for name in args.setups}
+
+    report = {
+        "task": "MultiArith (first N problems)",
+        "program": 'dspy.Predict("question -> answer: float")',
+        "model": model_path.name,
+        "temperature": 0.0,
+        "max_tokens": args.max_tokens,
+        "n": len(examples),
+        "dspy": dspy.__version__,
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "setups": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"SmolLM2-135M on the first {len(examples)} MultiArith problems, Predict('question -> answer: float'), "
+          f"temperature 0, max_tokens {args.max_tokens}")
+    print(f"{'set-up':<15} {'adapter':<12} {'grammar':<8} {'parse failures':>15} {'correct':>8} {'LM calls':>9} "
+          f"{'seconds':>8}")
+    for name, r in results.items():
+        print(f"{name:<15} {r['adapter']:<12} {'yes' if r['constrained'] else 'no':<8} "
+              f"{r['parse_failures']:>9}/{r['examples']:<5} {r['correct']:>8} {r['lm_calls']:>9} {r['seconds']:>8}")
+    print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
