@@ -5,6 +5,7 @@ Real-model tests are marked slow; each uses tiny max_tokens and few calls.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib
 import importlib.util
@@ -133,6 +134,29 @@ def test_program_save_and_load_round_trips_the_engine(lm, tmp_path) -> None:
     loaded.load(tmp_path / "program.json", allow_unsafe_lm_state=True)
     assert isinstance(loaded.lm.engine, LlamaCppEngine)
     assert loaded.lm.engine.llama is lm.engine.llama
+    assert loaded.lm.engine.constrained == lm.engine.constrained
+
+
+@pytest.mark.slow
+def test_async_calls_work_through_the_async_engine(lm) -> None:
+    async def ask() -> dspy.Prediction:
+        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+            return await dspy.Predict("question -> answer: int").acall(question="What is 1 + 1?")
+
+    prediction = asyncio.run(ask())
+    assert isinstance(prediction.answer, int)
+    assert lm.history[-1]["usage"]["completion_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_an_engine_seed_makes_unseeded_sampling_reproducible(lm) -> None:
+    def samples(engine: LlamaCppEngine) -> list[str]:
+        return [engine.complete(_request(lm, "Invent a name for a dog.", max_tokens=10, temperature=1.0)).text
+                for _ in range(2)]
+
+    first, second = LlamaCppEngine(lm.engine.model_path, seed=11), LlamaCppEngine(lm.engine.model_path, seed=11)
+    assert first.llama is second.llama
+    assert samples(first) == samples(second)  # same engine seed: the same sequence of samples
 
 
 @pytest.mark.slow

@@ -13,15 +13,19 @@ What the engine adds on top of plain generation:
 * Capability hints (``supports_response_schema``, ``supported_params``) that DSPy's ``JSONAdapter``
   reads from a custom engine, so the signature's schema reaches the grammar.
 * Samples that differ under ``n > 1``: DSPy calls ``complete()`` n times with the *same* Request
-  object, so the engine offsets the seed for each repeat of one request object in one thread.
+  object, so the engine offsets the seed for each repeat of one request object.
 * One loaded model per file and load parameters per process, shared by every engine, with a lock
   around each model (a llama.cpp context is not thread-safe; DSPy runs predictors in threads).
+* Outputs that depend on the request alone: the prompt cache is reused only in whole, aligned
+  blocks, because llama-cpp-python's free prefix reuse changed SmolLM2's greedy outputs depending
+  on which call ran before.
 
 ``llama_cpp`` is imported lazily: importing this module never needs it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib
 import importlib.util
@@ -31,7 +35,8 @@ import logging
 import os
 import random
 import threading
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +58,9 @@ from dspy.lm15 import (
 if TYPE_CHECKING:
     from dspy.lm15 import Config
 
-__all__ = ["LlamaCppEngine", "aligned_context", "clear_model_cache", "default_model_path", "local_lm"]
+__all__ = [
+    "AsyncLlamaCppEngine", "LlamaCppEngine", "aligned_context", "clear_model_cache", "default_model_path", "local_lm",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,8 @@ _SEED_MODULUS = 0xFFFFFFFF
 _CTX_ALIGN = 256
 # Prompt evaluation batch: the unit of prompt-cache reuse (see _block_aligned_llama_class).
 _PROMPT_BLOCK = 64
+# Recent Request objects remembered to recognise DSPy's n-fold repeats of one request.
+_REPEAT_MEMORY = 256
 # Sampler knobs a caller may pass through Config.extensions (llama.cpp-specific, no canonical field).
 _EXTENSION_KNOBS = frozenset(
     {"min_p", "typical_p", "repeat_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar"}
@@ -231,16 +240,17 @@ class LlamaCppEngine:
     and every copy of the LM; calls into one model are serialized with a lock.
 
     Sampling follows the request's config: ``temperature`` (default 1.0 when unset, as on OpenAI),
-    ``top_p``, ``top_k``, ``max_tokens`` (unset: until the context is full), ``stop``, ``seed``,
-    ``frequency_penalty``/``presence_penalty`` and ``response_format``. llama.cpp's own ``min_p``,
-    ``repeat_penalty``, ``typical_p``, ``mirostat_*`` and a raw GBNF ``grammar`` may be passed
-    through ``Config.extensions``.
+    ``top_p`` (default 1.0), ``top_k`` (default llama.cpp's 40), ``max_tokens`` (unset: until the
+    context is full), ``stop``, ``seed``, ``frequency_penalty``/``presence_penalty`` and
+    ``response_format``. llama.cpp's own ``min_p`` (default 0.05), ``repeat_penalty``, ``typical_p``,
+    ``mirostat_*`` and a raw GBNF ``grammar`` may be passed through ``Config.extensions``.
 
     Seeds: a request that pins ``seed`` is deterministic. Without one, the engine's ``seed`` (if set)
     starts a reproducible per-engine sequence, and otherwise every call draws a fresh random seed.
-    DSPy runs ``n`` candidates by calling ``complete()`` n times with the same Request object; each
-    repeat of one object in one thread gets ``seed + i``, so candidates differ even with a pinned
-    seed. The seed used is reported in ``Response.provider_data["seed"]``.
+    DSPy runs ``n`` candidates by calling ``complete()`` n times with the same Request object; the
+    i-th repeat of one object gets ``seed + i``, so candidates differ even with a pinned seed (and a
+    caller who sends one Request object twice gets two samples). The seed used is reported in
+    ``Response.provider_data["seed"]``.
 
     Args:
         model_path: Path to a ``.gguf`` file.
@@ -299,7 +309,8 @@ class LlamaCppEngine:
             self.model_path, self.n_ctx, n_threads or os.cpu_count() or 1, chat_format, self.llama_kwargs
         )
         self._sequence = itertools.count()
-        self._repeats = threading.local()
+        self._repeats: OrderedDict[int, tuple[Request, int]] = OrderedDict()
+        self._repeats_lock = threading.Lock()
 
     # -- public handles ---------------------------------------------------------------------------
 
@@ -398,18 +409,19 @@ class LlamaCppEngine:
 
     def _seed_for(self, request: Request) -> int:
         """The seed for this attempt; repeats of one Request object (DSPy's ``n``) get distinct seeds."""
-        local = self._repeats
-        if getattr(local, "request", None) is request:
-            local.count += 1
-        else:
-            local.request, local.count = request, 0
+        with self._repeats_lock:
+            entry = self._repeats.pop(id(request), None)
+            repeat = entry[1] + 1 if entry is not None and entry[0] is request else 0
+            self._repeats[id(request)] = (request, repeat)  # holding the request keeps its id unique
+            while len(self._repeats) > _REPEAT_MEMORY:
+                self._repeats.popitem(last=False)
         if request.config.seed is not None:
             base = request.config.seed
         elif self.seed is not None:
             base = self.seed + next(self._sequence)
         else:
             base = _seed_source.randrange(_SEED_MODULUS)
-        return (base + local.count) % _SEED_MODULUS
+        return (base + repeat) % _SEED_MODULUS
 
     def _sampling_options(self, config: Config, adaptations: list[Adaptation]) -> dict[str, Any]:
         """Translate a canonical Config into ``create_chat_completion`` keyword arguments."""
@@ -483,6 +495,45 @@ class LlamaCppEngine:
         return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
 
+class AsyncLlamaCppEngine:
+    """The async counterpart DSPy needs for ``acall``/``asyncify``: runs a :class:`LlamaCppEngine` in a thread.
+
+    Pass it as ``dspy.LM(..., engine=sync, async_engine=AsyncLlamaCppEngine(sync))``; :func:`local_lm`
+    does. Calls still go through the sync engine's model lock.
+    """
+
+    def __init__(self, engine: LlamaCppEngine) -> None:
+        self.engine = engine
+
+    async def complete(self, request: Request) -> Response:
+        """Run one completion in a worker thread."""
+        return await asyncio.to_thread(self.engine.complete, request)
+
+    async def stream(self, request: Request) -> AsyncIterator[Any]:
+        """Stream events for one completion (generated in full first)."""
+        response = await self.complete(request)
+        for event in response_to_events(response):
+            yield event
+
+    async def aclose(self) -> None:
+        """Nothing to release (the model is shared, see :func:`clear_model_cache`)."""
+
+    def dump_state(self) -> dict[str, Any]:
+        """The wrapped engine's state (``program.save()`` saves an LM's async engine too)."""
+        return self.engine.dump_state()
+
+    @classmethod
+    def load_state(cls, state: dict[str, Any]) -> AsyncLlamaCppEngine:
+        """Rebuild from :meth:`dump_state` output."""
+        return cls(LlamaCppEngine.load_state(state))
+
+    def __copy__(self) -> AsyncLlamaCppEngine:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncLlamaCppEngine:
+        return self
+
+
 def _text_of(parts: tuple[Any, ...], where: str) -> str:
     """Join the text parts of a message; refuse content a text-only model cannot take."""
     texts = []
@@ -546,4 +597,5 @@ def local_lm(
         model_name = DEFAULT_MODEL_NAME if model_path is None else f"local/{path.stem.lower()}"
     elif "/" not in model_name:
         model_name = f"local/{model_name}"
-    return dspy.LM(model_name, engine=engine, temperature=temperature, max_tokens=max_tokens, cache=cache)
+    return dspy.LM(model_name, engine=engine, async_engine=AsyncLlamaCppEngine(engine), temperature=temperature,
+                   max_tokens=max_tokens, cache=cache)
