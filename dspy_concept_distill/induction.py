@@ -8,6 +8,7 @@ unknown predictors are resolved or rejected, rules that leak training data are r
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import random
 import re
@@ -37,15 +38,15 @@ _STOPWORDS = frozenset(
 _TRIVIAL_GOLDS = frozenset({"yes", "no", "true", "false", "none", "null", "n/a", "na", "unknown"})
 
 
-class Diagnosis(pydantic.BaseModel):
-    mistake: int = pydantic.Field(description="number of the mistake")
-    cause: str = pydantic.Field(description="why the student made it, in one or two sentences")
-
-
 class ProposedRule(pydantic.BaseModel):
     predictor: str = pydantic.Field(description="exact name of the predictor whose instructions get this rule")
     rule: str = pydantic.Field(description="one short, general, actionable instruction")
     mistakes: list[int] = pydantic.Field(default_factory=list, description="numbers of the mistakes it prevents")
+
+
+class TeacherAnalysis(pydantic.BaseModel):
+    diagnoses: list[str] = pydantic.Field(description="for each mistake in order, one or two sentences on its cause")
+    rules: list[ProposedRule] = pydantic.Field(description="candidate rules, best first")
 
 
 class InduceConcepts(dspy.Signature):
@@ -68,8 +69,28 @@ class InduceConcepts(dspy.Signature):
     rules_in_force: str = dspy.InputField(desc="rules already in the student's instructions, per predictor")
     mistakes: str = dspy.InputField(desc="numbered mistakes of the student")
     max_rules: int = dspy.InputField(desc="write at most this many rules")
-    diagnoses: list[Diagnosis] = dspy.OutputField(desc="one diagnosis per mistake")
-    rules: list[ProposedRule] = dspy.OutputField(desc="candidate rules, best first")
+    analysis: TeacherAnalysis = dspy.OutputField(desc="a diagnosis of each mistake, then candidate rules")
+
+
+@functools.cache
+def induction_signature(max_rules: int, batch_size: int) -> type[dspy.Signature]:
+    """``InduceConcepts`` whose reply schema caps its arrays (``maxItems``): at most ``batch_size`` diagnoses and
+    mistake numbers per rule, at most ``max_rules`` rules. With grammar-constrained decoding this keeps a weak
+    teacher from looping until it runs out of tokens. (The caps sit on nested models: DSPy drops constraints of
+    top-level output fields when it builds the schema.)"""
+    rule_model = pydantic.create_model(
+        "ProposedRule",
+        __base__=ProposedRule,
+        mistakes=(list[int], pydantic.Field(default_factory=list, max_length=batch_size,
+                                            description="numbers of the mistakes it prevents")),
+    )
+    analysis_model = pydantic.create_model(
+        "TeacherAnalysis",
+        diagnoses=(list[str], pydantic.Field(
+            max_length=batch_size, description="for each mistake in order, one or two sentences on its cause")),
+        rules=(list[rule_model], pydantic.Field(max_length=max_rules, description="candidate rules, best first")),
+    )
+    return InduceConcepts.with_updated_fields("analysis", type_=analysis_model)
 
 
 def describe_task(program: dspy.Module, base_instructions: dict[str, str]) -> str:
@@ -105,7 +126,7 @@ class BatchReply:
     round: int
     batch: int
     mistake_ids: list[str]
-    diagnoses: list[dict[str, Any]] = field(default_factory=list)
+    diagnoses: list[str] = field(default_factory=list)
     rules: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     attempts: int = 0
@@ -142,7 +163,7 @@ def ask_teacher(
     """One teacher call on one batch, retried with a fresh rollout when the reply does not parse."""
     reply = BatchReply(round=round_index, batch=batch_index, mistake_ids=[m.id for m in batch])
     mistakes_text = "\n\n".join(m.render(i) for i, m in enumerate(batch, 1))
-    predict = dspy.Predict(InduceConcepts)
+    predict = dspy.Predict(induction_signature(max_rules, max(1, len(batch))))
     for attempt in range(retries + 1):
         lm = teacher_lm
         if rollout is not None or attempt > 0:
@@ -151,8 +172,9 @@ def ask_teacher(
         try:
             with budget.track(TEACHER, "induction", reserve=2), dspy.context(lm=lm):
                 out = predict(task=task, rules_in_force=rules_in_force, mistakes=mistakes_text, max_rules=max_rules)
-            reply.diagnoses = [_as_dict(d) for d in (out.diagnoses or [])]
-            reply.rules = [_as_dict(r) for r in (out.rules or [])]
+            analysis = out.analysis
+            reply.diagnoses = [str(d) for d in (analysis.diagnoses or [])]
+            reply.rules = [_as_dict(r) for r in (analysis.rules or [])]
             reply.error = None
             return reply
         except BudgetExhaustedError:

@@ -300,7 +300,7 @@ class ScriptedTeacherEngine:
             if ex is None:
                 continue
             by_category.setdefault(ex.category, []).append(number)
-            diagnoses.append({"mistake": number, "cause": f"the student missed the {ex.category} concept"})
+            diagnoses.append(f"the student missed the {ex.category} concept")
         for category, numbers in by_category.items():
             concept = self.world.concept(category)
             if concept is None:
@@ -321,7 +321,7 @@ class ScriptedTeacherEngine:
         limit = re.search(r"\[\[ ## max_rules ## \]\]\s*(\d+)", user)
         if limit:
             rules = rules[: int(limit.group(1))]
-        reply = _chat_reply({"diagnoses": json.dumps(diagnoses), "rules": json.dumps(rules)})
+        reply = _chat_reply({"analysis": json.dumps({"diagnoses": diagnoses, "rules": rules})})
         return _response(reply, prompt_chars)
 
     def close(self) -> None:
