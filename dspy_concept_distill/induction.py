@@ -27,6 +27,7 @@ from .rules import REJECTED, Rule, normalize_rule_text
 logger = logging.getLogger(__name__)
 
 MAX_RULE_WORDS = 60
+MIN_RULE_WORDS = 3
 LEAK_NGRAM = 8
 DUPLICATE_OVERLAP = 0.8
 DUPLICATE_JACCARD = 0.5
@@ -355,8 +356,11 @@ def _invalid_reason(rule: Rule, target: str | None, names: Sequence[str], leaks:
                     golds: Sequence[dict[str, Any]]) -> str | None:
     if target is None:
         return f"targets unknown predictor {rule.predictor!r}; the program has {list(names)}"
-    if len(rule.text.split()) > MAX_RULE_WORDS:
-        return f"too long ({len(rule.text.split())} words; a rule has at most {MAX_RULE_WORDS})"
+    words = len(rule.text.split())
+    if words > MAX_RULE_WORDS:
+        return f"too long ({words} words; a rule has at most {MAX_RULE_WORDS})"
+    if words < MIN_RULE_WORDS:
+        return f"too short to be an instruction ({words} word(s); a rule has at least {MIN_RULE_WORDS})"
     return leaks.check(rule.text, [v for gold in golds for v in gold.values()])
 
 

@@ -73,7 +73,8 @@ def test_rules_from_replies_validates_merges_and_links_sources():
                "mistakes": [2]},
               {"predictor": "ghost", "rule": "Do something.", "mistakes": [1]},
               {"predictor": "plan", "rule": "The answer is 99.", "mistakes": [2]},
-              {"predictor": "plan", "rule": " ".join(["word"] * 70)}),
+              {"predictor": "plan", "rule": " ".join(["word"] * 70)},
+              {"predictor": "plan", "rule": "mismakes"}),
         reply(1,
               {"predictor": "solve.predict",
                "rule": "Before combining quantities, always convert them all to the same unit.", "mistakes": [1]},
@@ -91,8 +92,9 @@ def test_rules_from_replies_validates_merges_and_links_sources():
     assert "unknown predictor 'ghost'" in by_text["Do something."].reason
     assert "gold answer" in by_text["The answer is 99."].reason
     assert "too long" in by_text[" ".join(["word"] * 70)].reason
+    assert "too short" in by_text["mismakes"].reason
     assert "rejected in round 0" in by_text["Check the plan for any missing steps."].reason
-    assert len(rules) == 6  # the verbatim repeat in batch 1 is support for the first rule, not a new row
+    assert len(rules) == 7  # the verbatim repeat in batch 1 is support for the first rule, not a new row
 
 
 @pytest.mark.parametrize("proposal", [{"rule": ""}, {"predictor": "plan"}])
