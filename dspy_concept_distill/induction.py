@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_RULE_WORDS = 60
 MIN_RULE_WORDS = 3
+MAX_ATTEMPTS = 2
 LEAK_NGRAM = 8
 DUPLICATE_OVERLAP = 0.8
 DUPLICATE_JACCARD = 0.5
@@ -304,7 +305,7 @@ def rules_from_replies(
     """Turn teacher replies into candidate rules; invalid, leaking and duplicate ones come back rejected.
 
     ``known_rules`` are rules from earlier rounds (in force or rejected): a near-duplicate of one of them is
-    rejected without spending calls on it again.
+    rejected without spending calls on it again, unless it was rejected as a near miss (see ``_worth_retrying``).
     """
     out: list[Rule] = []
     kept: list[Rule] = []
@@ -343,7 +344,9 @@ def rules_from_replies(
                 rule.reject(f"near-duplicate of candidate {original.id}, merged into it")
                 continue
             earlier = _find_duplicate(rule, known_rules)
-            if earlier is not None:
+            if earlier is not None and _worth_retrying(earlier):
+                rule.attempts = earlier.attempts + 1  # proposed again after a near miss: one more, fresh measurement
+            elif earlier is not None:
                 what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round}"
                 rule.reject(f"near-duplicate of rule {earlier.id} ({what})")
                 continue
@@ -362,6 +365,15 @@ def _invalid_reason(rule: Rule, target: str | None, names: Sequence[str], leaks:
     if words < MIN_RULE_WORDS:
         return f"too short to be an instruction ({words} word(s); a rule has at least {MIN_RULE_WORDS})"
     return leaks.check(rule.text, [v for gold in golds for v in gold.values()])
+
+
+def _worth_retrying(earlier: Rule) -> bool:
+    """A rejected rule the teacher proposes again in a later round is measured once more if it was a near miss:
+    it fixed its own source mistakes and did not lose on the valset examples it was scored on (gain >= 0), but
+    did not reach ``min_gain``. With a noisy student, one unlucky measurement should not bury a helpful rule for
+    good; a rule that lost, or was already measured twice, stays rejected."""
+    return (earlier.status == REJECTED and earlier.gain is not None and earlier.gain >= 0
+            and earlier.attempts < MAX_ATTEMPTS)
 
 
 def _find_duplicate(rule: Rule, pool: Sequence[Rule]) -> Rule | None:

@@ -50,6 +50,7 @@ class Rule:
     round: int = 0
     batch: int | None = None
     duplicates: list[str] = field(default_factory=list)
+    attempts: int = 1  # how many rounds it was verified in (a near miss may be proposed and measured again)
     id: str = ""
 
     def __post_init__(self) -> None:

@@ -102,3 +102,16 @@ def test_empty_proposals_are_ignored(proposal):
     rules = rules_from_replies([reply(0, proposal)], [[mistake(1)]], predictor_names=["plan"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert rules == []
+
+
+def test_near_misses_from_earlier_rounds_get_one_more_measurement():
+    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p", status=REJECTED, gain=0.0)
+    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=REJECTED, gain=-0.1)
+    tried_twice = Rule(text="Subtract what was given away before answering.", predictor="p", status=REJECTED,
+                       gain=0.02, attempts=2)
+    proposals = [{"predictor": "p", "rule": r.text, "mistakes": [1]} for r in (near_miss, loser, tried_twice)]
+    rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
+                               leak_checker=LeakChecker([]), known_rules=[near_miss, loser, tried_twice],
+                               round_index=1)
+    assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1)]
+    assert "rejected in round 0" in rules[1].reason and "rejected in round 0" in rules[2].reason
