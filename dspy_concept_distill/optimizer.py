@@ -291,8 +291,8 @@ class ConceptDistillation(Teleprompter):
         baseline_scores: list[float] | None = None
         val_scores: list[float] | None = None
         try:
-            baseline_scores = val_scores = self._scores(evaluator, current, valset)
             if seed_rules is not None:
+                baseline_scores = val_scores = self._scores(evaluator, current, valset)
                 run.rules = seed_rules
                 verifier_settings = self._verification_settings(threshold or 1.0, len(valset), screen=False)
                 verifier = Verifier(evaluator, valset, trainset, verifier_settings, rng, progress=tqdm)
@@ -303,6 +303,8 @@ class ConceptDistillation(Teleprompter):
                 )
                 run.mistakes += mistakes
                 save()
+                if baseline_scores is None:
+                    baseline_scores = val_scores = self._scores(evaluator, current, valset)
                 train_score = sum(o.score for o in train_outcomes) / len(train_outcomes)
                 logger.info("round %d: student scores %.3f on the trainset with %d mistakes",
                             round_index + 1, train_score, len(mistakes))
