@@ -76,7 +76,7 @@ class Ledger:
             rows = [UsageRow(**vars(r)) for r in self._rows.values()]
         for row in rows:
             if row.cost is None:
-                row.cost = _litellm_cost(row.model, row.input_tokens, row.output_tokens)
+                row.cost = _price(row.model, row.input_tokens, row.output_tokens)
         return rows
 
     def totals(self) -> dict[str, dict[str, Any]]:
@@ -108,17 +108,22 @@ class Ledger:
         return pd.DataFrame([vars(r) for r in self.rows()], columns=list(UsageRow.__dataclass_fields__))
 
 
-def _litellm_cost(model: str, input_tokens: int, output_tokens: int) -> float | None:
-    """Price from litellm's table when it knows the model; None otherwise (local models, unknown names)."""
-    try:
-        import litellm
+UNPRICED_PREFIXES = ("local/", "simulated/")  # in-process engines: no bill
 
-        info = litellm.model_cost.get(model) or litellm.model_cost.get(model.split("/", 1)[-1])
-    except Exception:  # litellm missing or its table unreadable: no price, not an error
+
+def _price(model: str, input_tokens: int, output_tokens: int) -> float | None:
+    """USD from DSPy's model-price snapshot (LiteLLM's price table, the one DSPy prices its own calls with);
+    None when the model is not in it (local models, unknown names)."""
+    if model.startswith(UNPRICED_PREFIXES):
         return None
-    if not info:
+    try:
+        from dspy.clients.model_metadata import model_info, rate
+
+        provider, _, name = model.partition("/")
+        info = model_info(provider, name) if name else model_info("openai", model)
+        price_in, price_out = rate(info, "input_cost_per_token"), rate(info, "output_cost_per_token")
+    except Exception:  # advisory only: a missing or unreadable price table is not an error
         return None
-    price_in, price_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
     if price_in is None or price_out is None:
         return None
     return input_tokens * price_in + output_tokens * price_out

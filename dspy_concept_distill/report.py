@@ -80,7 +80,7 @@ class DistillationResult:
                                  kind="stable").reset_index(drop=True)
 
     def usage_report(self):
-        """Calls and tokens per role, phase and model (cost in USD where litellm knows the price)."""
+        """Calls and tokens per role, phase and model (cost in USD where the model has a known price)."""
         return self.usage.frame()
 
     def summary(self) -> str:
