@@ -294,7 +294,7 @@ class ConceptDistillation(Teleprompter):
             if seed_rules is not None:
                 baseline_scores = val_scores = self._scores(evaluator, current, valset)
                 run.rules = seed_rules
-                verifier_settings = self._verification_settings(threshold or 1.0, len(valset), screen=False)
+                verifier_settings = self._verification_settings(_max_score(evaluator), len(valset), screen=False)
                 verifier = Verifier(evaluator, valset, trainset, verifier_settings, rng, progress=tqdm)
                 current, val_scores, run.stopped = verifier.run(current, seed_rules, {})
             for round_index in range(rounds):
@@ -314,7 +314,7 @@ class ConceptDistillation(Teleprompter):
                 candidates = self._induce(program, base_instructions, names, trainset, current, mistakes, run,
                                           budget, rng, round_index, replay, save)
                 pending = self._limit_candidates([c for c in candidates if c.status == CANDIDATE])
-                verifier_settings = self._verification_settings(threshold, len(valset), screen=True)
+                verifier_settings = self._verification_settings(_max_score(evaluator), len(valset), screen=True)
                 verifier = Verifier(evaluator, valset, trainset, verifier_settings, rng, progress=tqdm)
                 before = _mean(val_scores)
                 current, scores, run.stopped = verifier.run(current, pending, {m.id: m for m in mistakes})
@@ -439,6 +439,11 @@ class _Run:
     replies: list[BatchReply]
     summaries: list[RoundSummary]
     stopped: str | None = None
+
+
+def _max_score(evaluator: Evaluator) -> float:
+    """The metric's maximum per example: 1.0, or the largest score seen if a metric goes higher."""
+    return max([1.0, *(o.score for o in evaluator.cache.values())])
 
 
 def _mean(scores: Sequence[float] | None) -> float | None:

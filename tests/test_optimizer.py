@@ -426,3 +426,19 @@ def test_usage_is_priced_where_the_model_has_a_known_price():
     assert expected > 0 and costs["openai/gpt-4o-mini"] == pytest.approx(expected)
     assert costs["local/smollm2-135m"] is None
     assert ledger.totals()["teacher"]["cost"] == pytest.approx(costs["openai/gpt-4o-mini"])
+
+
+def test_a_custom_metric_threshold_changes_what_counts_as_a_mistake_not_the_score_scale(world):
+    train, val, _, teacher = setup(world)
+
+    def graded(example, prediction, trace=None):  # 0.9 for a right answer, 0.2 for a wrong one
+        return 0.9 if world.metric(example, prediction) else 0.2
+
+    optimized = ConceptDistillation(metric=graded, teacher_lm=teacher, metric_threshold=0.5).compile(
+        dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
+    result = optimized.distillation
+    assert all(m.score == pytest.approx(0.2) for m in result.mistakes)  # 0.9 < 1.0 is not a mistake here
+    assert len(result.mistakes) == 12
+    assert result.min_gain == pytest.approx(1.0 / len(val))  # one example on the metric's 0-1 scale
+    assert {r.text for r in result.accepted_rules} == set(world.helpful_rules)
+    assert result.final_score == pytest.approx(0.9)
