@@ -18,6 +18,7 @@ from typing import Any
 
 import dspy
 import pydantic
+from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureError
 
 from .budget import TEACHER, Budget, BudgetExhaustedError
 from .evaluation import is_lm_infrastructure_error
@@ -162,7 +163,10 @@ def ask_teacher(
     batch_index: int,
     rng: random.Random,
 ) -> BatchReply:
-    """One teacher call on one batch, retried with a fresh rollout when the reply does not parse."""
+    """One teacher call on one batch, retried with a fresh rollout when the reply does not parse.
+
+    If the provider refuses the request itself (some structured-output APIs reject schema keywords such as
+    ``maxItems``), the retry sends the uncapped signature."""
     reply = BatchReply(round=round_index, batch=batch_index, mistake_ids=[m.id for m in batch])
     mistakes_text = "\n\n".join(m.render(i) for i, m in enumerate(batch, 1))
     predict = dspy.Predict(induction_signature(max_rules, max(1, len(batch))))
@@ -186,6 +190,8 @@ def ask_teacher(
             if is_lm_infrastructure_error(exc):
                 logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, round_index, exc)
                 return reply
+            if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):
+                predict = dspy.Predict(InduceConcepts)
             logger.warning(
                 "teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
                 batch_index, round_index, attempt + 1, retries + 1, reply.error[:200],

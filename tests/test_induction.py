@@ -1,11 +1,14 @@
+import json
 import random
 
 import dspy
 import pytest
 
+from dspy_concept_distill.budget import Budget, Ledger
 from dspy_concept_distill.induction import (
     BatchReply,
     LeakChecker,
+    ask_teacher,
     make_batches,
     resolve_predictor,
     rules_from_replies,
@@ -115,3 +118,39 @@ def test_near_misses_from_earlier_rounds_get_one_more_measurement():
                                round_index=1)
     assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1)]
     assert "rejected in round 0" in rules[1].reason and "rejected in round 0" in rules[2].reason
+
+
+class SchemaStrictTeacher:
+    """A scripted teacher engine (not a model) whose API refuses JSON schemas with `maxItems`, as some
+    structured-output providers do, and otherwise answers with one rule."""
+
+    supports_response_schema = True
+    supported_params = frozenset({"response_format", "temperature", "max_tokens"})
+
+    def __init__(self):
+        self.schemas = []
+
+    def complete(self, request):
+        from dspy.lm15 import InvalidRequestError, Message, Response, TextPart, Usage
+
+        schema = json.dumps(request.config.response_format or {})
+        self.schemas.append(schema)
+        if "maxItems" in schema:
+            raise InvalidRequestError("'maxItems' is not permitted")
+        text = json.dumps({"analysis": {"diagnoses": ["units were mixed"], "rules": [
+            {"predictor": "predict", "rule": "Convert all quantities to one unit first.", "mistakes": [1]}]}})
+        return Response(id=None, model="strict", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=10, output_tokens=10))
+
+
+def test_a_provider_that_refuses_the_capped_schema_gets_the_plain_one():
+    engine = SchemaStrictTeacher()
+    teacher = dspy.LM("strict/teacher", engine=engine, num_retries=0)
+    dspy.configure(adapter=dspy.JSONAdapter())
+    budget = Budget(Ledger(), None, None)
+    reply = ask_teacher(teacher, task="Predictor `predict`", rules_in_force="(none yet)", batch=[mistake(1)],
+                        max_rules=2, rollout=None, retries=1, budget=budget, round_index=0, batch_index=0,
+                        rng=random.Random(0))
+    assert reply.error is None and reply.attempts == 2
+    assert reply.rules[0]["rule"] == "Convert all quantities to one unit first."
+    assert "maxItems" in engine.schemas[0] and "maxItems" not in engine.schemas[-1]
