@@ -274,13 +274,13 @@ class Evaluator:
             with self.budget.track(STUDENT, phase) as tracker, dspy.context(trace=trace):
                 prediction = program(**example.inputs())
         except AdapterParseError as exc:
-            return self._failure(example, trace, names, PARSE_FAILURE, exc, raw=exc.lm_response, tracker=tracker,
+            return self._failure(trace, names, PARSE_FAILURE, exc, raw=exc.lm_response, tracker=tracker,
                                  failed=self._predictor_for_signature(program, exc.signature))
         except Exception as exc:
             if is_lm_infrastructure_error(exc):
                 logger.warning("student LM failure on an example: %s", exc)
                 return exc
-            return self._failure(example, trace, names, EXCEPTION, exc, tracker=tracker)
+            return self._failure(trace, names, EXCEPTION, exc, tracker=tracker)  # raised by program code
         finally:
             self.budget.settle(STUDENT, reserve)
             if tracker is not None and tracker.calls > self.calls_per_run:
@@ -294,10 +294,8 @@ class Evaluator:
                            error_kind=METRIC_ERROR, calls=tracker.calls)
         return Outcome(score=score, feedback=feedback, steps=steps, calls=tracker.calls)
 
-    def _failure(self, example, trace, names, kind, exc, *, tracker, raw=None, failed=None) -> Outcome:
+    def _failure(self, trace, names, kind, exc, *, tracker, raw=None, failed=None) -> Outcome:
         steps = self._steps(trace, names)
-        if failed is None and kind == EXCEPTION and steps:
-            failed = None  # the exception came from program code, not a particular predictor
         return Outcome(score=self.failure_score, steps=steps, error=_short_error(exc), error_kind=kind,
                        raw_text=raw, failed_predictor=failed, calls=tracker.calls if tracker is not None else 0)
 
