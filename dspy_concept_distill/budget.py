@@ -164,13 +164,6 @@ class Budget:
         self._reserved = {STUDENT: 0, TEACHER: 0}
         self._lock = threading.Lock()
 
-    def remaining(self, role: str) -> int | None:
-        limit = self.limits[role]
-        if limit is None:
-            return None
-        with self._lock:
-            return max(0, limit - self.ledger.calls(role) - self._reserved[role])
-
     def reserve(self, role: str, calls: int) -> None:
         limit = self.limits[role]
         with self._lock:

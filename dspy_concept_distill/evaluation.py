@@ -20,7 +20,7 @@ from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestEr
 from tqdm.auto import tqdm
 
 from .budget import STUDENT, Budget, BudgetExhaustedError
-from .rules import RuleSet
+from .rules import RuleSet, render_instructions
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,6 @@ class Evaluator:
 
     # -- variants -------------------------------------------------------------------------------------------------
     def instructions_for(self, ruleset: RuleSet) -> dict[str, str]:
-        from .rules import render_instructions
-
         return {name: render_instructions(base, ruleset.for_predictor(name))
                 for name, base in self.base_instructions.items()}
 

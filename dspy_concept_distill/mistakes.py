@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -20,7 +20,9 @@ FIELD_LIMIT = 1200  # characters of one field value shown to the teacher
 
 @dataclass
 class Mistake:
-    """One training example the student got wrong, with everything the teacher needs to explain it."""
+    """One training example the student got wrong, with everything the teacher needs to explain it.
+
+    ``steps`` holds every predictor call from the trace, in order: ``{"predictor", "inputs", "outputs"}``."""
 
     id: str
     example_key: str
@@ -34,25 +36,6 @@ class Mistake:
     raw_text: str | None = None
     failed_predictor: str | None = None
     round: int = 0
-
-    @property
-    def outputs(self) -> dict[str, Any]:
-        """The student's outputs per predictor (a list when a predictor ran more than once)."""
-        out: dict[str, Any] = {}
-        for step in self.steps:
-            name = step["predictor"]
-            if name in out:
-                out[name] = [*(out[name] if isinstance(out[name], list) else [out[name]]), step["outputs"]]
-            else:
-                out[name] = step["outputs"]
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Mistake:
-        return cls(**data)
 
     def render(self, number: int) -> str:
         """The mistake as the teacher reads it."""

@@ -168,8 +168,13 @@ class ConceptDistillation(Teleprompter):
             student = math.ceil((preset.train_passes * n_train + preset.val_passes * n_val) * n_predictors)
         teacher = self.max_teacher_calls
         if teacher is None:
-            teacher = 2 * self._setting("rounds") * self._setting("num_batches") * (self.teacher_retries + 1)
+            teacher = self._teacher_calls_bound(self._setting("rounds"))
         return student, teacher
+
+    def _teacher_calls_bound(self, rounds: int) -> int:
+        """Most teacher calls ``rounds`` rounds can make: each batch's attempts, each with room for DSPy's
+        JSON-adapter fallback call."""
+        return 2 * rounds * self._setting("num_batches") * (self.teacher_retries + 1)
 
     # -- validation -----------------------------------------------------------------------------------------------
     def _check_program(self, student: dspy.Module) -> list[str]:
@@ -397,7 +402,7 @@ class ConceptDistillation(Teleprompter):
         logger.info(
             "projected LM calls: student at most %d (budget %d), teacher at most %d (budget %d); racing and "
             "screening usually stop candidates well before that (auto=%s)",
-            projected, max_student, 2 * rounds * self._setting("num_batches") * (self.teacher_retries + 1),
+            projected, max_student, self._teacher_calls_bound(rounds),
             max_teacher, self.auto or f"None (light defaults, z={preset.confidence_z})",
         )
 
