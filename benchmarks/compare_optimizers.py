@@ -40,7 +40,7 @@ import dspy
 from dspy.teleprompt import COPRO, GEPA, SIMBA, InferRules, MIPROv2
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.simulation import SimExample, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
+from dspy_concept_distill.testing import SimExample, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
 
 try:  # run as a script: benchmarks/ is on sys.path
     from simulated_proposer import SimulatedProposerEngine, proposer_lm

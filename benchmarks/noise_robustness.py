@@ -22,7 +22,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import dspy
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.simulation import SimulatedTask
+from dspy_concept_distill.testing import SimulatedTask
 
 
 def run_once(auto: str, seed: int, flip_rate: float) -> dict:

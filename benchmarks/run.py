@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     if args.task == "simulated":
-        from dspy_concept_distill.simulation import SimulatedTask
+        from dspy_concept_distill.testing import SimulatedTask
 
         sim = SimulatedTask.create(n_train, n_val, seed=args.seed)
         student, teacher = sim.world.student_lm(), sim.world.teacher_lm()

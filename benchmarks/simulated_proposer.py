@@ -26,7 +26,7 @@ from typing import Any
 import dspy
 from dspy.lm15 import Message, Request, Response, TextPart, Usage
 
-from dspy_concept_distill.simulation import SimulatedWorld
+from dspy_concept_distill.testing import SimulatedWorld
 
 BASE_INSTRUCTION = "Solve the arithmetic word problem step by step and reply with the final number."
 NEUTRAL_TEXT = "The examples are short arithmetic word problems about counts of items; each answer is one number."

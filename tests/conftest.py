@@ -10,7 +10,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fet
 import dspy
 import pytest
 
-from dspy_concept_distill.simulation import SimulatedWorld
+from dspy_concept_distill.testing import SimulatedWorld
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, DistillationResult, RuleSet
-from dspy_concept_distill.simulation import PLAIN, Concept, Distractor, SimulatedWorld
+from dspy_concept_distill.testing import PLAIN, Concept, Distractor, SimulatedWorld
 
 
 class TwoStep(dspy.Module):
