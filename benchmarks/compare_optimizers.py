@@ -27,7 +27,6 @@ import random
 import re
 import statistics
 import subprocess
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +39,7 @@ import dspy
 from dspy.teleprompt import COPRO, GEPA, SIMBA, InferRules, MIPROv2
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.testing import SimExample, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
+from dspy_concept_distill.testing import Prompt, SimExample, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
 
 try:  # run as a script: benchmarks/ is on sys.path
     from simulated_proposer import SimulatedProposerEngine, proposer_lm
@@ -72,18 +71,10 @@ class SamplingStudentEngine(SimulatedStudentEngine):
         self.noise = noise
         self.sampled_calls = 0
         self._noise_rng = random.Random(seed)
-        self._sampling = threading.local()
 
-    def complete(self, request: Any) -> Any:
-        self._sampling.on = bool(request.config.temperature)
-        try:
-            return super().complete(request)
-        finally:
-            self._sampling.on = False
-
-    def _stage_ok(self, example: SimExample, system: str, fields: list[str]) -> bool:
-        ok = super()._stage_ok(example, system, fields)
-        if getattr(self._sampling, "on", False):
+    def correct(self, prompt: Prompt, example: SimExample, fields: list[str]) -> bool:
+        ok = super().correct(prompt, example, fields)
+        if prompt.temperature:
             with self._lock:
                 self.sampled_calls += 1
                 flip = self._noise_rng.random() < self.noise

@@ -1,11 +1,17 @@
-"""A simulated world for deterministic tests and the simulated benchmark: NOT real language models.
+"""A simulated world for deterministic tests and simulated benchmarks: scripted LMs, NOT real language models.
 
 ``SimulatedStudentEngine`` is a scripted student: it answers an example correctly only when the concept its
 category needs appears in the instructions of the predictor that produces the affected field, and harmful
 rules ("distractors") in the instructions break or fix categories as configured. ``ScriptedTeacherEngine``
-reads the mistakes in Concept Distillation's teacher prompt and proposes a known mix of helpful, duplicate,
-harmful and neutral rules. Both plug into real ``dspy.LM`` objects as DSPy 3.4 engines, so everything between
-them (adapters, parsing, caching, usage tracking, threads) is real DSPy.
+answers Concept Distillation's teacher signature: it finds the simulated examples anywhere in the ``mistakes``
+input and proposes a known mix of helpful, duplicate, harmful and neutral rules. Both plug into real ``dspy.LM``
+objects as DSPy 3.4 engines, so everything between them (adapters, parsing, caching, usage tracking, threads) is
+real DSPy.
+
+Like ``dspy.utils.DummyLM``, the engines write their replies with DSPy's own adapters
+(``format_field_with_value``), in the format the request asks for (ChatAdapter field markers or a JSONAdapter
+object), and read input values back with ``ChatAdapter.parse``; what they read from a prompt is what any LM reads:
+the instructions, the output fields it is asked for, and the input values.
 """
 
 from __future__ import annotations
@@ -17,14 +23,141 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dspy
+from dspy.adapters.chat_adapter import FieldInfoWithName, field_header_pattern
 from dspy.lm15 import Message, Response, TextPart, Usage
 
 PLAIN = "plain"
 ALL = "*"
+_FIELD_LINE = re.compile(r"^\d+\. `(\w+)` \((.+?)\)", flags=re.M)
+_SCHEMA_NOTE = "must adhere to the JSON schema: "
+_QID = re.compile(r"\bQ(\d+)\b")
 
 
+# -- reading a request, writing a reply ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output field a request asks for: its name, the type name DSPy shows, and its JSON schema if any."""
+
+    name: str
+    type_name: str
+    schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request as a scripted engine reads it."""
+
+    system: str
+    turns: tuple[tuple[str, str], ...]  # (role, text) of every message after the system message
+    json_mode: bool
+    temperature: float | None = None
+
+    @classmethod
+    def of(cls, request: Any) -> Prompt:
+        system = request.system
+        if system is not None and not isinstance(system, str):
+            system = "".join(getattr(part, "text", "") or "" for part in system)
+        turns = tuple((m.role, m.text or "") for m in request.messages)
+        json_mode = "Outputs will be a JSON object" in (system or "") or request.config.response_format is not None
+        return cls(system or "", turns, json_mode, request.config.temperature)
+
+    @property
+    def user(self) -> str:
+        """The last user message (the current inputs; earlier turns are demos)."""
+        return next((text for role, text in reversed(self.turns) if role == "user"), "")
+
+    @property
+    def context(self) -> str:
+        """Everything but the last user message: instructions, field descriptions and demos."""
+        last = max((i for i, (role, _) in enumerate(self.turns) if role == "user"), default=len(self.turns))
+        return "\n".join([self.system, *(f"{role}: {text}" for role, text in self.turns[:last])])
+
+    @property
+    def chars(self) -> int:
+        return len(self.system) + sum(len(text) for _, text in self.turns)
+
+    def outputs(self) -> list[OutputSpec]:
+        """The output fields DSPy's adapter lists in the system message, with the JSON schema of typed ones."""
+        if "Your output fields are:" not in self.system:
+            return []
+        section = self.system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
+        found = _FIELD_LINE.findall(section)
+        return [OutputSpec(name, type_name.strip(), self._schema(name)) for name, type_name in found]
+
+    def _schema(self, name: str) -> dict[str, Any] | None:
+        marker = re.search(r"\{" + re.escape(name) + r"\}\s+# note: the value you produce " + re.escape(_SCHEMA_NOTE),
+                           self.system)
+        if marker is None:
+            return None
+        rest = self.system[marker.end():]
+        for text in (rest, rest.replace('\\"', '"')):  # JSONAdapter shows the note inside a JSON string
+            try:
+                return json.JSONDecoder().raw_decode(text)[0]
+            except ValueError:
+                continue
+        return None
+
+    def inputs(self, *names: str) -> dict[str, str]:
+        """Raw values of the named input fields in the last user message, read with ``ChatAdapter.parse``."""
+        present = {m.group(1) for line in self.user.splitlines() if (m := field_header_pattern.match(line.strip()))}
+        wanted = [n for n in names if n in present]
+        if not wanted:
+            return {}
+        reader = dspy.Signature({n: (str, dspy.OutputField()) for n in wanted}, "inputs as text")
+        return dspy.ChatAdapter().parse(reader, self.user)
+
+
+def format_reply(values: dict[str, Any], *, json_mode: bool) -> str:
+    """The reply an LM gives with these output values, written by DSPy's adapter as ``DummyLM`` does."""
+    fields = {FieldInfoWithName(name=name, info=dspy.OutputField()): value for name, value in values.items()}
+    if json_mode:
+        return dspy.JSONAdapter().format_field_with_value(fields, role="assistant")
+    return dspy.ChatAdapter().format_field_with_value(fields)
+
+
+def normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def unit_hash(*parts: object) -> float:
+    """A deterministic uniform number in [0, 1) for ``parts``."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class ScriptedEngine:
+    """Base of the scripted engines (not real models): counts calls in ``calls``, reads each request as a
+    ``Prompt`` and returns ``reply(prompt, index)`` as the response text, with token counts of about 4 characters
+    per token. ``index`` is the 0-based number of the call."""
+
+    model = "simulated"
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def complete(self, request: Any) -> Response:
+        with self._lock:
+            index = self.calls
+            self.calls += 1
+        prompt = Prompt.of(request)
+        text = self.reply(prompt, index)
+        return Response(
+            id=None, model=self.model, message=Message.assistant([TextPart(text)]), finish_reason="stop",
+            usage=Usage(input_tokens=max(1, prompt.chars // 4), output_tokens=max(1, len(text) // 4)),
+        )
+
+    def reply(self, prompt: Prompt, index: int) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+# -- the world ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Concept:
     """Knowledge one category of examples needs. ``phrase`` in the instructions of the predictor that produces
@@ -151,8 +284,14 @@ class SimulatedWorld:
         return self.make_examples(mix(n_train)), self.make_examples(mix(n_val))
 
     def example(self, text: str) -> SimExample | None:
-        found = re.search(r"\bQ(\d+)\b", text)
+        """The first simulated example whose question id appears in ``text``."""
+        found = _QID.search(text)
         return self._examples.get(int(found.group(1))) if found else None
+
+    def examples_in(self, text: str) -> list[SimExample]:
+        """Every simulated example whose question id appears in ``text``, in order of first appearance."""
+        qids = dict.fromkeys(int(q) for q in _QID.findall(text))
+        return [self._examples[q] for q in qids if q in self._examples]
 
     @property
     def helpful_rules(self) -> list[str]:
@@ -165,6 +304,23 @@ class SimulatedWorld:
     @property
     def neutral_rules(self) -> list[str]:
         return [d.rule for d in self.distractors if d.kind == "neutral"]
+
+    # -- the student's model --------------------------------------------------------------------------------------
+    def stage_ok(self, category: str, instructions: str, fields: Sequence[str]) -> bool:
+        """Whether the predictor producing ``fields`` gets an example of ``category`` right with these
+        (normalized) instructions, before noise."""
+        ok = True
+        concept = self.concept(category)
+        if concept is not None and concept.field in fields:
+            ok = concept.phrase.lower() in instructions
+        for distractor in self.distractors:
+            if distractor.field not in fields or distractor.phrase.lower() not in instructions:
+                continue
+            if category in distractor.fixes:
+                ok = True
+            if ALL in distractor.breaks or category in distractor.breaks:
+                ok = False
+        return ok
 
     # -- LMs ------------------------------------------------------------------------------------------------------
     def student_lm(self, **kwargs) -> dspy.LM:
@@ -181,58 +337,23 @@ class SimulatedWorld:
             return False
 
 
-def _response(text: str, prompt_chars: int) -> Response:
-    return Response(
-        id=None, model="simulated", message=Message.assistant([TextPart(text)]), finish_reason="stop",
-        usage=Usage(input_tokens=max(1, prompt_chars // 4), output_tokens=max(1, len(text) // 4)),
-    )
-
-
-def _system_text(request) -> str:
-    system = request.system
-    if system is None:
-        return ""
-    return system if isinstance(system, str) else "".join(getattr(p, "text", "") for p in system)
-
-
-def _normalized(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def _output_fields(system: str) -> list[str]:
-    section = system.split("Your output fields are:", 1)[-1].split("All interactions", 1)[0]
-    return re.findall(r"^\d+\. `(\w+)`", section, flags=re.M)
-
-
-def _chat_reply(values: dict[str, object]) -> str:
-    parts = [f"[[ ## {name} ## ]]\n{value}" for name, value in values.items()]
-    return "\n\n".join([*parts, "[[ ## completed ## ]]"])
-
-
-class SimulatedStudentEngine:
-    """Scripted student (not a real model); counts its calls in ``calls``."""
+class SimulatedStudentEngine(ScriptedEngine):
+    """Scripted student (not a real model). A ``plan`` output says ``plan-ok`` or ``plan-bad``; an answer given
+    with a ``plan-bad`` plan in its inputs is wrong. With ``world.flip_rate`` > 0, each new prompt flips that share
+    of the answers (a deterministic hash of instructions, question and fields)."""
 
     def __init__(self, world: SimulatedWorld) -> None:
+        super().__init__()
         self.world = world
-        self.calls = 0
-        self._lock = threading.Lock()
 
-    def complete(self, request) -> Response:
-        with self._lock:
-            self.calls += 1
-        system = _system_text(request)
-        user = next((m.text or "" for m in reversed(request.messages) if m.role == "user"), "")  # not the demos
-        fields = _output_fields(system)
-        example = self.world.example(user)
+    def reply(self, prompt: Prompt, index: int) -> str:
+        fields = [spec.name for spec in prompt.outputs()]
+        example = self.world.example(prompt.user)
         if example is None:
-            return _response(_chat_reply({f: "unknown" for f in fields}), len(system) + len(user))
-        ok = self._stage_ok(example, _normalized(system), fields)
-        if "answer" in fields and "[[ ## plan ## ]]" in user and "plan-ok" not in user.lower():
-            ok = False
-        if self.world.flip_rate and self._noise(system, example, fields) < self.world.flip_rate:
-            ok = not ok
+            return format_reply({f: "unknown" for f in fields}, json_mode=prompt.json_mode)
+        ok = self.correct(prompt, example, fields)
         if not ok and example.category in self.world.parse_failure_categories:
-            return _response(f"I think it is around {example.answer + 7} or so.", len(system) + len(user))
+            return f"I think it is around {example.answer + 7} or so."
         values: dict[str, object] = {}
         for name in fields:
             if name == "reasoning":
@@ -243,98 +364,81 @@ class SimulatedStudentEngine:
                 values[name] = "plan-ok: combine the quantities correctly" if ok else "plan-bad: add the numbers"
             else:
                 values[name] = "n/a"
-        return _response(_chat_reply(values), len(system) + len(user))
+        return format_reply(values, json_mode=prompt.json_mode)
 
-    def _stage_ok(self, example: SimExample, system: str, fields: list[str]) -> bool:
-        ok = True
-        concept = self.world.concept(example.category)
-        if concept is not None and concept.field in fields:
-            ok = concept.phrase.lower() in system
-        for distractor in self.world.distractors:
-            if distractor.field not in fields or distractor.phrase.lower() not in system:
-                continue
-            if example.category in distractor.fixes:
-                ok = True
-            if ALL in distractor.breaks or example.category in distractor.breaks:
-                ok = False
+    def correct(self, prompt: Prompt, example: SimExample, fields: list[str]) -> bool:
+        system = normalized(prompt.system)
+        ok = self.world.stage_ok(example.category, system, fields)
+        if "answer" in fields and "plan-bad" in prompt.user.lower():
+            ok = False
+        if self.world.flip_rate and self._noise(system, example, fields) < self.world.flip_rate:
+            ok = not ok
         return ok
 
     def _noise(self, system: str, example: SimExample, fields: list[str]) -> float:
-        digest = hashlib.sha256(f"{self.world.seed}|{_normalized(system)}|{example.qid}|{fields}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2**64
-
-    def close(self) -> None:
-        pass
+        return unit_hash(f"{self.world.seed}|{system}|{example.qid}|{fields}")
 
 
-class ScriptedTeacherEngine:
-    """Scripted teacher (not a real model) for Concept Distillation's induction prompt.
+class ScriptedTeacherEngine(ScriptedEngine):
+    """Scripted teacher (not a real model) for Concept Distillation's ``InduceConcepts`` signature.
 
-    Each call: the helpful rule for every category among the mistakes shown (its paraphrase if it proposed that
-    rule in an earlier call, which is a near-duplicate), then the distractors it has not proposed yet, cut to the
-    prompt's ``max_rules``. Calls listed in ``world.bad_teacher_calls`` (0-based, counting DSPy's JSON-fallback
-    calls) get an unparseable reply. Counts its calls in ``calls``.
+    It finds the simulated examples anywhere in the ``mistakes`` input; mistake ``k`` is the ``k``-th example to
+    appear. Each call: the helpful rule for every category among those mistakes (its paraphrase, a near-duplicate,
+    when the call is a sampled rollout at temperature > 0, as Concept Distillation's later batches are), then the
+    distractors, starting at one picked from the mistakes shown, cut to ``max_rules``. It keeps no memory between
+    calls, so its replies do not depend on the order in which parallel calls arrive. Calls listed in
+    ``world.bad_teacher_calls`` (0-based, counting DSPy's JSON-fallback calls) get an unparseable reply.
     """
 
-    def __init__(self, world: SimulatedWorld) -> None:
-        self.world = world
-        self.calls = 0
-        self.proposed: set[str] = set()
-        self._lock = threading.Lock()
+    model = "simulated-teacher"
 
-    def complete(self, request) -> Response:
-        with self._lock:
-            index = self.calls
-            self.calls += 1
-        user = "\n".join(m.text or "" for m in request.messages if m.role == "user")
-        prompt_chars = len(_system_text(request)) + len(user)
+    def __init__(self, world: SimulatedWorld) -> None:
+        super().__init__()
+        self.world = world
+
+    def reply(self, prompt: Prompt, index: int) -> str:
         if index in self.world.bad_teacher_calls:
-            return _response("Sorry, I cannot help with that.", prompt_chars)
-        task = user.split("[[ ## rules_in_force ## ]]", 1)[0]
-        mistakes_text = user.split("[[ ## mistakes ## ]]", 1)[-1].split("[[ ## max_rules ## ]]", 1)[0]
-        mistakes = re.split(r"### Mistake \d+", mistakes_text)[1:]
-        examples = [self.world.example(m) for m in mistakes]
-        diagnoses, rules = [], []
+            return "Sorry, I cannot help with that."
+        values = prompt.inputs("task", "mistakes", "max_rules")
+        task = values.get("task", "")
+        examples = self.world.examples_in(values.get("mistakes", ""))
         by_category: dict[str, list[int]] = {}
         for number, ex in enumerate(examples, 1):
-            if ex is None:
-                continue
             by_category.setdefault(ex.category, []).append(number)
-            diagnoses.append(f"the student missed the {ex.category} concept")
+        diagnoses = [f"the student missed the {ex.category} concept" for ex in examples]
+        rules = []
         for category, numbers in by_category.items():
             concept = self.world.concept(category)
             if concept is None:
                 continue
-            with self._lock:
-                seen = concept.rule in self.proposed
-                self.proposed.add(concept.rule)
-            text = concept.paraphrase if seen and concept.paraphrase else concept.rule
-            rules.append({"predictor": _predictor_for(task, concept.field), "rule": text, "mistakes": numbers})
-        for distractor in self.world.distractors:
-            with self._lock:
-                if distractor.rule in self.proposed:
-                    continue
-                self.proposed.add(distractor.rule)
+            text = concept.paraphrase if prompt.temperature and concept.paraphrase else concept.rule
+            rules.append({"predictor": predictor_for(task, concept.field), "rule": text, "mistakes": numbers})
+        distractors = self.world.distractors
+        start = sum(ex.qid for ex in examples) % len(distractors) if distractors else 0
+        for distractor in distractors[start:] + distractors[:start]:
             fixed = [n for c, ns in by_category.items() if c in distractor.fixes for n in ns]
-            rules.append({"predictor": _predictor_for(task, distractor.field), "rule": distractor.rule,
+            rules.append({"predictor": predictor_for(task, distractor.field), "rule": distractor.rule,
                           "mistakes": fixed or [1]})
-        limit = re.search(r"\[\[ ## max_rules ## \]\]\s*(\d+)", user)
+        limit = re.search(r"\d+", values.get("max_rules", ""))
         if limit:
-            rules = rules[: int(limit.group(1))]
-        reply = _chat_reply({"analysis": json.dumps({"diagnoses": diagnoses, "rules": rules})})
-        return _response(reply, prompt_chars)
-
-    def close(self) -> None:
-        pass
+            rules = rules[: int(limit.group())]
+        return format_reply({"analysis": {"diagnoses": diagnoses, "rules": rules}}, json_mode=prompt.json_mode)
 
 
-def _predictor_for(task: str, output_field: str) -> str:
-    """The predictor (as named in the task description) whose outputs include ``output_field``."""
-    for name, outputs in re.findall(r"Predictor `([^`]+)`\s*\n\s*inputs:[^\n]*\n\s*outputs: ([^\n]*)", task):
-        if f"`{output_field}`" in outputs:
-            return name
-    found = re.search(r"Predictor `([^`]+)`", task)
-    return found.group(1) if found else "predict"
+def predictor_for(task: str, output_field: str) -> str:
+    """The predictor whose outputs include ``output_field``, from a program description such as Concept
+    Distillation's ``task`` input: each paragraph describes one predictor and names it first, in backticks, then
+    lists its fields, outputs after the word "outputs". The first predictor if none matches."""
+    names = []
+    for paragraph in re.split(r"\n\s*\n", task):
+        quoted = re.findall(r"`([^`]+)`", paragraph)
+        if not quoted:
+            continue
+        names.append(quoted[0])
+        outputs = paragraph.split("outputs", 1)[1] if "outputs" in paragraph else ""
+        if f"`{output_field}`" in outputs.split("instructions", 1)[0]:
+            return quoted[0]
+    return names[0] if names else "predict"
 
 
 @dataclass
