@@ -11,7 +11,6 @@ import difflib
 import functools
 import logging
 import random
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,15 +21,22 @@ from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureErr
 
 from .budget import TEACHER, Budget, BudgetExhaustedError
 from .evaluation import is_lm_infrastructure_error
+from .guards import LeakChecker, clip_text, length_problem, words_of
 from .mistakes import Mistake
-from .rules import REJECTED, Rule, normalize_rule_text
+from .rules import (
+    ACCEPTED,
+    MAX_RULE_CHARS,
+    MAX_RULES_CHARS_PER_PREDICTOR,
+    REJECTED,
+    Rule,
+    fits_predictor_budget,
+    normalize_rule_text,
+)
 
 logger = logging.getLogger(__name__)
 
-MAX_RULE_WORDS = 60
-MIN_RULE_WORDS = 3
 MAX_ATTEMPTS = 2
-LEAK_NGRAM = 8
+MAX_DIAGNOSIS_CHARS = 600
 DUPLICATE_OVERLAP = 0.8
 DUPLICATE_JACCARD = 0.5
 DUPLICATE_RATIO = 0.85
@@ -38,7 +44,6 @@ _STOPWORDS = frozenset(
     "a an the of to in on for and or is are be by with as at it its this that these those from into when if then "
     "than your you always never do not any all each every must should".split()
 )
-_TRIVIAL_GOLDS = frozenset({"yes", "no", "true", "false", "none", "null", "n/a", "na", "unknown"})
 
 
 class ProposedRule(pydantic.BaseModel):
@@ -62,8 +67,8 @@ class InduceConcepts(dspy.Signature):
     First diagnose each mistake: the misunderstanding, missing knowledge or format error behind it.
     Then write rules that would prevent such mistakes on new, unseen examples. Every rule must be:
     - one sentence of at most 40 words, an instruction the student can act on;
-    - general: about a kind of problem, never about one example; never state an expected answer and never quote
-      an example's input;
+    - general: about a kind of problem, never about one example; never state the expected answer of an example
+      (naming the labels a field can take is fine) and never quote an example's input;
     - new: not a restatement of a rule already in force;
     - aimed at exactly one predictor, named exactly as in `task`.
     Prefer a few strong rules over many weak ones, and say which mistakes each rule would prevent."""
@@ -76,24 +81,45 @@ class InduceConcepts(dspy.Signature):
 
 
 @functools.cache
-def induction_signature(max_rules: int, batch_size: int) -> type[dspy.Signature]:
-    """``InduceConcepts`` whose reply schema caps its arrays (``maxItems``): at most ``batch_size`` diagnoses and
-    mistake numbers per rule, at most ``max_rules`` rules. With grammar-constrained decoding this keeps a weak
-    teacher from looping until it runs out of tokens. (The caps sit on nested models: DSPy drops constraints of
-    top-level output fields when it builds the schema.)"""
+def induction_signature(max_rules: int, batch_size: int, *, schema_caps: bool = True) -> type[dspy.Signature]:
+    """``InduceConcepts`` whose reply type caps its lists: at most ``batch_size`` diagnoses and mistake numbers
+    per rule, at most ``max_rules`` rules.
+
+    The caps reach the LM as ``maxItems`` in the reply schema (unless ``schema_caps`` is off, for providers that
+    refuse the keyword): with grammar-constrained decoding they keep a weak teacher from looping until it runs
+    out of tokens. Parsing is lenient: a reply over a cap keeps its first items and logs what was dropped, rather
+    than failing whole. (The caps sit on nested models: DSPy drops constraints of top-level output fields when
+    it builds the schema.)"""
+    def capped(cap: int, description: str, **kwargs: Any) -> Any:
+        return pydantic.Field(max_length=cap if schema_caps else None, description=description, **kwargs)
+
     rule_model = pydantic.create_model(
         "ProposedRule",
         __base__=ProposedRule,
-        mistakes=(list[int], pydantic.Field(default_factory=list, max_length=batch_size,
-                                            description="numbers of the mistakes it prevents")),
+        __validators__={"keep_first_mistakes": _keep_first("mistakes", batch_size, "mistake numbers in one rule")},
+        mistakes=(list[int], capped(batch_size, "numbers of the mistakes it prevents", default_factory=list)),
     )
     analysis_model = pydantic.create_model(
         "TeacherAnalysis",
-        diagnoses=(list[str], pydantic.Field(
-            max_length=batch_size, description="for each mistake in order, one or two sentences on its cause")),
-        rules=(list[rule_model], pydantic.Field(max_length=max_rules, description="candidate rules, best first")),
+        __validators__={"keep_first_diagnoses": _keep_first("diagnoses", batch_size, "diagnoses"),
+                        "keep_first_rules": _keep_first("rules", max_rules, "rules")},
+        diagnoses=(list[str], capped(batch_size, "for each mistake in order, one or two sentences on its cause")),
+        rules=(list[rule_model], capped(max_rules, "candidate rules, best first")),
     )
     return InduceConcepts.with_updated_fields("analysis", type_=analysis_model)
+
+
+def _keep_first(field_name: str, cap: int, what: str) -> Any:
+    """A pydantic before-validator that keeps the first ``cap`` items of a list field and logs what it drops, so
+    a reply over a schema cap still parses."""
+    def keep_first(cls: type, items: Any) -> Any:
+        if isinstance(items, list) and len(items) > cap:
+            logger.warning("teacher wrote %d %s where at most %d were asked for; kept the first %d, dropped the "
+                           "other %d", len(items), what, cap, cap, len(items) - cap)
+            return items[:cap]
+        return items
+
+    return pydantic.field_validator(field_name, mode="before")(keep_first)
 
 
 def describe_task(program: dspy.Module, base_instructions: dict[str, str]) -> str:
@@ -179,7 +205,7 @@ def ask_teacher(
             with budget.track(TEACHER, "induction", reserve=2), dspy.context(lm=lm):
                 out = predict(task=task, rules_in_force=rules_in_force, mistakes=mistakes_text, max_rules=max_rules)
             analysis = out.analysis
-            reply.diagnoses = [str(d) for d in (analysis.diagnoses or [])]
+            reply.diagnoses = [clip_text(d, MAX_DIAGNOSIS_CHARS) for d in (analysis.diagnoses or [])]
             reply.rules = [_as_dict(r) for r in (analysis.rules or [])]
             reply.error = None
             return reply
@@ -191,7 +217,7 @@ def ask_teacher(
                 logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, round_index, exc)
                 return reply
             if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):
-                predict = dspy.Predict(InduceConcepts)
+                predict = dspy.Predict(induction_signature(max_rules, max(1, len(batch)), schema_caps=False))
             logger.warning(
                 "teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
                 batch_index, round_index, attempt + 1, retries + 1, reply.error[:200],
@@ -208,59 +234,6 @@ def _as_dict(item: Any) -> dict[str, Any]:
     return {"rule": str(item)}
 
 
-class LeakChecker:
-    """Rejects rules that leak training data: a gold answer, or a long run of words copied from an example."""
-
-    def __init__(self, trainset: Sequence[dspy.Example], ngram: int = LEAK_NGRAM) -> None:
-        self.ngram = ngram
-        self._ngrams: set[tuple[str, ...]] = set()
-        for ex in trainset:
-            for value in ex.values():
-                self._ngrams.update(_ngrams(_words(str(value)), ngram))
-
-    def check(self, text: str, golds: Sequence[Any]) -> str | None:
-        words = _words(text)
-        for gold in golds:
-            if _contains_gold(text, words, gold):
-                return f"leaks training data: contains the gold answer {str(gold)[:60]!r}"
-        copied = next((g for g in _ngrams(words, self.ngram) if g in self._ngrams), None)
-        if copied:
-            words = " ".join(copied)
-            return f"leaks training data: copies {self.ngram} consecutive words from a training example ({words!r})"
-        return None
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+(?:\.[0-9]+)?", text.lower())
-
-
-def _ngrams(words: list[str], n: int) -> list[tuple[str, ...]]:
-    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
-def _number(text: str) -> float | None:
-    try:
-        return float(text.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def _contains_gold(text: str, words: list[str], gold: Any) -> bool:
-    if isinstance(gold, (list, tuple)):
-        return any(_contains_gold(text, words, g) for g in gold)
-    value = str(gold).strip()
-    number = _number(value)
-    if number is not None:
-        if number.is_integer() and abs(number) < 10:
-            return False  # single digits ("round to 2 places") are not evidence of a leak
-        return any(_number(w) == number for w in words)
-    if len(value) < 3 or value.lower() in _TRIVIAL_GOLDS:
-        return False
-    if len(_words(value)) > LEAK_NGRAM:
-        return False  # long golds (sentences, code) are caught by the n-gram check instead
-    return re.search(rf"(?<!\w){re.escape(value.lower())}(?!\w)", text.lower()) is not None
-
-
 def _stem(word: str) -> str:
     for suffix, replacement in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
         if len(word) > 4 and word.endswith(suffix):
@@ -269,7 +242,7 @@ def _stem(word: str) -> str:
 
 
 def _content_words(text: str) -> set[str]:
-    return {_stem(w) for w in _words(text) if w not in _STOPWORDS}
+    return {_stem(w) for w in words_of(text) if w not in _STOPWORDS}
 
 
 def similar(a: str, b: str) -> bool:
@@ -316,21 +289,13 @@ def rules_from_replies(
     out: list[Rule] = []
     kept: list[Rule] = []
     merged_into: dict[str, Rule] = {}  # rule id -> the kept rule that carries it
+    in_force = [r for r in known_rules if r.status == ACCEPTED]
     for reply, batch in zip(replies, batches, strict=True):
         for proposal in reply.rules:
-            text = normalize_rule_text(str(proposal.get("rule", "")))
-            if not text:
+            proposed = _proposed_rule(proposal, batch, predictor_names, round_index, reply.batch)
+            if proposed is None:
                 continue
-            numbers = [n for n in proposal.get("mistakes", []) or [] if isinstance(n, int) and 1 <= n <= len(batch)]
-            sources = [batch[n - 1] for n in numbers] or list(batch)
-            target = resolve_predictor(str(proposal.get("predictor", "")), predictor_names)
-            rule = Rule(
-                text=text,
-                predictor=target or str(proposal.get("predictor") or "?"),
-                source_mistakes=list(dict.fromkeys(m.id for m in sources)),
-                round=round_index,
-                batch=reply.batch,
-            )
+            rule, reason = proposed
             if rule.id in merged_into or any(r.id == rule.id for r in out):
                 # the same text again: more support for the rule that carries it, not another row
                 carrier = merged_into.get(rule.id)
@@ -338,7 +303,7 @@ def rules_from_replies(
                     carrier.source_mistakes = list(dict.fromkeys([*carrier.source_mistakes, *rule.source_mistakes]))
                 continue
             out.append(rule)
-            reason = _invalid_reason(rule, target, predictor_names, leak_checker, [m.gold for m in batch])
+            reason = reason or leak_checker.check(rule.text, [m.gold for m in batch])
             if reason:
                 rule.reject(reason)
                 continue
@@ -356,21 +321,44 @@ def rules_from_replies(
                 what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round}"
                 rule.reject(f"near-duplicate of rule {earlier.id} ({what})")
                 continue
+            if not fits_predictor_budget(in_force, rule):
+                rule.reject(_over_budget_reason(in_force, rule))
+                continue
             kept.append(rule)
             merged_into[rule.id] = rule
     return out
 
 
-def _invalid_reason(rule: Rule, target: str | None, names: Sequence[str], leaks: LeakChecker,
-                    golds: Sequence[dict[str, Any]]) -> str | None:
+def _proposed_rule(proposal: dict[str, Any], batch: Sequence[Mistake], names: Sequence[str], round_index: int,
+                   batch_index: int) -> tuple[Rule, str | None] | None:
+    """The Rule a teacher's proposal describes (None if it has no text) and why it is malformed, if it is: an
+    unknown predictor, too long or too short. Teacher text that fails a cap is stored clipped (an unknown
+    predictor's name to ``CLIP_CHARS``, an over-long rule to ``MAX_RULE_CHARS``) so it cannot flood a report."""
+    text = normalize_rule_text(str(proposal.get("rule", "")))
+    if not text:
+        return None
+    numbers = [n for n in proposal.get("mistakes", []) or [] if isinstance(n, int) and 1 <= n <= len(batch)]
+    sources = [batch[n - 1] for n in numbers] or list(batch)
+    name = str(proposal.get("predictor") or "")
+    target = resolve_predictor(name, names)
+    problem = length_problem(text)
+    rule = Rule(
+        text=clip_text(text, MAX_RULE_CHARS),
+        predictor=target or clip_text(name) or "?",
+        source_mistakes=list(dict.fromkeys(m.id for m in sources)),
+        round=round_index,
+        batch=batch_index,
+    )
     if target is None:
-        return f"targets unknown predictor {rule.predictor!r}; the program has {list(names)}"
-    words = len(rule.text.split())
-    if words > MAX_RULE_WORDS:
-        return f"too long ({words} words; a rule has at most {MAX_RULE_WORDS})"
-    if words < MIN_RULE_WORDS:
-        return f"too short to be an instruction ({words} word(s); a rule has at least {MIN_RULE_WORDS})"
-    return leaks.check(rule.text, [v for gold in golds for v in gold.values()])
+        return rule, f"targets unknown predictor {rule.predictor!r}; the program has {list(names)}"
+    return rule, problem
+
+
+def _over_budget_reason(in_force: Sequence[Rule], rule: Rule) -> str:
+    used = sum(len(r.text) for r in in_force if r.predictor == rule.predictor)
+    return (f"too much rule text for predictor {rule.predictor!r}: the {used:,} characters of its rules in force "
+            f"plus this rule's {len(rule.text):,} exceed MAX_RULES_CHARS_PER_PREDICTOR="
+            f"{MAX_RULES_CHARS_PER_PREDICTOR}")
 
 
 def _worth_retrying(earlier: Rule) -> bool:

@@ -20,11 +20,22 @@ STATUSES = (CANDIDATE, ACCEPTED, REJECTED)
 RULES_HEADER = "Follow these rules, learned from past mistakes:"
 JSON_FORMAT = "dspy_concept_distill.rules/1"
 
+MAX_RULE_CHARS = 400  # one rule, in characters (the word caps live in guards.py)
+MAX_RULES_CHARS_PER_PREDICTOR = 2000  # all rules in force for one predictor, in characters of rule text
+
 
 def normalize_rule_text(text: str) -> str:
     """One line, single spaces, no list marker: the form a rule is stored and rendered in."""
     text = re.sub(r"\s+", " ", str(text)).strip()
     return re.sub(r"^(?:[-*\u2022]|\d+[.)])\s+", "", text)
+
+
+def fits_predictor_budget(rules_in_force: Iterable[Rule], rule: Rule) -> bool:
+    """Whether ``rule`` can join ``rules_in_force`` without the rule text of its predictor (the sum of the rule
+    texts' lengths, ``rule`` included) going over ``MAX_RULES_CHARS_PER_PREDICTOR``. Rules of other predictors
+    do not count."""
+    used = sum(len(r.text) for r in rules_in_force if r.predictor == rule.predictor)
+    return used + len(rule.text) <= MAX_RULES_CHARS_PER_PREDICTOR
 
 
 def rule_id(predictor: str, text: str) -> str:

@@ -1,10 +1,12 @@
 import json
+import logging
 import random
 
 import dspy
 import pytest
 
 from dspy_concept_distill.budget import Budget, Ledger
+from dspy_concept_distill.guards import label_vocabulary
 from dspy_concept_distill.induction import (
     BatchReply,
     LeakChecker,
@@ -15,7 +17,14 @@ from dspy_concept_distill.induction import (
     similar,
 )
 from dspy_concept_distill.mistakes import Mistake
-from dspy_concept_distill.rules import CANDIDATE, REJECTED, Rule
+from dspy_concept_distill.rules import (
+    ACCEPTED,
+    CANDIDATE,
+    MAX_RULE_CHARS,
+    MAX_RULES_CHARS_PER_PREDICTOR,
+    REJECTED,
+    Rule,
+)
 
 
 def mistake(i: int, gold=57) -> Mistake:
@@ -39,13 +48,13 @@ def test_leak_checker_rejects_gold_answers_and_copied_inputs_only():
     train = [dspy.Example(question="A farmer has 17 cows and buys 25 more cows at the big market on Monday",
                           answer=42).with_inputs("question")]
     leaks = LeakChecker(train)
-    assert "gold answer" in leaks.check("If unsure, answer 42.", [42])
-    assert "gold answer" in leaks.check("The answer is 42.0 here.", ["42"])
-    assert leaks.check("Round to 2 decimal places.", [2]) is None  # single digits are not evidence
-    assert leaks.check("Answer yes or no.", ["yes"]) is None
-    copied = leaks.check("Remember: has 17 cows and buys 25 more cows at the big market.", [7])
+    assert "gold answer" in leaks.check("If unsure, answer 42.", [{"answer": 42}])
+    assert "gold answer" in leaks.check("The answer is 42.0 here.", [{"answer": "42"}])
+    assert leaks.check("Round to 2 decimal places.", [{"answer": 2}]) is None  # single digits are not evidence
+    assert leaks.check("Answer yes or no.", [{"answer": "yes"}]) is None
+    copied = leaks.check("Remember: has 17 cows and buys 25 more cows at the big market.", [{"answer": 7}])
     assert copied and "8 consecutive words" in copied
-    assert leaks.check("Add the animals bought to those already owned.", [42]) is None
+    assert leaks.check("Add the animals bought to those already owned.", [{"answer": 42}]) is None
 
 
 def test_resolve_predictor_accepts_exact_and_unambiguous_names():
@@ -120,6 +129,13 @@ def test_near_misses_from_earlier_rounds_get_one_more_measurement():
     assert "rejected in round 0" in rules[1].reason and "rejected in round 0" in rules[2].reason
 
 
+def ask(teacher: dspy.LM, batch: list[Mistake], *, max_rules: int, retries: int) -> BatchReply:
+    """One teacher call on a one-predictor task, first batch of round 0, no budget."""
+    return ask_teacher(teacher, task="Predictor `predict`", rules_in_force="(none yet)", batch=batch,
+                       max_rules=max_rules, rollout=None, retries=retries, budget=Budget(Ledger(), None, None),
+                       round_index=0, batch_index=0, rng=random.Random(0))
+
+
 class SchemaStrictTeacher:
     """A scripted teacher engine (not a model) whose API refuses JSON schemas with `maxItems`, as some
     structured-output providers do, and otherwise answers with one rule."""
@@ -147,10 +163,181 @@ def test_a_provider_that_refuses_the_capped_schema_gets_the_plain_one():
     engine = SchemaStrictTeacher()
     teacher = dspy.LM("strict/teacher", engine=engine, num_retries=0)
     dspy.configure(adapter=dspy.JSONAdapter())
-    budget = Budget(Ledger(), None, None)
-    reply = ask_teacher(teacher, task="Predictor `predict`", rules_in_force="(none yet)", batch=[mistake(1)],
-                        max_rules=2, rollout=None, retries=1, budget=budget, round_index=0, batch_index=0,
-                        rng=random.Random(0))
+    reply = ask(teacher, [mistake(1)], max_rules=2, retries=1)
     assert reply.error is None and reply.attempts == 2
     assert reply.rules[0]["rule"] == "Convert all quantities to one unit first."
     assert "maxItems" in engine.schemas[0] and "maxItems" not in engine.schemas[-1]
+
+
+# -- leak check: label vocabulary vs leaked answers ------------------------------------------------------------------
+
+def examples(field: str, golds: list, input_field: str = "text") -> list[dspy.Example]:
+    return [dspy.Example(**{input_field: f"example number {i}", field: g}).with_inputs(input_field)
+            for i, g in enumerate(golds)]
+
+
+SENTIMENT = examples("sentiment", ["positive", "negative", "negative", "positive", "positive", "negative"])
+TRIAGE = examples("label", ["billing", "technical", "billing", "account", "technical", "billing", "account"])
+MULTIARITH = examples("answer", [347, 42.0, 15, 128, 63, 2, 120, 15, 3.5, 75], input_field="question")
+
+
+def test_labels_of_a_classification_task_may_be_named_in_a_rule():
+    leaks = LeakChecker(SENTIMENT)
+    assert leaks.check("Answer with exactly one lowercase word: positive or negative.",
+                       [{"sentiment": "positive"}, {"sentiment": "negative"}]) is None
+    triage = LeakChecker(TRIAGE)
+    assert triage.check("If the ticket is about money, the label is billing.", [{"label": "billing"}]) is None
+    assert triage.check("Login and password problems are labelled account.", [{"label": "account"}]) is None
+
+
+def test_a_label_seen_once_is_vocabulary_when_its_field_is_a_small_label_set():
+    train = examples("label", ["billing"] * 4 + ["technical"] * 3 + ["account"])
+    assert label_vocabulary(train)["label"] == {"billing", "technical", "account"}
+    assert LeakChecker(train).check("Password resets are labelled account.", [{"label": "account"}]) is None
+    # three examples with three different labels: nothing shows a label set, so each value is tied to one example
+    tiny = examples("label", ["billing", "technical", "account"])
+    assert label_vocabulary(tiny) == {"label": set()}
+    assert "gold answer 'account'" in LeakChecker(tiny).check("Password resets are account.", [{"label": "account"}])
+
+
+def test_an_answer_tied_to_one_example_still_leaks():
+    capitals = examples("answer", ["Paris", "Berlin", "Madrid", "Rome", "Lisbon", "Paris"], input_field="question")
+    leaks = LeakChecker(capitals)
+    assert "gold answer 'Berlin'" in leaks.check("For Germany the answer is Berlin.", [{"answer": "Berlin"}])
+    assert leaks.check("When the question is about France, answer Paris.", [{"answer": "Paris"}]) is None
+    assert label_vocabulary(capitals)["answer"] == {"paris"}  # shared by two examples; six values are no label set
+
+
+def test_numeric_answers_leak_unless_their_field_is_a_label_set():
+    leaks = LeakChecker(MULTIARITH)
+    assert "gold answer '347'" in leaks.check("If unsure, answer 347.", [{"answer": 347}])
+    assert "gold answer" in leaks.check("The total is 120.0 here.", [{"answer": 120}])
+    assert "gold answer" in leaks.check("Write 3.5 for half of seven.", [{"answer": 3.5}])
+    # shared by two problems, but arithmetic answers coincide by chance: a number outside a label set always leaks
+    assert "gold answer '15'" in leaks.check("Most answers are 15.", [{"answer": 15}])
+    assert leaks.check("Round to 2 decimal places.", [{"answer": 2}]) is None  # small integers are not evidence
+    assert label_vocabulary(MULTIARITH) == {"answer": set()}
+    status = examples("status", [404, 200, 500, 404, 200, 200, 500, 404])
+    assert label_vocabulary(status)["status"] == {404.0, 200.0, 500.0}
+    assert LeakChecker(status).check("A missing page gets status 404.", [{"status": 404}]) is None
+
+
+def test_multi_word_and_list_valued_golds():
+    multi = examples("label", ["Billing Issue", "technical problem", "billing issue", "technical problem"])
+    assert label_vocabulary(multi)["label"] == {"billing issue", "technical problem"}
+    assert LeakChecker(multi).check("Refund requests are a billing issue.", [{"label": "billing issue"}]) is None
+    people = examples("answer", ["Leonardo  da Vinci", "Marie Curie", "Ada Lovelace"], input_field="question")
+    assert "gold answer" in LeakChecker(people).check("The painter is Leonardo da\nVinci.",
+                                                      [{"answer": "Leonardo  da Vinci"}])
+    tags = examples("tags", [["billing", "urgent"], ["technical"], ["billing"], ["urgent", "account"], ["technical"]])
+    leaks = LeakChecker(tags)
+    assert leaks.check("Outages are technical and urgent.", [{"tags": ["technical", "urgent"]}]) is None
+    aliases = examples("answers", [["Paris", "City of Light"], ["Berlin"], ["Rome", "Eternal City"]])
+    reason = LeakChecker(aliases).check("Call it the Eternal City.", [{"answers": ["Rome", "Eternal City"]}])
+    assert "gold answer 'Eternal City'" in reason
+
+
+def test_rules_from_replies_accepts_a_rule_that_names_the_labels():
+    batch = [Mistake(id="0-1", example_key="k1", inputs={"text": "refund?"}, gold={"label": "billing"}, score=0.0)]
+    proposal = {"predictor": "predict", "rule": "If the ticket is about money, the label is billing."}
+    rules = rules_from_replies([reply(0, proposal)], [batch], predictor_names=["predict"],
+                               leak_checker=LeakChecker(TRIAGE), known_rules=[], round_index=0)
+    assert [r.status for r in rules] == [CANDIDATE]
+
+
+# -- length caps -----------------------------------------------------------------------------------------------------
+
+def test_a_rule_with_a_huge_token_is_rejected_by_its_length_in_characters():
+    text = "Always answer " + "x" * 10_000
+    rules = rules_from_replies([reply(0, {"predictor": "p", "rule": text})], [[mistake(1)]], predictor_names=["p"],
+                               leak_checker=LeakChecker([]), known_rules=[], round_index=0)
+    (rule,) = rules
+    assert rule.status == REJECTED
+    assert f"at most {MAX_RULE_CHARS} characters" in rule.reason and "10,014" in rule.reason
+    assert len(rule.text) <= MAX_RULE_CHARS + 1 and rule.text.endswith("…")
+    at_cap = "Answer " + "y" * (MAX_RULE_CHARS - 17) + " in words."
+    assert len(at_cap) == MAX_RULE_CHARS
+    ok = rules_from_replies([reply(0, {"predictor": "p", "rule": at_cap})], [[mistake(1)]], predictor_names=["p"],
+                            leak_checker=LeakChecker([]), known_rules=[], round_index=0)
+    assert ok[0].status == CANDIDATE
+
+
+def test_a_candidate_that_would_overflow_its_predictors_rule_text_is_rejected():
+    filler = "Check that every quantity in the plan has a unit attached " + "q" * 300 + " before solving"
+    in_force = [Rule(text=f"{filler} {i}.", predictor="plan", status=ACCEPTED)
+                for i in range(MAX_RULES_CHARS_PER_PREDICTOR // len(filler))]
+    rejected_earlier = Rule(text="r" * 390 + " never counts.", predictor="plan", status=REJECTED)
+    room = MAX_RULES_CHARS_PER_PREDICTOR - sum(len(r.text) for r in in_force)
+    text = "Name the unit of the final answer " + "u" * room + " always."
+    fits = "Write the unit after the number in every answer."
+    proposals = [{"predictor": "plan", "rule": text}, {"predictor": "solve", "rule": text},
+                 {"predictor": "plan", "rule": fits}]
+    rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["plan", "solve"],
+                               leak_checker=LeakChecker([]), known_rules=[*in_force, rejected_earlier],
+                               round_index=1)
+    assert len(text) <= MAX_RULE_CHARS and len(fits) <= room < len(fits) + len(rejected_earlier.text)
+    assert rules[0].status == REJECTED
+    assert f"MAX_RULES_CHARS_PER_PREDICTOR={MAX_RULES_CHARS_PER_PREDICTOR}" in rules[0].reason
+    assert [r.status for r in rules[1:]] == [CANDIDATE, CANDIDATE]  # other predictor; rejected rules take no room
+
+
+# -- garbage teacher text stays short --------------------------------------------------------------------------------
+
+def test_garbage_predictor_names_and_quoted_text_are_clipped():
+    garbage = "junk " * 100
+    long_gold = "g" * 300
+    batch = [Mistake(id="0-1", example_key="k", inputs={"q": "x"}, gold={"answer": long_gold}, score=0.0)]
+    copied = " ".join(f"w{i}" + "x" * 40 for i in range(8))
+    train = [dspy.Example(q=f"so {copied} end", answer=long_gold).with_inputs("q")]
+    proposals = [{"predictor": garbage, "rule": "Convert every quantity to the same unit."},
+                 {"predictor": "plan", "rule": f"Never answer {long_gold} at all."},
+                 {"predictor": "plan", "rule": f"Say {copied} always."}]
+    rules = rules_from_replies([reply(0, *proposals)], [batch], predictor_names=["plan", "solve"],
+                               leak_checker=LeakChecker(train), known_rules=[], round_index=0)
+    unknown, leak, copy = rules
+    assert unknown.status == REJECTED and unknown.predictor == garbage[:60].strip() + "…"
+    assert "unknown predictor" in unknown.reason and len(unknown.reason) < 160
+    assert "gold answer" in leak.reason and len(leak.reason) < 200
+    assert "consecutive words" in copy.reason and len(copy.reason) < 200
+
+
+# -- over-long teacher lists are truncated ---------------------------------------------------------------------------
+
+class ScriptedTeacher:
+    """A scripted teacher engine (not a model): answers every call with the same analysis, formatted for the
+    adapter in use, and records the JSON schema it was sent."""
+
+    supports_response_schema = True
+    supported_params = frozenset({"response_format", "temperature", "max_tokens"})
+
+    def __init__(self, analysis: dict, chat: bool):
+        self.analysis, self.chat, self.schemas = analysis, chat, []
+
+    def complete(self, request):
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        self.schemas.append(json.dumps(request.config.response_format or {}))
+        if self.chat:
+            text = f"[[ ## analysis ## ]]\n{json.dumps(self.analysis)}\n\n[[ ## completed ## ]]"
+        else:
+            text = json.dumps({"analysis": self.analysis})
+        return Response(id=None, model="scripted", message=Message.assistant([TextPart(text)]), finish_reason="stop",
+                        usage=Usage(input_tokens=10, output_tokens=10))
+
+
+@pytest.mark.parametrize("adapter", ["chat", "json"])
+def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog):
+    rules = [{"predictor": "predict", "rule": f"Rule number {i} for the student to follow.", "mistakes": [1, 2, 1]}
+             for i in range(3)]
+    engine = ScriptedTeacher({"diagnoses": ["a", "b", "c"], "rules": rules}, chat=adapter == "chat")
+    teacher = dspy.LM("scripted/teacher", engine=engine, num_retries=0)
+    dspy.configure(adapter=dspy.ChatAdapter() if adapter == "chat" else dspy.JSONAdapter())
+    with caplog.at_level(logging.WARNING, logger="dspy_concept_distill.induction"):
+        result = ask(teacher, [mistake(1), mistake(2)], max_rules=2, retries=0)
+    assert result.error is None and result.attempts == 1
+    assert [r["rule"] for r in result.rules] == [rules[0]["rule"], rules[1]["rule"]]
+    assert result.diagnoses == ["a", "b"]
+    assert all(r["mistakes"] == [1, 2] for r in result.rules)
+    assert "3 rules" in caplog.text and "dropped" in caplog.text
+    if adapter == "json":
+        assert '"maxItems": 2' in engine.schemas[0]  # the caps still reach the LM

@@ -4,7 +4,13 @@ import dspy
 import pytest
 
 from dspy_concept_distill import Rule, RuleSet
-from dspy_concept_distill.rules import ACCEPTED, RULES_HEADER, render_instructions
+from dspy_concept_distill.rules import (
+    ACCEPTED,
+    MAX_RULES_CHARS_PER_PREDICTOR,
+    RULES_HEADER,
+    fits_predictor_budget,
+    render_instructions,
+)
 
 
 class TwoStep(dspy.Module):
@@ -101,3 +107,17 @@ def test_ruleset_is_a_value_and_drops_exact_repeats():
     base = RuleSet()
     extended = base.with_rule(a)
     assert len(base) == 0 and len(extended) == 1
+
+
+def test_fits_predictor_budget_counts_only_the_rules_of_the_same_predictor():
+    long_text = "Check every step of the plan. " + "z" * 350
+    in_force = [Rule(text=f"{long_text} {i}", predictor="plan", status=ACCEPTED) for i in range(5)]
+    used = sum(len(r.text) for r in in_force)
+    assert used <= MAX_RULES_CHARS_PER_PREDICTOR
+    small = Rule(text="Keep it short.", predictor="plan")
+    assert used + len(small.text) <= MAX_RULES_CHARS_PER_PREDICTOR
+    assert fits_predictor_budget(in_force, small)
+    big = Rule(text="w" * (MAX_RULES_CHARS_PER_PREDICTOR - used + 1), predictor="plan")
+    assert not fits_predictor_budget(in_force, big)
+    assert fits_predictor_budget(in_force, Rule(text=big.text, predictor="solve"))
+    assert fits_predictor_budget([], Rule(text="w" * MAX_RULES_CHARS_PER_PREDICTOR, predictor="plan"))
