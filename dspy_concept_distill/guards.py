@@ -100,7 +100,8 @@ class LeakChecker:
             for name, value in gold.items():
                 leaked = self._leaked_value(text, words, name, value)
                 if leaked is not None:
-                    return (f"leaks training data: contains the gold answer {clip_text(leaked)!r} of field "
+                    shown = int(leaked) if isinstance(leaked, float) and leaked.is_integer() else leaked
+                    return (f"leaks training data: contains the gold answer {clip_text(shown)!r} of field "
                             f"{clip_text(name)!r}, which is not a label shared by several training examples")
         copied = next((g for g in _ngrams(words, self.ngram) if g in self._ngrams), None)
         if copied:

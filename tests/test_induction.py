@@ -210,7 +210,7 @@ def test_an_answer_tied_to_one_example_still_leaks():
 
 def test_numeric_answers_leak_unless_their_field_is_a_label_set():
     leaks = LeakChecker(MULTIARITH)
-    assert "gold answer '347'" in leaks.check("If unsure, answer 347.", [{"answer": 347}])
+    assert "gold answer '347'" in leaks.check("If unsure, answer 347.", [{"answer": 347.0}])
     assert "gold answer" in leaks.check("The total is 120.0 here.", [{"answer": 120}])
     assert "gold answer" in leaks.check("Write 3.5 for half of seven.", [{"answer": 3.5}])
     # shared by two problems, but arithmetic answers coincide by chance: a number outside a label set always leaks
