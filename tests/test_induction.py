@@ -27,8 +27,8 @@ from dspy_concept_distill.rules import (
 )
 
 
-def mistake(i: int, gold=57) -> Mistake:
-    return Mistake(id=f"0-{i}", example_key=f"k{i}", inputs={"question": f"q{i}"}, gold={"answer": gold}, score=0.0)
+def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
+    return Mistake(id=f"0-{i}", example_key=f"k{i}", inputs={"question": f"q{i}"}, gold={field: gold}, score=0.0)
 
 
 def reply(batch: int, *rules: dict) -> BatchReply:
@@ -238,7 +238,7 @@ def test_multi_word_and_list_valued_golds():
 
 
 def test_rules_from_replies_accepts_a_rule_that_names_the_labels():
-    batch = [Mistake(id="0-1", example_key="k1", inputs={"text": "refund?"}, gold={"label": "billing"}, score=0.0)]
+    batch = [mistake(1, gold="billing", field="label")]
     proposal = {"predictor": "predict", "rule": "If the ticket is about money, the label is billing."}
     rules = rules_from_replies([reply(0, proposal)], [batch], predictor_names=["predict"],
                                leak_checker=LeakChecker(TRIAGE), known_rules=[], round_index=0)
@@ -286,7 +286,7 @@ def test_a_candidate_that_would_overflow_its_predictors_rule_text_is_rejected():
 def test_garbage_predictor_names_and_quoted_text_are_clipped():
     garbage = "junk " * 100
     long_gold = "g" * 300
-    batch = [Mistake(id="0-1", example_key="k", inputs={"q": "x"}, gold={"answer": long_gold}, score=0.0)]
+    batch = [mistake(1, gold=long_gold)]
     copied = " ".join(f"w{i}" + "x" * 40 for i in range(8))
     train = [dspy.Example(q=f"so {copied} end", answer=long_gold).with_inputs("q")]
     proposals = [{"predictor": garbage, "rule": "Convert every quantity to the same unit."},
