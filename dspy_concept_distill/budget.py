@@ -1,25 +1,47 @@
-"""Usage ledger (calls and tokens per LM role, model and phase) and hard call budgets."""
+"""Usage ledger (requests, cache hits and tokens per LM role, phase and model) and exact, hard call budgets.
+
+Every LM the optimizer runs is a *metered* copy (``metered``): before each request it takes a permit from the
+``Budget`` (so requests in flight can never pass the limit, at any thread count), it books what the request
+cost in the ``Ledger`` once the request is done, and it does the LM's retries itself, one permit per attempt, so
+retried requests are booked too. Replies answered from DSPy's cache cost nothing and are counted apart.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any
 
 import dspy
+from dspy.utils.exceptions import is_retryable_lm_error
 from dspy.utils.usage_tracker import UsageTracker
+
+from .pricing import price
 
 logger = logging.getLogger(__name__)
 
-STUDENT = "student"
-TEACHER = "teacher"
+
+class Role(StrEnum):
+    STUDENT = "student"
+    TEACHER = "teacher"
+
+
+STUDENT = Role.STUDENT
+TEACHER = Role.TEACHER
+MAX_RETRY_DELAY = 30.0
+
+_phase: contextvars.ContextVar[str] = contextvars.ContextVar("cd_phase", default="other")
+_refusals: contextvars.ContextVar[list[BaseException] | None] = contextvars.ContextVar("cd_refusals", default=None)
 
 
 class BudgetExhaustedError(RuntimeError):
-    """The next LM call would pass ``max_student_calls`` or ``max_teacher_calls``."""
+    """The next LM request would pass ``max_student_calls`` or ``max_teacher_calls``."""
 
     def __init__(self, role: str, limit: int) -> None:
         self.role, self.limit = role, limit
@@ -32,36 +54,44 @@ class UsageRow:
     phase: str
     model: str
     calls: int = 0
+    cache_hits: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     cost: float | None = None
 
 
 class Ledger:
-    """Counts every LM call that reached a model (cache hits are free and not counted), per role/phase/model."""
+    """Counts every LM request that reached a model, per role/phase/model; cache hits are counted apart."""
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str, str], UsageRow] = {}
         self._lock = threading.Lock()
 
-    def record(
-        self, role: str, phase: str, model: str, usage: dict[str, Any] | None, cost: float | None = None
-    ) -> None:
+    def _row(self, role: str, phase: str, model: str) -> UsageRow:
+        return self._rows.setdefault((str(role), phase, model), UsageRow(str(role), phase, model))
+
+    def record(self, role: str, phase: str, model: str, usage: dict[str, Any] | None) -> None:
         usage = usage or {}
         with self._lock:
-            row = self._rows.setdefault((role, phase, model), UsageRow(role, phase, model))
+            row = self._row(role, phase, model)
             row.calls += 1
             row.input_tokens += int(usage.get("prompt_tokens") or usage.get("input_tokens") or 0)
             row.output_tokens += int(usage.get("completion_tokens") or usage.get("output_tokens") or 0)
-            if cost is not None:
-                row.cost = (row.cost or 0.0) + cost
+
+    def record_cache_hit(self, role: str, phase: str, model: str) -> None:
+        with self._lock:
+            self._row(role, phase, model).cache_hits += 1
 
     def calls(self, role: str | None = None, phase: str | None = None) -> int:
+        return self._sum("calls", role, phase)
+
+    def cache_hits(self, role: str | None = None, phase: str | None = None) -> int:
+        return self._sum("cache_hits", role, phase)
+
+    def _sum(self, attr: str, role: str | None, phase: str | None) -> int:
         with self._lock:
-            return sum(
-                r.calls for r in self._rows.values()
-                if (role is None or r.role == role) and (phase is None or r.phase == phase)
-            )
+            return sum(getattr(r, attr) for r in self._rows.values()
+                       if (role is None or r.role == role) and (phase is None or r.phase == phase))
 
     def __getstate__(self) -> dict[str, Any]:  # locks do not copy or pickle: rebuild one
         with self._lock:
@@ -72,21 +102,21 @@ class Ledger:
         self._lock = threading.Lock()
 
     def rows(self) -> list[UsageRow]:
+        """Copies of the rows, each priced (USD) where its model has a known price."""
         with self._lock:
             rows = [UsageRow(**vars(r)) for r in self._rows.values()]
         for row in rows:
-            if row.cost is None:
-                row.cost = _price(row.model, row.input_tokens, row.output_tokens)
+            row.cost = price(row.model, row.input_tokens, row.output_tokens)
         return rows
 
     def totals(self) -> dict[str, dict[str, Any]]:
-        """Per role: calls, input_tokens, output_tokens and cost (None where no price is known)."""
+        """Per role: calls, cache_hits, input_tokens, output_tokens and cost (None where no price is known)."""
         out: dict[str, dict[str, Any]] = {}
         for row in self.rows():
-            total = out.setdefault(row.role, {"calls": 0, "input_tokens": 0, "output_tokens": 0, "cost": None})
-            total["calls"] += row.calls
-            total["input_tokens"] += row.input_tokens
-            total["output_tokens"] += row.output_tokens
+            total = out.setdefault(row.role, {"calls": 0, "cache_hits": 0, "input_tokens": 0, "output_tokens": 0,
+                                              "cost": None})
+            for name in ("calls", "cache_hits", "input_tokens", "output_tokens"):
+                total[name] += getattr(row, name)
             if row.cost is not None:
                 total["cost"] = (total["cost"] or 0.0) + row.cost
         return out
@@ -98,92 +128,178 @@ class Ledger:
     @classmethod
     def from_dict(cls, rows: list[dict[str, Any]]) -> Ledger:
         ledger = cls()
+        known = {f.name for f in fields(UsageRow)}
         for row in rows:
-            ledger._rows[(row["role"], row["phase"], row["model"])] = UsageRow(**row)
+            ledger._rows[(row["role"], row["phase"], row["model"])] = UsageRow(
+                **{k: v for k, v in row.items() if k in known})
         return ledger
 
     def frame(self):
         import pandas as pd
 
-        return pd.DataFrame([vars(r) for r in self.rows()], columns=list(UsageRow.__dataclass_fields__))
+        return pd.DataFrame([vars(r) for r in self.rows()], columns=[f.name for f in fields(UsageRow)])
 
 
-UNPRICED_PREFIXES = ("local/", "simulated/")  # in-process engines: no bill
+class _CallTracker(UsageTracker):
+    """Receives DSPy's usage report for LM requests made inside its ``dspy.context``."""
 
-
-def _price(model: str, input_tokens: int, output_tokens: int) -> float | None:
-    """USD from DSPy's model-price snapshot (LiteLLM's price table, the one DSPy prices its own calls with);
-    None when the model is not in it (local models, unknown names)."""
-    if model.startswith(UNPRICED_PREFIXES):
-        return None
-    try:
-        from dspy.clients.model_metadata import model_info, rate
-
-        provider, _, name = model.partition("/")
-        info = model_info(provider, name) if name else model_info("openai", model)
-        price_in, price_out = rate(info, "input_cost_per_token"), rate(info, "output_cost_per_token")
-    except Exception:  # advisory only: a missing or unreadable price table is not an error
-        return None
-    if price_in is None or price_out is None:
-        return None
-    return input_tokens * price_in + output_tokens * price_out
-
-
-class _LedgerTracker(UsageTracker):
-    """A DSPy usage tracker that books each finished (non-cached) LM call into the ledger.
-
-    DSPy calls ``add_usage`` once per LM call that reached the model, in the calling thread's settings context,
-    so a tracker installed with ``dspy.context(usage_tracker=...)`` sees exactly the calls of that block.
-    Calls are forwarded to a tracker the caller had installed, so ``dspy.track_usage()`` keeps working.
-    """
-
-    def __init__(self, ledger: Ledger, role: str, phase: str, parent: Any = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.ledger, self.role, self.phase, self.parent = ledger, role, phase, parent
-        self.calls = 0
+        self.entries: list[tuple[str, dict[str, Any]]] = []
 
     def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
-        self.calls += 1
-        self.ledger.record(self.role, self.phase, lm, usage_entry)
-        if self.parent is not None:
-            self.parent.add_usage(lm, usage_entry)
+        self.entries.append((lm, dict(usage_entry or {})))
 
 
 class Budget:
-    """Hard limits on LM calls per role, enforced by reserving calls before work starts.
+    """Exact, hard limits on LM requests per role.
 
-    ``reserve`` is called before a unit of work (one program run, one teacher call) with an upper bound of the
-    calls it can make; it raises ``BudgetExhaustedError`` when the calls already made plus those reserved by work in
-    flight plus the new reservation would pass the limit. ``settle`` releases the reservation once the work's
-    actual calls are booked in the ledger.
+    ``acquire`` takes a permit before a request is sent and raises ``BudgetExhaustedError`` when requests booked
+    plus requests in flight would pass the limit; ``settle`` books the finished request and returns the permit.
+    Usage is also forwarded to the tracker the caller had installed (``dspy.track_usage()``), whatever thread the
+    request ran on.
     """
 
-    def __init__(self, ledger: Ledger, max_student_calls: int | None, max_teacher_calls: int | None) -> None:
+    def __init__(self, ledger: Ledger, max_student_calls: int | None, max_teacher_calls: int | None,
+                 parent_tracker: Any = None) -> None:
         self.ledger = ledger
-        self.limits = {STUDENT: max_student_calls, TEACHER: max_teacher_calls}
-        self._reserved = {STUDENT: 0, TEACHER: 0}
+        self.limits: dict[str, int | None] = {STUDENT: max_student_calls, TEACHER: max_teacher_calls}
+        self.parent_tracker = parent_tracker
+        self._in_flight = {STUDENT: 0, TEACHER: 0}
+        self._exhausted: set[str] = set()
         self._lock = threading.Lock()
 
-    def reserve(self, role: str, calls: int) -> None:
+    def acquire(self, role: str) -> None:
         limit = self.limits[role]
         with self._lock:
-            if limit is not None and self.ledger.calls(role) + self._reserved[role] + calls > limit:
-                raise BudgetExhaustedError(role, limit)
-            self._reserved[role] += calls
+            if limit is not None and self.ledger.calls(role) + self._in_flight[role] + 1 > limit:
+                self._exhausted.add(role)
+                error = BudgetExhaustedError(role, limit)
+                if (refusals := _refusals.get()) is not None:
+                    refusals.append(error)
+                raise error
+            self._in_flight[role] += 1
 
-    def settle(self, role: str, calls: int) -> None:
+    def settle(self, role: str, model: str, usage: dict[str, Any] | None, *, cache_hit: bool = False) -> None:
+        phase = _phase.get()
         with self._lock:
-            self._reserved[role] = max(0, self._reserved[role] - calls)
+            if cache_hit:
+                self.ledger.record_cache_hit(role, phase, model)
+            else:
+                self.ledger.record(role, phase, model, usage)
+                if self.parent_tracker is not None and usage:
+                    self.parent_tracker.add_usage(model, usage)
+            self._in_flight[role] -= 1
 
-    @contextmanager
-    def track(self, role: str, phase: str, reserve: int = 0) -> Iterator[_LedgerTracker]:
-        """Book the LM calls made inside the block as ``role``/``phase``, holding ``reserve`` calls meanwhile."""
-        if reserve:
-            self.reserve(role, reserve)
-        tracker = _LedgerTracker(self.ledger, role, phase, parent=dspy.settings.usage_tracker)
-        try:
-            with dspy.context(usage_tracker=tracker):
-                yield tracker
-        finally:
-            if reserve:
-                self.settle(role, reserve)
+    def release(self, role: str) -> None:
+        """Return a permit whose request was never sent."""
+        with self._lock:
+            self._in_flight[role] -= 1
+
+    def exhausted(self, role: str) -> bool:
+        """Whether a request of ``role`` was refused for lack of budget."""
+        with self._lock:
+            return role in self._exhausted
+
+    def remaining(self, role: str) -> int | None:
+        limit = self.limits[role]
+        with self._lock:
+            return None if limit is None else max(0, limit - self.ledger.calls(role) - self._in_flight[role])
+
+
+@contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Book the metered LM requests made inside the block (in this thread, or threads it starts) as ``name``."""
+    token = _phase.set(name)
+    try:
+        yield
+    finally:
+        _phase.reset(token)
+
+
+@contextmanager
+def refusals() -> Iterator[list[BaseException]]:
+    """Collect the budget refusals of the block (threads it starts included), even those program code swallowed."""
+    found: list[BaseException] = []
+    token = _refusals.set(found)
+    try:
+        yield found
+    finally:
+        _refusals.reset(token)
+
+
+class _Meter:
+    """What a metered LM copy shares: the budget, its role, and the retry policy of the LM it copies."""
+
+    def __init__(self, budget: Budget, role: str, retries: int) -> None:
+        self.budget, self.role, self.retries = budget, role, retries
+
+    def __copy__(self) -> _Meter:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Meter:
+        return self
+
+    def call(self, model: str, n: int, send: Callable[[], Any]) -> Any:
+        for attempt in range(self.retries + 1):
+            for taken in range(n):
+                try:
+                    self.budget.acquire(self.role)
+                except BudgetExhaustedError:
+                    for _ in range(taken):
+                        self.budget.release(self.role)
+                    raise
+            tracker = _CallTracker()
+            try:
+                with dspy.context(usage_tracker=tracker):
+                    result = send()
+            except Exception as exc:
+                self._settle(model, n, tracker.entries, failed=True)
+                if attempt >= self.retries or not is_retryable_lm_error(exc):
+                    raise
+                time.sleep(min(float(getattr(exc, "retry_after", None) or 2**attempt), MAX_RETRY_DELAY))
+                continue
+            self._settle(model, n, tracker.entries, failed=False)
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _settle(self, model: str, n: int, entries: list[tuple[str, dict[str, Any]]], *, failed: bool) -> None:
+        """Book ``n`` requests. DSPy reports usage for every request that reached the model and none for a reply
+        from its cache; a request that failed reached the model (or was refused by it) all the same."""
+        for i in range(n):
+            lm_name, usage = entries[i] if i < len(entries) else (model, None)
+            cache_hit = not failed and not entries
+            self.budget.settle(self.role, lm_name or model, usage, cache_hit=cache_hit)
+
+
+_METERED_CLASSES: dict[type, type] = {}
+
+
+def _metered_class(cls: type) -> type:
+    if cls not in _METERED_CLASSES:
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N807
+            return self._cd_meter.call(self.model, _n(self, kwargs), lambda: cls.__call__(self, *args, **kwargs))
+
+        _METERED_CLASSES[cls] = type(f"Metered{cls.__name__}", (cls,), {"__call__": __call__, "_cd_metered": True})
+    return _METERED_CLASSES[cls]
+
+
+def _n(lm: Any, kwargs: dict[str, Any]) -> int:
+    value = kwargs.get("n", (getattr(lm, "kwargs", None) or {}).get("n", 1))
+    return value if isinstance(value, int) and value > 0 else 1
+
+
+def metered(lm: dspy.BaseLM, budget: Budget, role: str) -> dspy.BaseLM:
+    """A copy of ``lm`` whose every request takes a permit from ``budget`` and is booked as ``role``.
+
+    DSPy's own retries are turned off on the copy and done here instead (same count, exponential back-off or the
+    server's retry-after), so each attempt is one permit and one booked request. ``lm`` itself is not changed.
+    """
+    if getattr(lm, "_cd_metered", False):
+        return lm
+    retries = int(getattr(lm, "num_retries", 0) or 0)
+    copied = lm.copy(num_retries=0) if isinstance(lm, dspy.LM) else lm.copy()
+    copied.history = lm.history  # the caller's LM keeps showing the requests made in its name
+    copied.__class__ = _metered_class(type(lm))
+    copied._cd_meter = _Meter(budget, role, retries)
+    return copied

@@ -1,7 +1,8 @@
-"""Scoring program variants on examples, in parallel through ``dspy.Evaluate``, with one cache.
+"""Scoring program variants on examples, in parallel, with one cache.
 
 A *variant* is the caller's program with a RuleSet rendered into its instructions. Every (variant, example)
-pair is run at most once per compile: the cache maps ``(variant_key, example_key)`` to an ``Outcome``.
+pair is run at most once per compile: ``EvalCache`` maps ``(variant_key, example_key)`` to an ``Outcome``. Each
+variant's LMs are metered copies (see ``budget.metered``), so the budget is exact at any thread count.
 """
 
 from __future__ import annotations
@@ -10,27 +11,36 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
 from tqdm.auto import tqdm
 
-from .budget import STUDENT, Budget, BudgetExhaustedError
+from .budget import STUDENT, Budget, BudgetExhaustedError, metered, phase, refusals
+from .execution import Executor, StopRequestedError, StopSignal
 from .rules import RuleSet, render_instructions
 
 logger = logging.getLogger(__name__)
 
-PARSE_FAILURE = "parse"
-EXCEPTION = "exception"
-METRIC_ERROR = "metric"
+
+class ErrorKind(StrEnum):
+    PARSE = "parse"  # the LM reply did not parse into the output fields
+    EXCEPTION = "exception"  # the program raised
+    METRIC = "metric"  # the metric raised or returned something that is not a finite number
+
+
+PARSE_FAILURE, EXCEPTION, METRIC_ERROR = ErrorKind.PARSE, ErrorKind.EXCEPTION, ErrorKind.METRIC
 
 
 class StudentLMError(RuntimeError):
-    """The student LM itself failed (connection, auth, rate limit, server error) after DSPy's retries."""
+    """The student LM itself failed (connection, auth, rate limit, server error) after the retries."""
 
 
 @dataclass
@@ -41,7 +51,7 @@ class Outcome:
     feedback: str | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)  # [{"predictor", "inputs", "outputs"}] in call order
     error: str | None = None
-    error_kind: str | None = None  # PARSE_FAILURE | EXCEPTION | METRIC_ERROR
+    error_kind: ErrorKind | None = None
     raw_text: str | None = None  # the LM reply that failed to parse
     failed_predictor: str | None = None
     calls: int = 0
@@ -51,7 +61,12 @@ class Outcome:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        return cls(**data)
+        outcome = cls(**data)
+        if outcome.error_kind is not None:
+            outcome.error_kind = ErrorKind(outcome.error_kind)
+        if not isinstance(outcome.score, (int, float)) or not math.isfinite(outcome.score):
+            raise ValueError(f"an outcome needs a finite score, got {outcome.score!r}")
+        return outcome
 
 
 def example_key(example: dspy.Example) -> str:
@@ -70,7 +85,8 @@ class MetricAdapter:
 
     Metrics with 2 arguments get ``(example, prediction)``; with 3, ``(example, prediction, trace)``; with 5
     (GEPA style), ``(gold, prediction, trace, pred_name, pred_trace)``. Scoring passes ``trace=None`` as
-    ``dspy.Evaluate`` does. A metric may return a number, a bool, or ``dspy.Prediction(score=..., feedback=...)``.
+    ``dspy.Evaluate`` does. A metric may return a number, a bool, or ``dspy.Prediction(score=..., feedback=...)``;
+    NaN and infinite scores are refused (``ValueError``), so they are never compared.
     """
 
     def __init__(self, metric: Callable[..., Any]) -> None:
@@ -116,9 +132,17 @@ class MetricAdapter:
         if isinstance(value, bool):
             return (1.0 if value else 0.0), feedback
         try:
-            return float(value), (str(feedback) if feedback is not None else None)
+            score = float(value)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"metric returned {value!r}, which is not a number") from exc
+        if not math.isfinite(score):
+            raise ValueError(f"metric returned {score}, which is not a finite number")
+        return score, (str(feedback) if feedback is not None else None)
+
+
+def metric_max(outcomes: Iterable[Outcome]) -> float:
+    """The metric's maximum per example: 1.0, or the largest score seen if a metric goes higher."""
+    return max([1.0, *(o.score for o in outcomes)])
 
 
 def is_lm_infrastructure_error(exc: BaseException) -> bool:
@@ -127,36 +151,81 @@ def is_lm_infrastructure_error(exc: BaseException) -> bool:
     return isinstance(exc, LMError) and not isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError))
 
 
-class _Skipped:
-    """Marker for a job that was not run because the budget ran out."""
+class EvalCache:
+    """Outcomes by ``(variant_key, example_key)``; ``on_put`` (e.g. a checkpoint journal) sees every new one."""
+
+    def __init__(self, on_put: Callable[[tuple[str, str], Outcome], None] | None = None) -> None:
+        self._data: dict[tuple[str, str], Outcome] = {}
+        self._lock = threading.Lock()
+        self.on_put = on_put
+
+    def get(self, key: tuple[str, str]) -> Outcome | None:
+        with self._lock:
+            return self._data.get(key)
+
+    def put(self, key: tuple[str, str], outcome: Outcome) -> None:
+        with self._lock:
+            if key in self._data:
+                return
+            self._data[key] = outcome
+        if self.on_put is not None:
+            self.on_put(key, outcome)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._data
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    def values(self) -> list[Outcome]:
+        with self._lock:
+            return list(self._data.values())
+
+    def dump(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [{"variant": v, "example": e, "outcome": o.to_dict()} for (v, e), o in self._data.items()]
+
+    def load(self, records: Iterable[dict[str, Any]]) -> int:
+        """Add dumped records (without calling ``on_put``); returns how many were added."""
+        added = 0
+        with self._lock:
+            for record in records:
+                key = (str(record["variant"]), str(record["example"]))
+                if key not in self._data:
+                    self._data[key] = Outcome.from_dict(record["outcome"])
+                    added += 1
+        return added
+
+
+class _NotRun:
+    """A job that did not run: the budget ran out or a stop was requested."""
+
+    def __init__(self, reason: BaseException) -> None:
+        self.reason = reason
 
 
 class Evaluator:
     """Runs variants of one program on examples, caching every outcome."""
 
-    def __init__(
-        self,
-        program: dspy.Module,
-        base_instructions: dict[str, str],
-        metric: MetricAdapter,
-        budget: Budget,
-        num_threads: int | None,
-        failure_score: float = 0.0,
-    ) -> None:
+    def __init__(self, program: dspy.Module, base_instructions: dict[str, str], metric: MetricAdapter,
+                 budget: Budget, executor: Executor, stop: StopSignal, cache: EvalCache,
+                 failure_score: float = 0.0) -> None:
         self.program = program
         self.base_instructions = dict(base_instructions)
         self.metric = metric
         self.budget = budget
-        self.num_threads = num_threads
+        self.executor = executor
+        self.stop = stop
+        self.cache = cache
         self.failure_score = failure_score
-        self.cache: dict[tuple[str, str], Outcome] = {}
-        self._variants: dict[str, dspy.Module] = {}
+        default_lm = dspy.settings.lm
+        self._lms = {name: metered(p.lm or default_lm, budget, STUDENT) for name, p in program.named_predictors()}
+        self._variants: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
         self._keys: dict[RuleSet, str] = {}
         self._lock = threading.Lock()
-        n_predictors = max(1, len(base_instructions))
-        # Upper bound of LM calls one program run makes: one per predictor, doubled for DSPy's JSON fallback
-        # after a parse failure; raised if a run is ever seen to make more.
-        self.calls_per_run = 2 * n_predictors
+        self._warned_metric = False
 
     # -- variants -------------------------------------------------------------------------------------------------
     def instructions_for(self, ruleset: RuleSet) -> dict[str, str]:
@@ -169,11 +238,17 @@ class Evaluator:
                 self._keys[ruleset] = variant_key(self.instructions_for(ruleset))
             return self._keys[ruleset]
 
-    def variant(self, ruleset: RuleSet) -> dspy.Module:
+    def variant(self, ruleset: RuleSet) -> tuple[dspy.Module, dict[int, str]]:
+        """The runnable variant (metered LMs) and its predictors' names by ``id``."""
         key = self.key(ruleset)
         with self._lock:
             if key not in self._variants:
-                self._variants[key] = ruleset.apply(self.program, self.base_instructions)
+                program = ruleset.apply(self.program, self.base_instructions)
+                names = {}
+                for name, predictor in program.named_predictors():
+                    predictor.lm = self._lms[name]
+                    names[id(predictor)] = name
+                self._variants[key] = (program, names)
             return self._variants[key]
 
     # -- cache ----------------------------------------------------------------------------------------------------
@@ -184,140 +259,129 @@ class Evaluator:
         return [o.score if (o := self.cached(ruleset, ex)) is not None else None for ex in examples]
 
     # -- running --------------------------------------------------------------------------------------------------
-    def run(
-        self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str, desc: str | None = None
-    ) -> list[Outcome]:
+    def submit(self, ruleset: RuleSet, example: dspy.Example, phase_name: str) -> Future[Outcome | _NotRun]:
+        """Score one pair in the background (at once from the cache when it was run before)."""
+        key = (self.key(ruleset), example_key(example))
+        hit = self.cache.get(key)
+        if hit is not None:
+            done: Future[Outcome | _NotRun] = Future()
+            done.set_result(hit)
+            return done
+        return self.executor.submit(self._job, key, ruleset, example, phase_name)
+
+    def run(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str, desc: str | None = None) -> list[Outcome]:
         """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel; ``desc`` shows a
         progress bar with the running mean score.
 
-        Raises ``BudgetExhaustedError`` or ``StudentLMError`` after the batch if some jobs could not run; every job
-        that did finish is in the cache first, so no finished work is lost.
+        Raises ``BudgetExhaustedError``, ``StopRequestedError`` or ``StudentLMError`` once the batch is over if some jobs
+        could not run; every job that did finish is in the cache first, so no finished work is lost.
         """
-        todo: dict[tuple[str, str], tuple[RuleSet, dspy.Example]] = {}
+        futures, seen = [], {}
         for ruleset, example in jobs:
             key = (self.key(ruleset), example_key(example))
-            if key not in self.cache and key not in todo:
-                todo[key] = (ruleset, example)
-        if todo:
-            self._run_uncached(list(todo.items()), phase, desc)
-        return [self.cache[(self.key(r), example_key(e))] for r, e in jobs]
-
-    def _run_uncached(
-        self, items: list[tuple[tuple[str, str], tuple[RuleSet, dspy.Example]]], phase: str, desc: str | None
-    ) -> None:
-        results: dict[int, Outcome | _Skipped | BaseException] = {}
-        bar = tqdm(total=len(items), desc=desc) if desc else None
-        scores: list[float] = []
-
-        def dispatch(_job: int) -> dspy.Prediction:
-            _, (ruleset, example) = items[_job]
-            outcome = self._run_one(self.variant(ruleset), example, phase)
-            results[_job] = outcome
-            if bar is not None:
-                with self._lock:
-                    if isinstance(outcome, Outcome):
-                        scores.append(outcome.score)
-                    bar.update(1)
-                    if scores:
-                        bar.set_postfix(score=f"{sum(scores) / len(scores):.3f}")
-            return dspy.Prediction(job=_job)
-
-        def read_score(job_example: dspy.Example, prediction: dspy.Prediction) -> float:
-            outcome = results.get(job_example._job)
-            return outcome.score if isinstance(outcome, Outcome) else self.failure_score
-
-        devset = [dspy.Example(_job=i).with_inputs("_job") for i in range(len(items))]
-        evaluate = dspy.Evaluate(
-            devset=devset,
-            metric=read_score,
-            num_threads=self.num_threads,
-            display_progress=False,
-            display_table=False,
-            max_errors=len(devset) + 1,
-            failure_score=self.failure_score,
-        )
+            if key not in seen:
+                seen[key] = self.submit(ruleset, example, phase)
+            futures.append(seen[key])
+        bar = tqdm(total=len(seen), desc=desc, leave=False) if desc else None
+        results, scores = {}, []
         try:
-            evaluate(dispatch)
+            for key, future in seen.items():
+                results[key] = result = future.result()
+                if bar is not None:
+                    bar.update(1)
+                    if isinstance(result, Outcome):
+                        scores.append(result.score)
+                        bar.set_postfix(score=f"{sum(scores) / len(scores):.3f}")
         finally:
             if bar is not None:
                 bar.close()
+        raise_if_incomplete(list(results.values()), len(results))
+        return [f.result() for f in futures]  # type: ignore[misc]
 
-        skipped = infra = 0
-        first_infra: BaseException | None = None
-        for i, (key, _) in enumerate(items):
-            result = results.get(i)
-            if isinstance(result, Outcome):
-                self.cache[key] = result
-            elif isinstance(result, BaseException):
-                infra += 1
-                first_infra = first_infra or result
-            else:
-                skipped += 1
-        if infra:
-            message = f"the student LM failed on {infra} of {len(items)} runs: {first_infra}"
-            raise StudentLMError(message) from first_infra
-        if skipped:
-            raise BudgetExhaustedError(STUDENT, self.budget.limits[STUDENT] or 0)
+    def _job(self, key: tuple[str, str], ruleset: RuleSet, example: dspy.Example,
+             phase_name: str) -> Outcome | _NotRun | BaseException:
+        if self.stop.requested:
+            return _NotRun(StopRequestedError(f"stopped on request: {self.stop.reason}"))
+        if self.budget.remaining(STUDENT) == 0:
+            return _NotRun(BudgetExhaustedError(STUDENT, self.budget.limits[STUDENT] or 0))
+        program, names = self.variant(ruleset)
+        with phase(phase_name), refusals() as refused:
+            result = self._run_program(program, names, example)
+        if refused or isinstance(result, BudgetExhaustedError):
+            return _NotRun(refused[0] if refused else result)
+        if isinstance(result, Outcome):
+            self.cache.put(key, result)
+        return result
 
-    def _run_one(self, program: dspy.Module, example: dspy.Example, phase: str) -> Outcome | _Skipped | BaseException:
-        reserve = self.calls_per_run
-        try:
-            self.budget.reserve(STUDENT, reserve)
-        except BudgetExhaustedError:
-            return _Skipped()
-        names = {id(p): n for n, p in program.named_predictors()}
+    def _run_program(self, program: dspy.Module, names: dict[int, str],
+                     example: dspy.Example) -> Outcome | BaseException:
         trace: list[Any] = []
-        tracker = None
         try:
-            with self.budget.track(STUDENT, phase) as tracker, dspy.context(trace=trace):
+            with dspy.context(trace=trace):
                 prediction = program(**example.inputs())
+        except BudgetExhaustedError as exc:
+            return exc
         except AdapterParseError as exc:
-            return self._failure(trace, names, PARSE_FAILURE, exc, raw=exc.lm_response, tracker=tracker,
-                                 failed=self._predictor_for_signature(program, exc.signature))
+            return self._failure(trace, names, PARSE_FAILURE, exc, raw=exc.lm_response,
+                                 failed=_predictor_for_signature(program, exc.signature))
         except Exception as exc:
             if is_lm_infrastructure_error(exc):
                 logger.warning("student LM failure on an example: %s", exc)
                 return exc
-            return self._failure(trace, names, EXCEPTION, exc, tracker=tracker)  # raised by program code
-        finally:
-            self.budget.settle(STUDENT, reserve)
-            if tracker is not None and tracker.calls > self.calls_per_run:
-                self.calls_per_run = tracker.calls
-        steps = self._steps(trace, names)
+            return self._failure(trace, names, EXCEPTION, exc)  # raised by program code
+        steps = _steps(trace, names)
         try:
             score, feedback = self.metric(example, prediction)
         except Exception as exc:
-            logger.warning("the metric raised on an example (scored %s): %r", self.failure_score, exc)
-            return Outcome(score=self.failure_score, steps=steps, error=f"metric raised {exc!r}",
-                           error_kind=METRIC_ERROR, calls=tracker.calls)
-        return Outcome(score=score, feedback=feedback, steps=steps, calls=tracker.calls)
+            self._warn_metric(exc)
+            return Outcome(score=self.failure_score, steps=steps, error=_short_error(exc), error_kind=METRIC_ERROR,
+                           calls=len(trace))
+        return Outcome(score=score, feedback=feedback, steps=steps, calls=len(trace))
 
-    def _failure(self, trace, names, kind, exc, *, tracker, raw=None, failed=None) -> Outcome:
-        steps = self._steps(trace, names)
-        return Outcome(score=self.failure_score, steps=steps, error=_short_error(exc), error_kind=kind,
-                       raw_text=raw, failed_predictor=failed, calls=tracker.calls if tracker is not None else 0)
+    def _warn_metric(self, exc: Exception) -> None:
+        with self._lock:
+            if self._warned_metric:
+                return
+            self._warned_metric = True
+        logger.warning("the metric failed on an example, which scores %s (a metric error, recorded per example; "
+                       "this warning is shown once): %r", self.failure_score, exc)
 
-    @staticmethod
-    def _steps(trace: list[Any], names: dict[int, str]) -> list[dict[str, Any]]:
-        steps = []
-        for predictor, inputs, prediction in trace:
-            outputs = dict(prediction.items()) if hasattr(prediction, "items") else {"output": prediction}
-            steps.append({"predictor": names.get(id(predictor), type(predictor).__name__),
-                          "inputs": _plain(inputs), "outputs": _plain(outputs)})
-        return steps
+    def _failure(self, trace, names, kind, exc, *, raw=None, failed=None) -> Outcome:
+        return Outcome(score=self.failure_score, steps=_steps(trace, names), error=_short_error(exc), error_kind=kind,
+                       raw_text=raw, failed_predictor=failed, calls=len(trace))
 
-    @staticmethod
-    def _predictor_for_signature(program: dspy.Module, signature: Any) -> str | None:
-        for name, predictor in program.named_predictors():
-            if predictor.signature is signature:
-                return name
-        for name, predictor in program.named_predictors():
-            sig = predictor.signature
-            if (list(sig.input_fields) == list(getattr(signature, "input_fields", {}))
-                    and set(sig.output_fields) <= set(getattr(signature, "output_fields", {}))
-                    and sig.instructions == getattr(signature, "instructions", None)):
-                return name
-        return None
+
+def raise_if_incomplete(results: Sequence[Any], total: int) -> None:
+    """Raise why some jobs did not finish (a student LM failure first, then a stop, then the budget)."""
+    infra = [r for r in results if isinstance(r, BaseException)]
+    if infra:
+        raise StudentLMError(f"the student LM failed on {len(infra)} of {total} runs: {infra[0]}") from infra[0]
+    not_run = [r.reason for r in results if isinstance(r, _NotRun)]
+    if not_run:
+        stops = [r for r in not_run if isinstance(r, StopRequestedError)]
+        raise stops[0] if stops else not_run[0]
+
+
+def _steps(trace: list[Any], names: dict[int, str]) -> list[dict[str, Any]]:
+    steps = []
+    for predictor, inputs, prediction in trace:
+        outputs = dict(prediction.items()) if hasattr(prediction, "items") else {"output": prediction}
+        steps.append({"predictor": names.get(id(predictor), type(predictor).__name__),
+                      "inputs": _plain(inputs), "outputs": _plain(outputs)})
+    return steps
+
+
+def _predictor_for_signature(program: dspy.Module, signature: Any) -> str | None:
+    for name, predictor in program.named_predictors():
+        if predictor.signature is signature:
+            return name
+    for name, predictor in program.named_predictors():
+        sig = predictor.signature
+        if (list(sig.input_fields) == list(getattr(signature, "input_fields", {}))
+                and set(sig.output_fields) <= set(getattr(signature, "output_fields", {}))
+                and sig.instructions == getattr(signature, "instructions", None)):
+            return name
+    return None
 
 
 def _short_error(exc: BaseException, limit: int = 600) -> str:

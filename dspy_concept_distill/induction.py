@@ -19,8 +19,9 @@ import dspy
 import pydantic
 from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureError
 
-from .budget import TEACHER, Budget, BudgetExhaustedError
+from .budget import BudgetExhaustedError, phase
 from .evaluation import is_lm_infrastructure_error
+from .execution import Executor, StopRequestedError
 from .guards import LeakChecker, clip_text, length_problem, words_of
 from .mistakes import Mistake
 from .rules import (
@@ -175,54 +176,61 @@ def make_batches(
     return batches
 
 
+@dataclass(frozen=True)
+class TeacherBrief:
+    """What every teacher call of a round shares."""
+
+    task: str
+    rules_in_force: str
+    max_rules: int
+    retries: int
+    round_index: int
+
+
 def ask_teacher(
     teacher_lm: dspy.LM,
-    *,
-    task: str,
-    rules_in_force: str,
+    brief: TeacherBrief,
     batch: Sequence[Mistake],
-    max_rules: int,
-    rollout: int | None,
-    retries: int,
-    budget: Budget,
-    round_index: int,
+    *,
     batch_index: int,
+    rollout: int | None,
     rng: random.Random,
 ) -> BatchReply:
     """One teacher call on one batch, retried with a fresh rollout when the reply does not parse.
 
     If the provider refuses the request itself (some structured-output APIs reject schema keywords such as
     ``maxItems``), the retry sends the uncapped signature."""
-    reply = BatchReply(round=round_index, batch=batch_index, mistake_ids=[m.id for m in batch])
+    reply = BatchReply(round=brief.round_index, batch=batch_index, mistake_ids=[m.id for m in batch])
     mistakes_text = "\n\n".join(m.render(i) for i, m in enumerate(batch, 1))
-    predict = dspy.Predict(induction_signature(max_rules, max(1, len(batch))))
-    for attempt in range(retries + 1):
+    predict = dspy.Predict(induction_signature(brief.max_rules, max(1, len(batch))))
+    for attempt in range(brief.retries + 1):
         lm = teacher_lm
         if rollout is not None or attempt > 0:
             lm = teacher_lm.copy(rollout_id=rollout if attempt == 0 else rng.randrange(1 << 30), temperature=1.0)
         reply.attempts = attempt + 1
         try:
-            with budget.track(TEACHER, "induction", reserve=2), dspy.context(lm=lm):
-                out = predict(task=task, rules_in_force=rules_in_force, mistakes=mistakes_text, max_rules=max_rules)
+            with phase("induction"), dspy.context(lm=lm):
+                out = predict(task=brief.task, rules_in_force=brief.rules_in_force, mistakes=mistakes_text,
+                              max_rules=brief.max_rules)
             analysis = out.analysis
             reply.diagnoses = [clip_text(d, MAX_DIAGNOSIS_CHARS) for d in (analysis.diagnoses or [])]
             reply.rules = [_as_dict(r) for r in (analysis.rules or [])]
             reply.error = None
             return reply
-        except BudgetExhaustedError:
+        except (BudgetExhaustedError, StopRequestedError):
             raise
         except Exception as exc:
             reply.error = f"{type(exc).__name__}: {exc}"[:500]
             if is_lm_infrastructure_error(exc):
-                logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, round_index, exc)
+                logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, brief.round_index, exc)
                 return reply
             if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):
-                predict = dspy.Predict(induction_signature(max_rules, max(1, len(batch)), schema_caps=False))
+                predict = dspy.Predict(induction_signature(brief.max_rules, max(1, len(batch)), schema_caps=False))
             logger.warning(
                 "teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
-                batch_index, round_index, attempt + 1, retries + 1, reply.error[:200],
+                batch_index, brief.round_index, attempt + 1, brief.retries + 1, reply.error[:200],
             )
-    logger.warning("skipping batch %d of round %d: no usable teacher reply", batch_index, round_index)
+    logger.warning("skipping batch %d of round %d: no usable teacher reply", batch_index, brief.round_index)
     return reply
 
 
@@ -376,31 +384,36 @@ def _find_duplicate(rule: Rule, pool: Sequence[Rule]) -> Rule | None:
 
 def induce(
     teacher_lm: dspy.LM,
-    *,
+    brief: TeacherBrief,
     batches: Sequence[Sequence[Mistake]],
-    task: str,
-    rules_in_force: Sequence[Rule],
-    max_rules_per_batch: int,
-    retries: int,
-    budget: Budget,
-    round_index: int,
-    rng: random.Random,
+    *,
+    executor: Executor,
+    seed: int,
     on_reply: Callable[[BatchReply], None] | None = None,
     replay: dict[int, BatchReply] | None = None,
 ) -> list[BatchReply]:
-    """Ask the teacher about every batch (in order); ``replay`` holds replies saved by an earlier run."""
-    replies = []
-    in_force = describe_rules(rules_in_force)
-    for index, batch in enumerate(batches):
-        rollout = None if index == 0 else rng.randrange(1 << 30)
+    """Ask the teacher about every batch, in parallel; ``replay`` holds replies saved by an earlier run.
+
+    Returns the replies in batch order. A batch that could not be asked (teacher budget used up, stop requested)
+    has no reply. Rollouts and retry seeds are drawn up front from ``seed``, so the replies do not depend on which
+    batch finished first."""
+    rng = random.Random(seed)
+    plans = [(index, batch, None if index == 0 else rng.randrange(1 << 30), rng.randrange(1 << 30))
+             for index, batch in enumerate(batches)]
+
+    def ask(plan: tuple[int, Sequence[Mistake], int | None, int]) -> BatchReply | BaseException:
+        index, batch, rollout, retry_seed = plan
         if replay and index in replay:
             reply = replay[index]
         else:
-            reply = ask_teacher(
-                teacher_lm, task=task, rules_in_force=in_force, batch=batch, max_rules=max_rules_per_batch,
-                rollout=rollout, retries=retries, budget=budget, round_index=round_index, batch_index=index, rng=rng,
-            )
-        replies.append(reply)
+            try:
+                reply = ask_teacher(teacher_lm, brief, batch, batch_index=index, rollout=rollout,
+                                    rng=random.Random(retry_seed))
+            except (BudgetExhaustedError, StopRequestedError) as exc:
+                return exc
         if on_reply is not None:
             on_reply(reply)
-    return replies
+        return reply
+
+    results = executor.map(ask, plans)
+    return [r for r in results if isinstance(r, BatchReply)]

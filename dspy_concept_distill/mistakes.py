@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import dspy
 
-from .evaluation import Evaluator, Outcome, example_key
+from .evaluation import ErrorKind, Evaluator, Outcome, example_key, metric_max
 from .rules import RuleSet
 
 logger = logging.getLogger(__name__)
@@ -20,22 +20,43 @@ FIELD_LIMIT = 1200  # characters of one field value shown to the teacher
 
 @dataclass
 class Mistake:
-    """One training example the student got wrong, with everything the teacher needs to explain it.
-
-    ``steps`` holds every predictor call from the trace, in order: ``{"predictor", "inputs", "outputs"}``."""
+    """One training example the student got wrong, with everything the teacher needs to explain it: the example's
+    inputs and gold labels, and the ``Outcome`` of the run (score, every predictor's outputs, error, raw text)."""
 
     id: str
     example_key: str
     inputs: dict[str, Any]
     gold: dict[str, Any]
-    score: float
-    steps: list[dict[str, Any]] = field(default_factory=list)
-    feedback: str | None = None
-    error: str | None = None
-    error_kind: str | None = None
-    raw_text: str | None = None
-    failed_predictor: str | None = None
+    outcome: Outcome
     round: int = 0
+
+    @property
+    def score(self) -> float:
+        return self.outcome.score
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        return self.outcome.steps
+
+    @property
+    def feedback(self) -> str | None:
+        return self.outcome.feedback
+
+    @property
+    def error(self) -> str | None:
+        return self.outcome.error
+
+    @property
+    def error_kind(self) -> str | None:
+        return self.outcome.error_kind
+
+    @property
+    def raw_text(self) -> str | None:
+        return self.outcome.raw_text
+
+    @property
+    def failed_predictor(self) -> str | None:
+        return self.outcome.failed_predictor
 
     def render(self, number: int) -> str:
         """The mistake as the teacher reads it."""
@@ -48,7 +69,7 @@ class Mistake:
             lines.append(f"  [{step['predictor']}]")
             lines += [f"    input {k}: {_clip(v)}" for k, v in step["inputs"].items() if self.inputs.get(k) != v]
             lines += [f"    {k}: {_clip(v)}" for k, v in step["outputs"].items()]
-        if self.error_kind == "parse":
+        if self.error_kind == ErrorKind.PARSE:
             where = f" of predictor `{self.failed_predictor}`" if self.failed_predictor else ""
             lines.append(f"  The reply{where} could not be parsed into the output fields. "
                          f"Raw reply: {_clip(self.raw_text)}")
@@ -89,29 +110,22 @@ def collect_mistakes(
     outcomes = evaluator.run([(ruleset, ex) for ex in trainset], phase="mistakes",
                              desc=f"Round {round_index + 1}: student on trainset")
     if threshold is None:
-        threshold = max([1.0, *(o.score for o in outcomes)])
-    mistakes = []
-    for ex, outcome in zip(trainset, outcomes, strict=True):
-        if not is_mistake(outcome, threshold):
-            continue
-        key = example_key(ex)
-        mistakes.append(
-            Mistake(
-                id=f"{round_index}-{key[:8]}",
-                example_key=key,
-                inputs=dict(ex.inputs().items()),
-                gold=dict(ex.labels().items()),
-                score=outcome.score,
-                steps=outcome.steps,
-                feedback=outcome.feedback,
-                error=outcome.error,
-                error_kind=outcome.error_kind,
-                raw_text=outcome.raw_text,
-                failed_predictor=outcome.failed_predictor,
-                round=round_index,
-            )
-        )
-    metric_errors = sum(o.error_kind == "metric" for o in outcomes)
-    if outcomes and metric_errors == len(outcomes):
-        raise ValueError(f"the metric raised on every training example, e.g. {outcomes[0].error}; fix the metric first")
+        threshold = metric_max(outcomes)
+    mistakes = [
+        Mistake(id=f"{round_index}-{key[:8]}", example_key=key, inputs=dict(ex.inputs().items()),
+                gold=dict(ex.labels().items()), outcome=outcome, round=round_index)
+        for ex, outcome in zip(trainset, outcomes, strict=True)
+        if is_mistake(outcome, threshold) and (key := example_key(ex))
+    ]
+    _fail_fast(outcomes)
     return mistakes, outcomes, threshold
+
+
+def _fail_fast(outcomes: Sequence[Outcome]) -> None:
+    """Stop before any teacher spend when nothing can be learned: the metric or the program fails every time."""
+    if not outcomes:
+        return
+    for kind, what, fix in ((ErrorKind.METRIC, "the metric failed", "fix the metric first"),
+                            (ErrorKind.EXCEPTION, "the program raised", "fix the program first")):
+        if all(o.error_kind == kind for o in outcomes):
+            raise ValueError(f"{what} on every training example, e.g. {outcomes[0].error}; {fix}")

@@ -7,12 +7,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,14 +18,24 @@ import dspy
 from dspy.teleprompt import Teleprompter
 from tqdm.auto import tqdm
 
-from .budget import STUDENT, TEACHER, Budget, BudgetExhaustedError, Ledger
-from .checkpoint import Checkpoint
-from .evaluation import Evaluator, MetricAdapter, StudentLMError, example_key
-from .induction import BatchReply, LeakChecker, describe_task, induce, make_batches, rules_from_replies
+from .budget import STUDENT, TEACHER
+from .checkpoint import fingerprint
+from .evaluation import MetricAdapter
+from .guards import LeakChecker
+from .induction import (
+    BatchReply,
+    TeacherBrief,
+    describe_rules,
+    describe_task,
+    induce,
+    make_batches,
+    rules_from_replies,
+)
 from .mistakes import Mistake, collect_mistakes
 from .report import DistillationResult, RoundSummary
-from .rules import CANDIDATE, Rule, RuleSet
-from .verification import VerificationSettings, Verifier
+from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
+from .state import STOPPING_ERRORS, CompileState, RunSettings, open_state
+from .verification import MIN_FIRST_CHUNK, VerificationSettings, Verifier
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "light": Preset(rounds=1, num_batches=3, max_candidates=8, screen_size=2, confidence_z=1.5,
+    "light": Preset(rounds=1, num_batches=3, max_candidates=8, screen_size=0, confidence_z=1.5,
                     train_passes=1, val_passes=6),
     "medium": Preset(rounds=2, num_batches=5, max_candidates=16, screen_size=3, confidence_z=2.0,
                      train_passes=2, val_passes=16),
@@ -128,11 +136,13 @@ class ConceptDistillation(Teleprompter):
         _check_int("num_threads", num_threads, minimum=1)
         _check_int("seed", seed, minimum=None)
         if min_gain is not None and (isinstance(min_gain, bool) or not isinstance(min_gain, (int, float))
-                                     or not min_gain > 0):
+                                     or not math.isfinite(min_gain) or not min_gain > 0):
             raise ValueError(f"min_gain must be a number > 0, got {min_gain!r}")
-        if metric_threshold is not None and not isinstance(metric_threshold, (int, float)):
-            raise ValueError(f"metric_threshold must be a number, got {metric_threshold!r}")
-        if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        if metric_threshold is not None and (isinstance(metric_threshold, bool)
+                                             or not isinstance(metric_threshold, (int, float))
+                                             or not math.isfinite(metric_threshold)):
+            raise ValueError(f"metric_threshold must be a finite number, got {metric_threshold!r}")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
         self.metric = metric
         self.teacher_lm = teacher_lm
@@ -191,9 +201,10 @@ class ConceptDistillation(Teleprompter):
         return [name for name, _ in predictors]
 
     def _check_data(
-        self, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None
+        self, trainset: Iterable[dspy.Example], valset: Iterable[dspy.Example] | None
     ) -> tuple[list[dspy.Example], list[dspy.Example]]:
-        if trainset is None or len(trainset) == 0:
+        trainset = _materialize("trainset", trainset)
+        if not trainset:
             raise ValueError("trainset is empty: Concept Distillation learns from the student's mistakes on it")
         _check_examples("trainset", trainset)
         if valset is None:
@@ -209,23 +220,32 @@ class ConceptDistillation(Teleprompter):
             logger.info("no valset given: split the trainset (seed=%d) into %d training and %d validation examples",
                         self.seed, len(trainset), len(valset))
         else:
+            valset = _materialize("valset", valset)
             _check_examples("valset", valset)
-        if len(valset) < MIN_VALSET_SIZE:
-            raise ValueError(
-                f"the valset has {len(valset)} examples; at least {MIN_VALSET_SIZE} are needed to measure a rule's gain"
-            )
-        return list(trainset), list(valset)
+        _check_valset_size(valset)
+        return trainset, valset
 
-    def _fingerprint(self, base: dict[str, str], trainset, valset, student: dspy.Module) -> str:
-        lms = sorted({getattr(p.lm or dspy.settings.lm, "model", "?") for _, p in student.named_predictors()})
-        payload = {
-            "instructions": base, "train": [example_key(e) for e in trainset], "val": [example_key(e) for e in valset],
-            "student": lms, "teacher": getattr(self.teacher_lm, "model", "?"),
-            "metric": getattr(self.metric, "__qualname__", repr(self.metric)),
-            "params": {k: v for k, v in self.get_params().items()
-                       if isinstance(v, (int, float, str, type(None))) and k != "checkpoint_dir"},
-        }
-        return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    def _run_settings(self, *, rounds: int | None = None, num_threads: int | None = None) -> RunSettings:
+        threads = num_threads or self.num_threads or dspy.settings.num_threads or 1
+        return RunSettings(
+            rounds=self._setting("rounds") if rounds is None else rounds, num_batches=self._setting("num_batches"),
+            mistakes_per_batch=self.mistakes_per_batch, max_rules_per_batch=self.max_rules_per_batch,
+            max_candidates=self._setting("max_candidates"), screen_size=self._setting("screen_size"),
+            confidence_z=self._preset().confidence_z, min_gain=self.min_gain, metric_threshold=self.metric_threshold,
+            teacher_retries=self.teacher_retries, num_threads=threads, seed=self.seed,
+        )
+
+    def _open(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example], *,
+              mode: str, settings: RunSettings):
+        n_predictors = len(student.named_predictors())
+        limits = self._budgets(len(trainset), len(valset), n_predictors)
+        base = {n: p.signature.instructions for n, p in student.named_predictors()}
+        params = {k: v for k, v in self.get_params().items() if k != "checkpoint_dir"}
+        fp = fingerprint(student, base, trainset, valset, self.metric, self.teacher_lm, {**params, "mode": mode})
+        self._log_projection(len(trainset), len(valset), n_predictors, settings.rounds, *limits)
+        teacher = self.teacher_lm if mode == "compile" else None
+        return open_state(student, trainset=trainset, valset=valset, metric=self.metric, teacher_lm=teacher,
+                          settings=settings, limits=limits, checkpoint=(self.checkpoint_dir, f"{mode}_state", fp))
 
     # -- compile --------------------------------------------------------------------------------------------------
     def compile(
@@ -246,209 +266,173 @@ class ConceptDistillation(Teleprompter):
             raise TypeError(f"compile() got unexpected keyword arguments {sorted(kwargs)}")
         if teacher is not None:
             logger.warning("compile(teacher=...) is not used: the teacher is the teacher_lm given to the constructor")
-        names = self._check_program(student)
+        self._check_program(student)
         trainset, valset = self._check_data(trainset, valset)
-        return self._run(student, names, trainset, valset, seed_rules=None)
+        with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as state:
+            try:
+                for round_index in range(state.settings.rounds):
+                    if not self._round(state, round_index):
+                        break
+            except STOPPING_ERRORS as exc:
+                state.stop_with(exc)
+            return self._finish(state, student)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
-        ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it."""
-        names = self._check_program(student)
+        ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it. Its
+        checkpoint (``verify_state.jsonl``) is kept apart from the compile's."""
+        self._check_program(student)
         if not isinstance(rules, RuleSet):
             raise TypeError(f"rules must be a RuleSet, got {type(rules).__name__}")
+        if not len(rules):
+            raise ValueError("the rule set is empty: there is nothing to verify")
         rules.check_program(student)
+        valset = _materialize("valset", valset)
         _check_examples("valset", valset)
-        if len(valset) < MIN_VALSET_SIZE:
-            raise ValueError(
-                f"the valset has {len(valset)} examples; at least {MIN_VALSET_SIZE} are needed to measure a rule's gain"
-            )
-        seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
-        return self._run(student, names, [], list(valset), seed_rules=seeds)
+        _check_valset_size(valset)
+        with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as state:
+            seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
+            state.rules = seeds
+            try:
+                state.baseline_scores = state.val_scores = self._scores(state)
+                result = self._verifier(state, screen=False).run(state.current, seeds, {})
+                state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+                state.stopped = result.stopped
+            except STOPPING_ERRORS as exc:
+                state.stop_with(exc)
+            return self._finish(state, student)
 
-    def _run(
-        self,
-        student: dspy.Module,
-        names: list[str],
-        trainset: list[dspy.Example],
-        valset: list[dspy.Example],
-        seed_rules: list[Rule] | None,
-    ) -> dspy.Module:
-        rng = random.Random(self.seed)
-        program = student.deepcopy()
-        base_instructions = {name: p.signature.instructions for name, p in program.named_predictors()}
-        ledger = Ledger()
-        max_student, max_teacher = self._budgets(len(trainset), len(valset), len(names))
-        budget = Budget(ledger, max_student, max_teacher)
-        evaluator = Evaluator(program, base_instructions, MetricAdapter(self.metric), budget, self.num_threads)
-        checkpoint = Checkpoint(self.checkpoint_dir, self._fingerprint(base_instructions, trainset, valset, student))
-        evaluator.cache, replay = checkpoint.load()
-        rounds = 0 if seed_rules is not None else self._setting("rounds")
-        self._log_projection(len(trainset), len(valset), len(names), rounds, max_student, max_teacher)
+    # -- one round: the three phases ------------------------------------------------------------------------------
+    def _round(self, state: CompileState, round_index: int) -> bool:
+        """Mistakes, induction, verification; returns whether another round can help."""
+        number = round_index + 1
+        mistakes, outcomes, state.threshold = collect_mistakes(
+            state.evaluator, state.current, state.trainset, threshold=state.settings.metric_threshold,
+            round_index=round_index)
+        state.mistakes += mistakes
+        if state.baseline_scores is None:
+            state.baseline_scores = state.val_scores = self._scores(state)
+        train_score = sum(o.score for o in outcomes) / len(outcomes)
+        logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
+                    len(mistakes))
+        if not mistakes:
+            logger.info("round %d: no mistakes left to learn from", number)
+            return False
+        candidates = self._induce(state, round_index, mistakes)
+        pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], state.settings.max_candidates)
+        before = _mean(state.val_scores)
+        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in mistakes})
+        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+        state.stopped = state.stopped or result.stopped
+        accepted = sum(c.status == ACCEPTED for c in candidates)
+        state.summaries.append(RoundSummary(number, train_score, len(mistakes), len(pending), accepted, before,
+                                            _mean(state.val_scores)))
+        logger.info("round %d: %d of %d candidate rules accepted; valset score %s -> %s", number, accepted,
+                    len(pending), _fmt(before), _fmt(_mean(state.val_scores)))
+        return not state.stopped and accepted > 0
 
-        run = _Run(rules=[], mistakes=[], replies=[], summaries=[])
-        current = RuleSet()
-        threshold = self.metric_threshold
-        verifier_settings = None
-
-        def save() -> None:
-            checkpoint.save(evaluator.cache, run.replies, {"rules": [r.to_dict() for r in run.rules]})
-
-        baseline_scores: list[float] | None = None
-        val_scores: list[float] | None = None
-        try:
-            if seed_rules is not None:
-                baseline_scores = val_scores = self._scores(evaluator, current, valset)
-                run.rules = seed_rules
-                verifier_settings = self._verification_settings(_max_score(evaluator), len(valset), screen=False)
-                verifier = Verifier(evaluator, valset, trainset, verifier_settings, rng, progress=tqdm)
-                current, val_scores, run.stopped = verifier.run(current, seed_rules, {})
-            for round_index in range(rounds):
-                mistakes, train_outcomes, threshold = collect_mistakes(
-                    evaluator, current, trainset, threshold=threshold, round_index=round_index
-                )
-                run.mistakes += mistakes
-                save()
-                if baseline_scores is None:
-                    baseline_scores = val_scores = self._scores(evaluator, current, valset)
-                train_score = sum(o.score for o in train_outcomes) / len(train_outcomes)
-                logger.info("round %d: student scores %.3f on the trainset with %d mistakes",
-                            round_index + 1, train_score, len(mistakes))
-                if not mistakes:
-                    logger.info("round %d: no mistakes left to learn from", round_index + 1)
-                    break
-                candidates = self._induce(program, base_instructions, names, trainset, current, mistakes, run,
-                                          budget, rng, round_index, replay, save)
-                pending = self._limit_candidates([c for c in candidates if c.status == CANDIDATE])
-                verifier_settings = self._verification_settings(_max_score(evaluator), len(valset), screen=True)
-                verifier = Verifier(evaluator, valset, trainset, verifier_settings, rng, progress=tqdm)
-                before = _mean(val_scores)
-                current, scores, run.stopped = verifier.run(current, pending, {m.id: m for m in mistakes})
-                val_scores = scores if scores is not None else val_scores
-                save()
-                accepted = sum(c.status == "accepted" for c in candidates)
-                run.summaries.append(RoundSummary(round_index + 1, train_score, len(mistakes), len(pending), accepted,
-                                                  before, _mean(val_scores)))
-                logger.info("round %d: %d of %d candidate rules accepted; valset score %s -> %s", round_index + 1,
-                            accepted, len(pending), _fmt(before), _fmt(_mean(val_scores)))
-                if run.stopped or accepted == 0:
-                    break
-        except (BudgetExhaustedError, StudentLMError) as exc:
-            run.stopped = str(exc)
-            logger.warning("stopping early, keeping the rules verified so far: %s", exc)
-        finally:
-            save()
-
-        min_gain = verifier_settings.min_gain if verifier_settings else (self.min_gain or 0.0)
-        return self._finish(student, current, base_instructions, evaluator, valset, run, ledger,
-                            baseline_scores, val_scores, len(trainset), min_gain)
-
-    # -- phases ---------------------------------------------------------------------------------------------------
     @staticmethod
-    def _scores(evaluator: Evaluator, ruleset: RuleSet, valset: list[dspy.Example]) -> list[float]:
-        outcomes = evaluator.run([(ruleset, ex) for ex in valset], phase="verification", desc="Baseline on valset")
+    def _scores(state: CompileState) -> list[float]:
+        outcomes = state.evaluator.run([(state.current, ex) for ex in state.valset], phase="verification",
+                                       desc="Baseline on valset")
         return [o.score for o in outcomes]
 
-    def _induce(self, program, base_instructions, names, trainset, current, mistakes, run, budget, rng,
-                round_index, replay, save) -> list[Rule]:
-        batches = make_batches(mistakes, self.mistakes_per_batch, self._setting("num_batches"), rng)
-        bar = tqdm(total=len(batches), desc=f"Round {round_index + 1}: teacher writes rules")
+    def _induce(self, state: CompileState, round_index: int, mistakes: list[Mistake]) -> list[Rule]:
+        s = state.settings
+        batches = make_batches(mistakes, s.mistakes_per_batch, s.num_batches, state.rng)
+        brief = TeacherBrief(task=describe_task(state.program, state.base_instructions),
+                             rules_in_force=describe_rules(list(state.current)), max_rules=s.max_rules_per_batch,
+                             retries=s.teacher_retries, round_index=round_index)
+        replay = {b: r for (rnd, b), r in state.resumed.replies.items() if rnd == round_index}
+        with tqdm(total=len(batches), desc=f"Round {round_index + 1}: teacher writes rules", leave=False) as bar:
+            def on_reply(reply: BatchReply) -> None:
+                bar.update(1)
+                if reply.batch not in replay:
+                    state.journal.reply(reply)
 
-        def on_reply(reply: BatchReply) -> None:
-            run.replies.append(reply)
-            save()
-            bar.update(1)
-            bar.set_postfix(rules=sum(len(r.rules) for r in run.replies if r.round == round_index))
-
-        try:
-            replies = induce(
-                self.teacher_lm, batches=batches, task=describe_task(program, base_instructions),
-                rules_in_force=list(current), max_rules_per_batch=self.max_rules_per_batch,
-                retries=self.teacher_retries, budget=budget, round_index=round_index, rng=rng, on_reply=on_reply,
-                replay={b: r for (rnd, b), r in replay.items() if rnd == round_index},
-            )
-        except BudgetExhaustedError as exc:
-            logger.warning("teacher budget used up after %d batches: %s", len(run.replies), exc)
-            replies = [r for r in run.replies if r.round == round_index]
-        finally:
-            bar.close()
+            replies = induce(state.teacher_lm, brief, batches, executor=state.executor,
+                             seed=state.rng.randrange(1 << 30), on_reply=on_reply, replay=replay)
+        state.replies += replies
+        usable = [r for r in replies if r.error is None]
+        if state.budget.exhausted(TEACHER):
+            logger.warning("teacher budget used up after %d of %d batches", len(replies), len(batches))
+        if not usable:
+            errors = "; ".join(sorted({r.error for r in replies if r.error}))[:300] or "no batch could be asked"
+            state.stopped = state.stopped or f"no usable teacher reply in round {round_index + 1} ({errors})"
+            logger.warning("%s", state.stopped)
         candidates = rules_from_replies(
-            replies, batches[: len(replies)], predictor_names=names, leak_checker=LeakChecker(trainset),
-            known_rules=run.rules, round_index=round_index,
+            usable, [batches[r.batch] for r in usable], predictor_names=state.names,
+            leak_checker=LeakChecker(state.trainset), known_rules=state.rules, round_index=round_index,
         )
-        run.rules += candidates
+        state.rules += candidates
         return candidates
 
-    def _limit_candidates(self, pending: list[Rule]) -> list[Rule]:
-        limit = self._setting("max_candidates")
-        if len(pending) <= limit:
-            return pending
-        ranked = sorted(pending, key=lambda r: -len(r.source_mistakes))  # stable: teacher order breaks ties
-        for rule in ranked[limit:]:
-            rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and less support")
-        keep = {r.id for r in ranked[:limit]}
-        return [r for r in pending if r.id in keep]
-
-    def _verification_settings(self, max_score: float, n_val: int, *, screen: bool) -> VerificationSettings:
-        min_gain = self.min_gain if self.min_gain is not None else max_score / n_val
-        return VerificationSettings(
-            min_gain=min_gain, confidence_z=self._preset().confidence_z,
-            screen_size=self._setting("screen_size") if screen else 0, max_score=max_score,
+    def _verifier(self, state: CompileState, *, screen: bool) -> Verifier:
+        s = state.settings
+        settings = VerificationSettings(
+            min_gain=state.min_gain, confidence_z=s.confidence_z, screen_size=s.screen_size if screen else 0,
+            max_score=state.max_score, lookahead=max(0, (s.num_threads - MIN_FIRST_CHUNK) // MIN_FIRST_CHUNK),
         )
+        return Verifier(state.evaluator, state.valset, state.trainset, settings, state.rng, progress=tqdm)
 
     def _log_projection(self, n_train, n_val, n_pred, rounds, max_student, max_teacher) -> None:
         preset = self._preset()
         per_round = n_train + self._setting("max_candidates") * (self._setting("screen_size") + n_val)
         projected = (n_val + rounds * per_round) * n_pred
         logger.info(
-            "projected LM calls: student at most %d (budget %d), teacher at most %d (budget %d); racing and "
-            "screening usually stop candidates well before that (auto=%s)",
-            projected, max_student, self._teacher_calls_bound(rounds),
-            max_teacher, self.auto or f"None (light defaults, z={preset.confidence_z})",
+            "student LM calls: at most %d (the budget), %d if no candidate were stopped early; teacher LM calls: at "
+            "most %d (budget %s); auto=%s", max_student if max_student is not None else projected,
+            projected, self._teacher_calls_bound(rounds), max_teacher,
+            self.auto or f"None (light defaults, z={preset.confidence_z})",
         )
 
     # -- result ---------------------------------------------------------------------------------------------------
-    def _finish(self, student, current, base_instructions, evaluator, valset, run, ledger, baseline_scores,
-                val_scores, n_train, min_gain) -> dspy.Module:
-        baseline = _mean(baseline_scores)
-        final = _mean(val_scores)
+    def _finish(self, state: CompileState, student: dspy.Module) -> dspy.Module:
+        baseline, final = _mean(state.baseline_scores), _mean(state.val_scores)
+        current = state.current
         if final is None or baseline is None or final < baseline:
             # Never hand back something worse than (or not measured against) what the caller gave us.
             if len(current):
                 logger.warning("returning the original instructions: the rule set could not be shown to help")
             current, final = RuleSet(), baseline
-        optimized = current.apply(student, base_instructions)
+        optimized = current.apply(student, state.base_instructions)
         optimized._compiled = True
-        chain = [RuleSet(list(current)[:k]) for k in range(len(current) + 1)]
-        candidates = []
-        for ruleset in chain:
-            scores = evaluator.scores(ruleset, valset)
-            if all(s is not None for s in scores):
-                program = optimized if ruleset == current else ruleset.apply(student, base_instructions)
-                candidates.append({"score": _mean(scores), "program": program, "rules": ruleset})
-        candidates.sort(key=lambda c: (-c["score"], len(c["rules"])))
-        optimized.candidate_programs = candidates
+        optimized.candidate_programs = self._candidates(state, student, current, optimized)
         optimized.distillation = DistillationResult(
-            baseline_score=baseline, final_score=final, ruleset=current, rules=run.rules, mistakes=run.mistakes,
-            replies=run.replies, usage=ledger, rounds=run.summaries, stopped=run.stopped, trainset_size=n_train,
-            valset_size=len(valset), min_gain=min_gain,
+            baseline_score=baseline, final_score=final, ruleset=current, rules=state.rules,
+            mistakes=state.mistakes, replies=state.replies, usage=state.ledger, rounds=state.summaries,
+            stopped=state.stopped, trainset_size=len(state.trainset), valset_size=len(state.valset),
+            min_gain=state.min_gain if state.valset else 0.0,
         )
         logger.info("concept distillation done: valset score %s -> %s with %d rule(s); %d student and %d teacher "
-                    "calls", _fmt(baseline), _fmt(final), len(current), ledger.calls(STUDENT), ledger.calls(TEACHER))
+                    "calls (%d student cache hits)", _fmt(baseline), _fmt(final), len(current),
+                    state.ledger.calls(STUDENT), state.ledger.calls(TEACHER), state.ledger.cache_hits(STUDENT))
         return optimized
 
+    @staticmethod
+    def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
+                    optimized: dspy.Module) -> list[dict[str, Any]]:
+        """Every rule set on the accepted path that was scored on the whole valset, best first."""
+        out = []
+        for k in range(len(current) + 1):
+            ruleset = RuleSet(list(current)[:k])
+            scores = state.evaluator.scores(ruleset, state.valset)
+            if all(s is not None for s in scores):
+                program = optimized if ruleset == current else ruleset.apply(student, state.base_instructions)
+                out.append({"score": _mean(scores), "program": program, "rules": ruleset})
+        out.sort(key=lambda c: (-c["score"], len(c["rules"])))
+        return out
 
-@dataclass
-class _Run:
-    rules: list[Rule]
-    mistakes: list[Mistake]
-    replies: list[BatchReply]
-    summaries: list[RoundSummary]
-    stopped: str | None = None
 
-
-def _max_score(evaluator: Evaluator) -> float:
-    """The metric's maximum per example: 1.0, or the largest score seen if a metric goes higher."""
-    return max([1.0, *(o.score for o in evaluator.cache.values())])
+def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
+    """At most ``limit`` candidates, the best supported (most source mistakes) first; the rest are rejected."""
+    if len(pending) <= limit:
+        return pending
+    ranked = sorted(pending, key=lambda r: -len(r.source_mistakes))  # stable: teacher order breaks ties
+    for rule in ranked[limit:]:
+        rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and less support")
+    keep = {r.id for r in ranked[:limit]}
+    return [r for r in pending if r.id in keep]
 
 
 def _mean(scores: Sequence[float] | None) -> float | None:
@@ -466,6 +450,20 @@ def _check_int(name: str, value: Any, minimum: int | None) -> None:
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _materialize(name: str, examples: Any) -> list[dspy.Example]:
+    """A list from any iterable of examples (a generator included); a clear error for anything else."""
+    if isinstance(examples, (str, bytes, dict, dspy.Example)) or not isinstance(examples, Iterable):
+        raise TypeError(f"{name} must be a list (or other iterable) of dspy.Example, got {type(examples).__name__}")
+    return list(examples)
+
+
+def _check_valset_size(valset: Sequence[dspy.Example]) -> None:
+    if len(valset) < MIN_VALSET_SIZE:
+        raise ValueError(
+            f"the valset has {len(valset)} examples; at least {MIN_VALSET_SIZE} are needed to measure a rule's gain"
+        )
 
 
 def _check_examples(name: str, examples: Sequence[dspy.Example]) -> None:

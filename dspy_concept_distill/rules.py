@@ -7,15 +7,21 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import dspy
 
-CANDIDATE = "candidate"
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-STATUSES = (CANDIDATE, ACCEPTED, REJECTED)
+
+class RuleStatus(StrEnum):
+    CANDIDATE = "candidate"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+
+
+CANDIDATE, ACCEPTED, REJECTED = RuleStatus.CANDIDATE, RuleStatus.ACCEPTED, RuleStatus.REJECTED
+STATUSES = tuple(RuleStatus)
 
 RULES_HEADER = "Follow these rules, learned from past mistakes:"
 JSON_FORMAT = "dspy_concept_distill.rules/1"
@@ -54,7 +60,7 @@ class Rule:
     text: str
     predictor: str
     source_mistakes: list[str] = field(default_factory=list)
-    status: str = CANDIDATE
+    status: RuleStatus = CANDIDATE
     reason: str = ""
     gain: float | None = None
     evaluated_on: int = 0
@@ -71,7 +77,8 @@ class Rule:
         if not isinstance(self.predictor, str) or not self.predictor:
             raise ValueError(f"rule {self.text!r} needs the name of the predictor it targets")
         if self.status not in STATUSES:
-            raise ValueError(f"rule status must be one of {STATUSES}, got {self.status!r}")
+            raise ValueError(f"rule status must be one of {[str(s) for s in STATUSES]}, got {self.status!r}")
+        self.status = RuleStatus(self.status)
         if not self.id:
             self.id = rule_id(self.predictor, self.text)
 

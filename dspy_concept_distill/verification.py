@@ -1,12 +1,19 @@
 """Phase 3: keep only the rules that measurably help the student.
 
-1. Screen (optional, cheap): a candidate must fix at least one of the training mistakes it was written for.
-2. Race on the valset: each surviving candidate is added to the rules in force and scored on the valset in
-   growing stratified chunks; it is dropped as soon as it provably cannot reach ``min_gain`` or is a clear loser
-   by a confidence bound. A candidate that finishes the valset with a gain of at least ``min_gain`` joins the
-   rules in force. This is greedy forward selection: every addition raises the set's valset score by
-   ``min_gain`` or more, so the result is never below the starting program, and a rule that adds nothing on
-   top of those already accepted (a redundant one) is rejected, so ties keep fewer rules.
+1. Screen (optional, cheap): each candidate is run on a few of the training mistakes it was written for. The
+   result is evidence that orders the candidates, never a veto: any prompt change re-draws some answers of a real
+   LM, so one or two samples cannot tell a helpful rule from a lucky neutral one.
+2. Race on the valset: candidates, most promising first, are each added to the rules in force and scored on the
+   valset in growing stratified chunks; ``decide`` drops one as soon as it provably cannot reach ``min_gain`` or is
+   a clear loser by a confidence bound, and accepts one that finishes the valset with a gain of at least
+   ``min_gain``. This is greedy forward selection: every addition raises the set's valset score by ``min_gain`` or
+   more, so the result never scores below the starting program, and a rule that adds nothing on top of those
+   already accepted is rejected, so ties keep fewer rules.
+
+With threads to spare (more than a first chunk needs), the first chunks of the next candidates run speculatively
+against the same rules in force while the current race runs. Decisions are taken in order, each against the rules
+in force at its turn, so they are the same at any thread count; a speculative chunk whose base changed (a rule
+before it was accepted) is run again, which is the only extra cost of speculation.
 """
 
 from __future__ import annotations
@@ -14,13 +21,16 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 import dspy
 
 from .budget import BudgetExhaustedError
-from .evaluation import Evaluator, StudentLMError, example_key
+from .evaluation import Evaluator, Outcome, StudentLMError, example_key, raise_if_incomplete
+from .execution import StopRequestedError
 from .mistakes import Mistake
 from .rules import CANDIDATE, Rule, RuleSet
 
@@ -29,14 +39,43 @@ logger = logging.getLogger(__name__)
 EPS = 1e-9
 CHUNK_FRACTIONS = (0.3, 0.55, 0.8, 1.0)
 MIN_FIRST_CHUNK = 6
+STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)
 
 
-@dataclass
+@dataclass(frozen=True)
 class VerificationSettings:
     min_gain: float  # in mean-score units
     confidence_z: float  # width of the confidence bound used to drop clear losers early
     screen_size: int  # source mistakes each candidate is screened on (0: no screening)
     max_score: float  # the metric's maximum per example
+    lookahead: int = 0  # candidates whose first chunk runs speculatively beside the current race
+
+
+class Verdict(StrEnum):
+    CONTINUE = "continue"
+    ACCEPT = "accept"
+    CANNOT_REACH = "cannot reach min_gain"
+    CLEAR_LOSER = "dropped in the race"
+    BELOW_MIN_GAIN = "below min_gain"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    gain: float  # mean gain per example over the examples seen
+    seen: int
+    reason: str = ""
+
+
+@dataclass
+class VerificationResult:
+    """The rules in force after verification, their valset scores (None if even the starting point could not be
+    scored) and why verification stopped early (None if it finished)."""
+
+    ruleset: RuleSet
+    scores: list[float] | None
+    stopped: str | None = None
+    decisions: dict[str, Decision] = field(default_factory=dict)
 
 
 def racing_order(base_scores: Sequence[float], max_score: float, rng: random.Random) -> list[int]:
@@ -48,8 +87,7 @@ def racing_order(base_scores: Sequence[float], max_score: float, rng: random.Ran
     rng.shuffle(passing)
     order, fi, pi, n = [], 0, 0, len(base_scores)
     while fi < len(failing) or pi < len(passing):
-        # take from the stratum that is furthest behind its proportional share
-        want_f = (len(order) + 1) * len(failing) / n
+        want_f = (len(order) + 1) * len(failing) / n  # take from the stratum furthest behind its share
         if fi < len(failing) and (fi < want_f or pi >= len(passing)):
             order.append(failing[fi])
             fi += 1
@@ -65,7 +103,7 @@ def chunk_bounds(n: int) -> list[int]:
 
 
 def projected_upper_bound(
-    diffs: dict[int, float], base: Sequence[float], max_score: float, z: float
+    diffs: Mapping[int, float], base: Sequence[float], max_score: float, z: float
 ) -> tuple[float, float]:
     """(exact, statistical) upper bounds on the total valset gain, given the per-example gains seen so far.
 
@@ -75,8 +113,7 @@ def projected_upper_bound(
     results do not make it overconfident.
     """
     n = len(base)
-    seen_total = sum(diffs.values())
-    exact = seen_total + sum(max_score - base[i] for i in range(n) if i not in diffs)
+    exact = sum(diffs.values()) + sum(max_score - base[i] for i in range(n) if i not in diffs)
     estimate, variance = 0.0, 0.0
     for stratum in (
         [i for i in range(n) if base[i] < max_score - EPS],
@@ -98,126 +135,163 @@ def projected_upper_bound(
     return exact, estimate + z * math.sqrt(max(variance, 0.0))
 
 
+def decide(diffs: Mapping[int, float], base: Sequence[float], settings: VerificationSettings) -> Decision:
+    """Accept, reject or keep racing a candidate, from its per-example gains over the rules in force so far."""
+    n = len(base)
+    seen = len(diffs)
+    gain = sum(diffs.values()) / seen if seen else 0.0
+    needed = settings.min_gain * n
+    if seen == n:
+        if gain < settings.min_gain - EPS:
+            return Decision(Verdict.BELOW_MIN_GAIN, gain, seen,
+                            f"gain {gain:+.3f} on the valset is below min_gain {settings.min_gain:g}")
+        return Decision(Verdict.ACCEPT, gain, seen)
+    exact, statistical = projected_upper_bound(diffs, base, settings.max_score, settings.confidence_z)
+    where = f"after {seen}/{n} valset examples"
+    if exact < needed - EPS:
+        return Decision(Verdict.CANNOT_REACH, gain, seen,
+                        f"cannot reach min_gain {settings.min_gain:g} {where} (best case {exact / n:+.3f})")
+    if statistical < needed - EPS:
+        return Decision(Verdict.CLEAR_LOSER, gain, seen,
+                        f"dropped in the race {where}: gain so far {gain:+.3f} per example, upper bound "
+                        f"{statistical / n:+.3f} < min_gain {settings.min_gain:g}")
+    return Decision(Verdict.CONTINUE, gain, seen)
+
+
+class _Race:
+    """One candidate's race against one set of rules in force."""
+
+    def __init__(self, verifier: Verifier, rule: Rule, current: RuleSet, base: list[float]) -> None:
+        self.verifier, self.rule, self.current, self.base = verifier, rule, current, base
+        self.candidate = current.with_rule(rule)
+        self.diffs: dict[int, float] = {}
+        self.bounds = iter(chunk_bounds(len(base)))
+        self.pending: list[tuple[int, Future]] = []
+        first = decide(self.diffs, base, verifier.settings)  # the rules in force may leave no room to gain at all
+        self.decision: Decision | None = first if first.verdict is not Verdict.CONTINUE else None
+
+    def start_chunk(self, *, speculative: bool = False) -> None:
+        """Submit the next chunk; a speculative race (ahead of its turn) runs its first chunk only."""
+        if self.pending or self.decision is not None or (speculative and self.diffs):
+            return
+        bound = next(self.bounds)
+        todo = [i for i in self.verifier.order[:bound] if i not in self.diffs]
+        ev = self.verifier.evaluator
+        self.pending = [(i, ev.submit(self.candidate, self.verifier.valset[i], "verification")) for i in todo]
+
+    def chunk_done(self) -> bool:
+        return all(f.done() for _, f in self.pending)
+
+    def finish_chunk(self) -> Decision:
+        """Wait for the chunk in flight, then decide (and start the next chunk if the race goes on)."""
+        results = [(i, f.result()) for i, f in self.pending]
+        self.pending = []
+        raise_if_incomplete([r for _, r in results], len(results))
+        for i, outcome in results:
+            assert isinstance(outcome, Outcome)
+            self.diffs[i] = outcome.score - self.base[i]
+        decision = decide(self.diffs, self.base, self.verifier.settings)
+        if decision.verdict is not Verdict.CONTINUE:
+            self.decision = decision
+        return decision
+
+    def scores(self) -> list[float]:
+        return [self.base[i] + self.diffs[i] for i in range(len(self.base))]
+
+
 class Verifier:
-    def __init__(
-        self,
-        evaluator: Evaluator,
-        valset: Sequence[dspy.Example],
-        trainset: Sequence[dspy.Example],
-        settings: VerificationSettings,
-        rng: random.Random,
-        progress: Callable[..., object] | None = None,
-    ) -> None:
+    def __init__(self, evaluator: Evaluator, valset: Sequence[dspy.Example], trainset: Sequence[dspy.Example],
+                 settings: VerificationSettings, rng: random.Random,
+                 progress: Callable[..., object] | None = None) -> None:
         self.evaluator = evaluator
         self.valset = list(valset)
         self.train_by_key = {example_key(ex): ex for ex in trainset}
         self.settings = settings
         self.rng = rng
         self.progress = progress
+        self.order: list[int] = []
 
     def base_scores(self, ruleset: RuleSet) -> list[float]:
         outcomes = self.evaluator.run([(ruleset, ex) for ex in self.valset], phase="verification")
         return [o.score for o in outcomes]
 
     # -- screening ------------------------------------------------------------------------------------------------
-    def screen(self, current: RuleSet, candidates: Sequence[Rule], mistakes: dict[str, Mistake]) -> list[Rule]:
-        """Drop candidates that fix none of their own source mistakes; return survivors, most promising first."""
+    def screen(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> list[Rule]:
+        """Candidates ordered by evidence: the share of their own source mistakes they fix on the trainset (when
+        screening is on), then support (source mistakes), then the teacher's order. Nobody is dropped here."""
         k = self.settings.screen_size
         fixed: dict[str, float] = {}
         if k > 0:
-            jobs, plan = [], {}
-            for rule in candidates:
-                examples = [self.train_by_key[m.example_key] for mid in rule.source_mistakes[:k]
-                            if (m := mistakes.get(mid)) is not None and m.example_key in self.train_by_key]
-                plan[rule.id] = examples
-                jobs += [(current.with_rule(rule), ex) for ex in examples]
+            plan = {rule.id: [self.train_by_key[m.example_key] for mid in rule.source_mistakes[:k]
+                              if (m := mistakes.get(mid)) is not None and m.example_key in self.train_by_key]
+                    for rule in candidates}
+            jobs = [(current.with_rule(rule), ex) for rule in candidates for ex in plan[rule.id]]
             try:
                 self.evaluator.run(jobs, phase="screening")
-            finally:
-                for rule in candidates:
-                    fixed_here = checked = 0
-                    for ex in plan[rule.id]:
-                        new = self.evaluator.cached(current.with_rule(rule), ex)
-                        old = self.evaluator.cached(current, ex)
-                        if new is None or old is None:
-                            continue
-                        checked += 1
-                        fixed_here += new.score > old.score + EPS
-                    if checked and not fixed_here:
-                        rule.reject(f"fixed none of the {checked} training mistake(s) it was written for")
-                    elif checked:
-                        fixed[rule.id] = fixed_here / checked
-        survivors = [r for r in candidates if r.status == CANDIDATE]
+            except STOPPING_ERRORS as exc:
+                logger.warning("screening stopped early (%s); ordering by what was measured", exc)
+            for rule in candidates:
+                pairs = [(self.evaluator.cached(current.with_rule(rule), ex), self.evaluator.cached(current, ex))
+                         for ex in plan[rule.id]]
+                pairs = [(new, old) for new, old in pairs if new is not None and old is not None]
+                if pairs:
+                    fixed[rule.id] = sum(new.score > old.score + EPS for new, old in pairs) / len(pairs)
         position = {r.id: i for i, r in enumerate(candidates)}
-        survivors.sort(key=lambda r: (-fixed.get(r.id, 0.0), -len(r.source_mistakes), position[r.id]))
-        return survivors
+        return sorted(candidates, key=lambda r: (-fixed.get(r.id, 0.0), -len(r.source_mistakes), position[r.id]))
 
     # -- racing ---------------------------------------------------------------------------------------------------
-    def race(self, current: RuleSet, base: list[float], rule: Rule, order: Sequence[int]) -> list[float] | None:
-        """Score ``current + rule`` on the valset in chunks; return its valset scores if it is accepted."""
-        s = self.settings
-        n = len(self.valset)
-        needed = s.min_gain * n
-        candidate = current.with_rule(rule)
-        diffs: dict[int, float] = {}
-        for bound in chunk_bounds(n):
-            todo = [i for i in order[:bound] if i not in diffs]
-            outcomes = self.evaluator.run([(candidate, self.valset[i]) for i in todo], phase="verification")
-            for i, outcome in zip(todo, outcomes, strict=True):
-                diffs[i] = outcome.score - base[i]
-            if len(diffs) == n:
-                break
-            exact, statistical = projected_upper_bound(diffs, base, s.max_score, s.confidence_z)
-            seen = f"after {len(diffs)}/{n} valset examples"
-            if exact < needed - EPS:
-                rule.reject(f"cannot reach min_gain {s.min_gain:g} {seen} (best case {exact / n:+.3f})",
-                            gain=sum(diffs.values()) / len(diffs), evaluated_on=len(diffs))
-                return None
-            if statistical < needed - EPS:
-                rule.reject(
-                    f"dropped in the race {seen}: gain so far {sum(diffs.values()) / len(diffs):+.3f} per example, "
-                    f"upper bound {statistical / n:+.3f} < min_gain {s.min_gain:g}",
-                    gain=sum(diffs.values()) / len(diffs), evaluated_on=len(diffs),
-                )
-                return None
-        gain = sum(diffs.values()) / n
-        if gain < s.min_gain - EPS:
-            rule.reject(f"gain {gain:+.3f} on the valset is below min_gain {s.min_gain:g}", gain=gain, evaluated_on=n)
-            return None
-        rule.accept(gain, n, f"raised the valset score by {gain:+.3f} over the {len(current)} rule(s) in force")
-        return [base[i] + diffs[i] for i in range(n)]
-
-    def run(
-        self, current: RuleSet, candidates: Sequence[Rule], mistakes: dict[str, Mistake]
-    ) -> tuple[RuleSet, list[float] | None, str | None]:
-        """Screen and race ``candidates`` on top of ``current``.
-
-        Returns the rules in force afterwards, their valset scores (None if even the starting point could not be
-        scored) and why verification stopped early (None if it finished). When the budget runs out or the student
-        LM fails, undecided candidates are rejected with that reason and everything decided so far stands: every
-        accepted rule was verified on the whole valset.
-        """
-        base: list[float] | None = None
+    def run(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> VerificationResult:
+        """Screen and race ``candidates`` on top of ``current``. When the budget runs out, the student LM fails or a
+        stop is requested, undecided candidates are rejected with that reason and everything decided so far
+        stands: every accepted rule was verified on the whole valset."""
+        result = VerificationResult(current, None)
         bar = None
+        races: dict[str, _Race] = {}
         try:
-            base = self.base_scores(current)
-            survivors = self.screen(current, candidates, mistakes)
-            order = racing_order(base, self.settings.max_score, self.rng)
-            bar = self.progress(total=len(survivors), desc="Verifying rules") if self.progress else None
-            for rule in survivors:
-                scores = self.race(current, base, rule, order)
-                if scores is not None:
-                    current, base = current.with_rule(rule), scores
+            result.scores = self.base_scores(current)
+            queue = self.screen(current, candidates, mistakes)
+            self.order = racing_order(result.scores, self.settings.max_score, self.rng)
+            bar = self.progress(total=len(queue), desc="Verifying rules", leave=False) if self.progress else None
+            for position, rule in enumerate(queue):
+                for ahead in queue[position: position + 1 + self.settings.lookahead]:
+                    race = races.get(ahead.id)
+                    if race is None or race.current != result.ruleset:
+                        races[ahead.id] = race = _Race(self, ahead, result.ruleset, result.scores)
+                    race.start_chunk(speculative=ahead is not rule)
+                decision = self._finish(races, rule.id)
+                self._apply(rule, races.pop(rule.id), decision, result)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(score=f"{sum(base) / len(base):.3f}", rules=len(current))
-        except (BudgetExhaustedError, StudentLMError) as exc:
+                    bar.set_postfix(score=f"{sum(result.scores) / len(result.scores):.3f}", rules=len(result.ruleset))
+        except STOPPING_ERRORS as exc:
             for rule in candidates:
                 if rule.status == CANDIDATE:
                     rule.reject(f"not verified: {exc}")
             logger.warning("verification stopped early: %s", exc)
-            return current, base, str(exc)
+            result.stopped = str(exc)
         finally:
             if bar is not None:
                 bar.close()
-        return current, base, None
+        return result
+
+    @staticmethod
+    def _finish(races: dict[str, _Race], head: str) -> Decision:
+        """Drive the head race to a decision, advancing speculative races whose chunks are done meanwhile."""
+        race = races[head]
+        while race.decision is None:
+            race.start_chunk()
+            for other in races.values():
+                if other is not race and other.pending and other.chunk_done():
+                    other.finish_chunk()
+            race.finish_chunk()
+        return race.decision
+
+    def _apply(self, rule: Rule, race: _Race, decision: Decision, result: VerificationResult) -> None:
+        result.decisions[rule.id] = decision
+        if decision.verdict is Verdict.ACCEPT:
+            rule.accept(decision.gain, decision.seen,
+                        f"raised the valset score by {decision.gain:+.3f} over the {len(result.ruleset)} rule(s) "
+                        "in force")
+            result.ruleset, result.scores = race.candidate, race.scores()
+        else:
+            rule.reject(decision.reason, gain=decision.gain, evaluated_on=decision.seen)

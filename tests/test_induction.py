@@ -5,11 +5,12 @@ import random
 import dspy
 import pytest
 
-from dspy_concept_distill.budget import Budget, Ledger
+from dspy_concept_distill.evaluation import Outcome
 from dspy_concept_distill.guards import label_vocabulary
 from dspy_concept_distill.induction import (
     BatchReply,
     LeakChecker,
+    TeacherBrief,
     ask_teacher,
     make_batches,
     resolve_predictor,
@@ -28,7 +29,8 @@ from dspy_concept_distill.rules import (
 
 
 def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
-    return Mistake(id=f"0-{i}", example_key=f"k{i}", inputs={"question": f"q{i}"}, gold={field: gold}, score=0.0)
+    return Mistake(id=f"0-{i}", example_key=f"k{i}", inputs={"question": f"q{i}"}, gold={field: gold},
+                   outcome=Outcome(score=0.0))
 
 
 def reply(batch: int, *rules: dict) -> BatchReply:
@@ -131,9 +133,9 @@ def test_near_misses_from_earlier_rounds_get_one_more_measurement():
 
 def ask(teacher: dspy.LM, batch: list[Mistake], *, max_rules: int, retries: int) -> BatchReply:
     """One teacher call on a one-predictor task, first batch of round 0, no budget."""
-    return ask_teacher(teacher, task="Predictor `predict`", rules_in_force="(none yet)", batch=batch,
-                       max_rules=max_rules, rollout=None, retries=retries, budget=Budget(Ledger(), None, None),
-                       round_index=0, batch_index=0, rng=random.Random(0))
+    brief = TeacherBrief(task="Predictor `predict`", rules_in_force="(none yet)", max_rules=max_rules,
+                         retries=retries, round_index=0)
+    return ask_teacher(teacher, brief, batch, batch_index=0, rollout=None, rng=random.Random(0))
 
 
 class SchemaStrictTeacher:

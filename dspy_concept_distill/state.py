@@ -1,0 +1,129 @@
+"""One object per compile (or ``verify``): everything the run holds, from the evaluator and budget to the rules and
+scores, so the phases take ``(state, round)`` instead of a dozen values."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from .budget import STUDENT, TEACHER, Budget, BudgetExhaustedError, Ledger, metered
+from .checkpoint import Journal, Resumed, attach
+from .evaluation import EvalCache, Evaluator, MetricAdapter, StudentLMError, metric_max
+from .execution import STOP_FILE, Executor, StopRequestedError, StopSignal
+from .induction import BatchReply
+from .mistakes import Mistake
+from .report import RoundSummary
+from .rules import Rule, RuleSet
+
+logger = logging.getLogger(__name__)
+
+STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings a run uses, presets resolved."""
+
+    rounds: int
+    num_batches: int
+    mistakes_per_batch: int
+    max_rules_per_batch: int
+    max_candidates: int
+    screen_size: int
+    confidence_z: float
+    min_gain: float | None
+    metric_threshold: float | None
+    teacher_retries: int
+    num_threads: int
+    seed: int
+
+
+@dataclass
+class CompileState:
+    settings: RunSettings
+    program: dspy.Module  # a private deep copy of the caller's program
+    base_instructions: dict[str, str]
+    trainset: list[dspy.Example]
+    valset: list[dspy.Example]
+    evaluator: Evaluator
+    budget: Budget
+    teacher_lm: dspy.BaseLM | None  # metered
+    journal: Journal
+    executor: Executor
+    stop: StopSignal
+    rng: random.Random
+    resumed: Resumed
+    current: RuleSet = field(default_factory=RuleSet)
+    rules: list[Rule] = field(default_factory=list)
+    mistakes: list[Mistake] = field(default_factory=list)
+    replies: list[BatchReply] = field(default_factory=list)
+    summaries: list[RoundSummary] = field(default_factory=list)
+    baseline_scores: list[float] | None = None
+    val_scores: list[float] | None = None
+    threshold: float | None = None
+    stopped: str | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.budget.ledger
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.base_instructions)
+
+    @property
+    def max_score(self) -> float:
+        return metric_max(self.evaluator.cache.values())
+
+    @property
+    def min_gain(self) -> float:
+        if self.settings.min_gain is not None:
+            return self.settings.min_gain
+        return self.max_score / len(self.valset)
+
+    def record_reply(self, reply: BatchReply) -> None:
+        self.replies.append(reply)
+        self.journal.reply(reply)
+
+    def stop_with(self, exc: BaseException) -> None:
+        self.stopped = str(exc)
+        logger.warning("stopping early, keeping the rules verified so far: %s", exc)
+
+
+@contextmanager
+def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example],
+               metric: Any, teacher_lm: dspy.BaseLM | None, settings: RunSettings,
+               limits: tuple[int | None, int | None],
+               checkpoint: tuple[str | None, str, str]) -> Iterator[CompileState]:
+    """A run's state, with its thread pool, journal and signal handlers open for the block and closed after it.
+
+    ``checkpoint`` is ``(directory, journal name, fingerprint)``; ``limits`` the student and teacher budgets."""
+    directory, name, fp = checkpoint
+    journal = Journal(directory, name, fp)
+    journal.check_writable()
+    program = student.deepcopy()
+    base = {n: p.signature.instructions for n, p in program.named_predictors()}
+    budget = Budget(Ledger(), limits[0], limits[1], parent_tracker=dspy.settings.usage_tracker)
+    cache = EvalCache()
+    resumed = attach(journal, cache)
+    stop = StopSignal(Path(directory) / STOP_FILE if directory is not None else None)
+    executor = Executor(settings.num_threads)
+    evaluator = Evaluator(program, base, MetricAdapter(metric), budget, executor, stop, cache)
+    teacher = metered(teacher_lm, budget, TEACHER) if teacher_lm is not None else None
+    state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher, journal, executor,
+                         stop, random.Random(settings.seed), resumed)
+    try:
+        with stop.installed():
+            yield state
+    finally:
+        executor.close()
+        journal.close()
+        logger.debug("run closed: %d student and %d teacher requests", state.ledger.calls(STUDENT),
+                     state.ledger.calls(TEACHER))
