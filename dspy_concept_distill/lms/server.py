@@ -29,7 +29,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from dspy_concept_distill.lms.llama_cpp import INSTALL_HINT, aligned_context, default_model_path
+from dspy_concept_distill.lms._runtime import INSTALL_HINT, aligned_context, default_model_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
