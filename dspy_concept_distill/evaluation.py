@@ -43,6 +43,9 @@ class StudentLMError(RuntimeError):
     """The student LM itself failed (connection, auth, rate limit, server error) after the retries."""
 
 
+STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)  # end a run; finished work is kept
+
+
 @dataclass
 class Outcome:
     """What one run of a program variant on one example produced."""
@@ -273,8 +276,8 @@ class Evaluator:
         """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel; ``desc`` shows a
         progress bar with the running mean score.
 
-        Raises ``BudgetExhaustedError``, ``StopRequestedError`` or ``StudentLMError`` once the batch is over if some jobs
-        could not run; every job that did finish is in the cache first, so no finished work is lost.
+        Raises ``BudgetExhaustedError``, ``StopRequestedError`` or ``StudentLMError`` once the batch is over if some
+        jobs could not run; every job that did finish is in the cache first, so no finished work is lost.
         """
         futures, seen = [], {}
         for ruleset, example in jobs:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .budget import STUDENT, TEACHER
 from .checkpoint import fingerprint
-from .evaluation import MetricAdapter
+from .evaluation import STOPPING_ERRORS, MetricAdapter
 from .guards import LeakChecker
 from .induction import (
     BatchReply,
@@ -34,7 +34,7 @@ from .induction import (
 from .mistakes import Mistake, collect_mistakes
 from .report import DistillationResult, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
-from .state import STOPPING_ERRORS, CompileState, RunSettings, open_state
+from .state import CompileState, RunSettings, open_state
 from .verification import MIN_FIRST_CHUNK, VerificationSettings, Verifier
 
 logger = logging.getLogger(__name__)

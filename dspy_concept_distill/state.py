@@ -13,19 +13,16 @@ from typing import Any
 
 import dspy
 
-from .budget import STUDENT, TEACHER, Budget, BudgetExhaustedError, Ledger, metered
+from .budget import STUDENT, TEACHER, Budget, Ledger, metered
 from .checkpoint import Journal, Resumed, attach
-from .evaluation import EvalCache, Evaluator, MetricAdapter, StudentLMError, metric_max
-from .execution import STOP_FILE, Executor, StopRequestedError, StopSignal
+from .evaluation import EvalCache, Evaluator, MetricAdapter, metric_max
+from .execution import STOP_FILE, Executor, StopSignal
 from .induction import BatchReply
 from .mistakes import Mistake
 from .report import RoundSummary
 from .rules import Rule, RuleSet
 
 logger = logging.getLogger(__name__)
-
-STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)
-
 
 @dataclass(frozen=True)
 class RunSettings:

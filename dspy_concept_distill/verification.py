@@ -28,18 +28,15 @@ from enum import StrEnum
 
 import dspy
 
-from .budget import BudgetExhaustedError
-from .evaluation import Evaluator, Outcome, StudentLMError, example_key, raise_if_incomplete
-from .execution import StopRequestedError
+from .evaluation import STOPPING_ERRORS, Evaluator, Outcome, example_key, raise_if_incomplete
 from .mistakes import Mistake
-from .rules import CANDIDATE, Rule, RuleSet
+from .rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
 
 logger = logging.getLogger(__name__)
 
 EPS = 1e-9
 CHUNK_FRACTIONS = (0.3, 0.55, 0.8, 1.0)
 MIN_FIRST_CHUNK = 6
-STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)
 
 
 @dataclass(frozen=True)
@@ -253,6 +250,10 @@ class Verifier:
             self.order = racing_order(result.scores, self.settings.max_score, self.rng)
             bar = self.progress(total=len(queue), desc="Verifying rules", leave=False) if self.progress else None
             for position, rule in enumerate(queue):
+                if not fits_predictor_budget(list(result.ruleset), rule):
+                    rule.reject(f"not verified: predictor {rule.predictor!r} already holds the most rule text allowed "
+                                f"({MAX_RULES_CHARS_PER_PREDICTOR} characters)")
+                    continue
                 for ahead in queue[position: position + 1 + self.settings.lookahead]:
                     race = races.get(ahead.id)
                     if race is None or race.current != result.ruleset:
