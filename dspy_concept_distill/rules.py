@@ -68,6 +68,9 @@ class Rule:
     batch: int | None = None
     duplicates: list[str] = field(default_factory=list)
     attempts: int = 1  # how many rounds it was verified in (a near miss may be proposed and measured again)
+    gain_ci: list[float] | None = None  # paired 95% confidence interval [low, high] of ``gain`` on the valset
+    adherence: dict[str, Any] | None = None  # does the student act on it? see ``DistillationResult``
+    ablation_gain: float | None = None  # valset score lost when it alone is left out of the final rule set
     id: str = ""
 
     def __post_init__(self) -> None:
