@@ -14,7 +14,8 @@ tokens before the answer, so small budgets would turn truncation into parse fail
 
     python benchmarks/parse_failures.py --n 20
 
-Writes benchmarks/results/parse_failures.json and prints a table.
+Writes runs/parse_failures.json (untracked; pass ``--out benchmarks/results/parse_failures.json`` to update the
+committed results) and prints a table.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ import dspy
 from dspy_concept_distill.lms import LlamaCppEngine, default_model_path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "multiarith" / "MultiArith.json"
-DEFAULT_OUT = REPO / "benchmarks" / "results" / "parse_failures.json"
+DEFAULT_DATA = REPO / "benchmarks" / "data" / "multiarith" / "MultiArith.json"  # the copy shipped in the repo
+DEFAULT_OUT = REPO / "runs" / "parse_failures.json"  # untracked; benchmarks/results/ changes only with --out
 
 SETUPS: dict[str, dict[str, Any]] = {
     "chat": {"adapter": "ChatAdapter", "json_fallback": True, "constrained": False},
