@@ -43,9 +43,9 @@ _refusals: contextvars.ContextVar[list[BaseException] | None] = contextvars.Cont
 class BudgetExhaustedError(RuntimeError):
     """The next LM request would pass ``max_student_calls`` or ``max_teacher_calls``."""
 
-    def __init__(self, role: str, limit: int) -> None:
-        self.role, self.limit = role, limit
-        super().__init__(f"{role} call budget of {limit} is used up")
+    def __init__(self, role: str, limit: float, what: str = "call") -> None:
+        self.role, self.limit, self.what = role, limit, what
+        super().__init__(f"{role} {what} budget of {limit:g} is used up")
 
 
 @dataclass
@@ -84,6 +84,12 @@ class Ledger:
 
     def calls(self, role: str | None = None, phase: str | None = None) -> int:
         return self._sum("calls", role, phase)
+
+    def spend(self, role: str | None = None) -> tuple[int, int, float]:
+        """(requests, tokens, USD) booked for ``role`` (all roles when None); unpriced models cost 0 here."""
+        rows = [r for r in self.rows() if role is None or r.role == role]
+        return (sum(r.calls for r in rows), sum(r.input_tokens + r.output_tokens for r in rows),
+                sum(r.cost or 0.0 for r in rows))
 
     def cache_hits(self, role: str | None = None, phase: str | None = None) -> int:
         return self._sum("cache_hits", role, phase)
@@ -161,12 +167,16 @@ class Budget:
     """
 
     def __init__(self, ledger: Ledger, max_student_calls: int | None, max_teacher_calls: int | None,
-                 parent_tracker: Any = None) -> None:
+                 parent_tracker: Any = None, *, max_tokens: int | None = None,
+                 max_cost_usd: float | None = None) -> None:
         self.ledger = ledger
         self.limits: dict[str, int | None] = {STUDENT: max_student_calls, TEACHER: max_teacher_calls}
+        self.max_tokens, self.max_cost_usd = max_tokens, max_cost_usd
+        self._expected: dict[str, tuple[float, float]] = {}  # role -> (tokens, USD) per request before any is seen
         self.parent_tracker = parent_tracker
         self._in_flight = {STUDENT: 0, TEACHER: 0}
         self._exhausted: set[str] = set()
+        self.last_refusal: BudgetExhaustedError | None = None
         self._lock = threading.Lock()
 
     def acquire(self, role: str) -> None:
@@ -174,11 +184,47 @@ class Budget:
         with self._lock:
             if limit is not None and self.ledger.calls(role) + self._in_flight[role] + 1 > limit:
                 self._exhausted.add(role)
-                error = BudgetExhaustedError(role, limit)
+                error = self.last_refusal = BudgetExhaustedError(role, limit)
+                if (refusals := _refusals.get()) is not None:
+                    refusals.append(error)
+                raise error
+            if (error := self._spend_refusal(role)) is not None:
+                self._exhausted.add(role)
+                self.last_refusal = error
                 if (refusals := _refusals.get()) is not None:
                     refusals.append(error)
                 raise error
             self._in_flight[role] += 1
+
+    def _spend_refusal(self, role: str) -> BudgetExhaustedError | None:
+        """Refuse a request when tokens or USD spent, plus the requests in flight and this one at this role's
+        average so far, would pass ``max_tokens`` or ``max_cost_usd`` (both across roles)."""
+        if self.max_tokens is None and self.max_cost_usd is None:
+            return None
+        _, all_tokens, all_cost = self.ledger.spend()
+        ahead = {r: n + (r == role) for r, n in self._in_flight.items()}
+        per = {r: self._per_request(r) for r in ahead}
+        tokens_ahead = sum(n * per[r][0] for r, n in ahead.items())
+        cost_ahead = sum(n * per[r][1] for r, n in ahead.items())
+        if self.max_tokens is not None and all_tokens + tokens_ahead > self.max_tokens:
+            return BudgetExhaustedError("run", self.max_tokens, "token")
+        if self.max_cost_usd is not None and all_cost + cost_ahead > self.max_cost_usd:
+            return BudgetExhaustedError("run", self.max_cost_usd, "cost (USD)")
+        return None
+
+    def expect(self, role: str, tokens: float, usd: float | None) -> None:
+        """What one request of ``role`` is expected to cost until one has been booked (from the prompt sizes)."""
+        self._expected[role] = (tokens, usd or 0.0)
+
+    def _per_request(self, role: str) -> tuple[float, float]:
+        """Tokens and USD per request of ``role``: the average so far, else the expectation (the larger, while
+        fewer than three requests were seen)."""
+        calls, tokens, cost = self.ledger.spend(role)
+        expected = self._expected.get(role, (0.0, 0.0))
+        if not calls:
+            return expected
+        average = (tokens / calls, cost / calls)
+        return (max(average[0], expected[0]), max(average[1], expected[1])) if calls < 3 else average
 
     def settle(self, role: str, model: str, usage: dict[str, Any] | None, *, cache_hit: bool = False) -> None:
         phase = _phase.get()

@@ -21,10 +21,10 @@ from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
-from tqdm.auto import tqdm
 
 from .budget import STUDENT, Budget, BudgetExhaustedError, metered, phase, refusals
 from .execution import Executor, StopRequestedError, StopSignal
+from .progress import progress
 from .rules import RuleSet, render_instructions
 
 logger = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class Evaluator:
             if key not in seen:
                 seen[key] = self.submit(ruleset, example, phase)
             futures.append(seen[key])
-        bar = tqdm(total=len(seen), desc=desc, leave=False) if desc else None
+        bar = progress(total=len(seen), desc=desc) if desc else None
         results, scores = {}, []
         try:
             for key, future in seen.items():

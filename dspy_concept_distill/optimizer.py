@@ -7,18 +7,19 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-import random
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import dspy
 from dspy.teleprompt import Teleprompter
-from tqdm.auto import tqdm
 
-from .budget import STUDENT, TEACHER
+from .assemble import ablate, finish
+from .budget import TEACHER
 from .checkpoint import fingerprint
 from .evaluation import STOPPING_ERRORS, MetricAdapter
 from .guards import LeakChecker
@@ -32,36 +33,29 @@ from .induction import (
     rules_from_replies,
 )
 from .mistakes import Mistake, collect_mistakes
-from .report import DistillationResult, RoundSummary
+from .params import (
+    PRESETS,
+    Preset,
+    check_examples,
+    check_int,
+    check_number,
+    check_program,
+    check_valset_size,
+    materialize,
+    refuse_unknown,
+    split_data,
+)
+from .progress import progress
+from .projection import CallBounds, project, refine
+from .report import RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .state import CompileState, RunSettings, open_state
 from .verification import MIN_FIRST_CHUNK, VerificationSettings, Verifier
 
 logger = logging.getLogger(__name__)
+package_logger = logging.getLogger("dspy_concept_distill")
 
-MIN_VALSET_SIZE = 5
 AutoMode = Literal["light", "medium", "heavy"]
-
-
-@dataclass(frozen=True)
-class Preset:
-    rounds: int
-    num_batches: int
-    max_candidates: int
-    screen_size: int
-    confidence_z: float
-    train_passes: float  # student budget: runs per training example ...
-    val_passes: float  # ... plus runs per validation example
-
-
-PRESETS: dict[str, Preset] = {
-    "light": Preset(rounds=1, num_batches=3, max_candidates=8, screen_size=0, confidence_z=1.5,
-                    train_passes=1, val_passes=6),
-    "medium": Preset(rounds=2, num_batches=5, max_candidates=16, screen_size=3, confidence_z=2.0,
-                     train_passes=2, val_passes=16),
-    "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=2.5,
-                    train_passes=3, val_passes=48),
-}
 
 
 class ConceptDistillation(Teleprompter):
@@ -110,14 +104,23 @@ class ConceptDistillation(Teleprompter):
         min_gain: float | None = None,
         metric_threshold: float | None = None,
         max_student_calls: int | None = None,
+        max_metric_calls: int | None = None,
         max_teacher_calls: int | None = None,
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        ablation: bool = False,
         num_threads: int | None = None,
         seed: int = 0,
         val_fraction: float = 0.5,
         teacher_retries: int = 1,
         checkpoint_dir: str | None = None,
+        log_dir: str | None = None,
+        verbose: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__()
+        known = [n for n in inspect.signature(type(self).__init__).parameters if n not in {"self", "kwargs"}]
+        refuse_unknown(kwargs, known)
         if metric is None:
             raise ValueError("ConceptDistillation needs a metric: metric(example, prediction) -> score")
         MetricAdapter(metric)  # raises a clear TypeError for non-callables and unusable signatures
@@ -128,22 +131,27 @@ class ConceptDistillation(Teleprompter):
         if auto is not None and auto not in PRESETS:
             raise ValueError(f"auto must be one of {sorted(PRESETS)} or None, got {auto!r}")
         for name, value in {"rounds": rounds, "num_batches": num_batches, "mistakes_per_batch": mistakes_per_batch,
-                            "max_rules_per_batch": max_rules_per_batch, "max_candidates": max_candidates}.items():
-            _check_int(name, value, minimum=1)
+                            "max_rules_per_batch": max_rules_per_batch, "max_candidates": max_candidates,
+                            "max_metric_calls": max_metric_calls, "max_tokens": max_tokens}.items():
+            check_int(name, value, minimum=1)
         for name, value in {"screen_size": screen_size, "teacher_retries": teacher_retries,
                             "max_student_calls": max_student_calls, "max_teacher_calls": max_teacher_calls}.items():
-            _check_int(name, value, minimum=0)
-        _check_int("num_threads", num_threads, minimum=1)
-        _check_int("seed", seed, minimum=None)
-        if min_gain is not None and (isinstance(min_gain, bool) or not isinstance(min_gain, (int, float))
-                                     or not math.isfinite(min_gain) or not min_gain > 0):
-            raise ValueError(f"min_gain must be a number > 0, got {min_gain!r}")
-        if metric_threshold is not None and (isinstance(metric_threshold, bool)
-                                             or not isinstance(metric_threshold, (int, float))
-                                             or not math.isfinite(metric_threshold)):
-            raise ValueError(f"metric_threshold must be a finite number, got {metric_threshold!r}")
+            check_int(name, value, minimum=0)
+        check_int("num_threads", num_threads, minimum=1)
+        check_int("seed", seed, minimum=None)
+        check_number("min_gain", min_gain, positive=True)
+        check_number("max_cost_usd", max_cost_usd, positive=True)
+        check_number("metric_threshold", metric_threshold)
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
+        if max_metric_calls is not None and max_student_calls is not None:
+            raise ValueError("give max_student_calls or max_metric_calls (GEPA's name for the same budget), not both")
+        for name, value in {"ablation": ablation, "verbose": verbose}.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        for name, value in {"checkpoint_dir": checkpoint_dir, "log_dir": log_dir}.items():
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{name} must be a path, got {type(value).__name__}")
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.auto = auto
@@ -156,12 +164,18 @@ class ConceptDistillation(Teleprompter):
         self.min_gain = min_gain
         self.metric_threshold = metric_threshold
         self.max_student_calls = max_student_calls
+        self.max_metric_calls = max_metric_calls
         self.max_teacher_calls = max_teacher_calls
+        self.max_tokens = max_tokens
+        self.max_cost_usd = max_cost_usd
+        self.ablation = ablation
         self.num_threads = num_threads
         self.seed = seed
         self.val_fraction = val_fraction
         self.teacher_retries = teacher_retries
         self.checkpoint_dir = checkpoint_dir
+        self.log_dir = log_dir
+        self.verbose = verbose
 
     # -- settings -------------------------------------------------------------------------------------------------
     def _preset(self) -> Preset:
@@ -171,81 +185,55 @@ class ConceptDistillation(Teleprompter):
         value = getattr(self, name)
         return getattr(self._preset(), name) if value is None else value
 
-    def _budgets(self, n_train: int, n_val: int, n_predictors: int) -> tuple[int, int]:
+    def _budgets(self, n_train: int, n_val: int, n_predictors: int, rounds: int) -> dict[str, Any]:
         preset = self._preset()
         student = self.max_student_calls
+        if self.max_metric_calls is not None:
+            student = self.max_metric_calls * n_predictors  # program runs -> LM calls
         if student is None:
             student = math.ceil((preset.train_passes * n_train + preset.val_passes * n_val) * n_predictors)
         teacher = self.max_teacher_calls
         if teacher is None:
-            teacher = self._teacher_calls_bound(self._setting("rounds"))
-        return student, teacher
+            teacher = self._teacher_calls_bound(rounds)
+        return {"student_calls": student, "teacher_calls": teacher, "tokens": self.max_tokens,
+                "cost_usd": self.max_cost_usd}
+
+    def _default_student_budget(self) -> bool:
+        return self.max_student_calls is None and self.max_metric_calls is None
 
     def _teacher_calls_bound(self, rounds: int) -> int:
         """Most teacher calls ``rounds`` rounds can make: each batch's attempts, each with room for DSPy's
         JSON-adapter fallback call."""
         return 2 * rounds * self._setting("num_batches") * (self.teacher_retries + 1)
 
-    # -- validation -----------------------------------------------------------------------------------------------
-    def _check_program(self, student: dspy.Module) -> list[str]:
-        if not isinstance(student, dspy.Module):
-            raise TypeError(f"compile expects a dspy.Module as the student, got {type(student).__name__}")
-        predictors = student.named_predictors()
-        if not predictors:
-            raise ValueError("the program has no predictors (dspy.Predict, dspy.ChainOfThought, ...) to optimize")
-        missing_lm = [name for name, p in predictors if p.lm is None and dspy.settings.lm is None]
-        if missing_lm:
-            raise ValueError(
-                f"no student LM for predictors {missing_lm}: call dspy.configure(lm=...) or set predictor.lm"
-            )
-        return [name for name, _ in predictors]
-
-    def _check_data(
-        self, trainset: Iterable[dspy.Example], valset: Iterable[dspy.Example] | None
-    ) -> tuple[list[dspy.Example], list[dspy.Example]]:
-        trainset = _materialize("trainset", trainset)
-        if not trainset:
-            raise ValueError("trainset is empty: Concept Distillation learns from the student's mistakes on it")
-        _check_examples("trainset", trainset)
-        if valset is None:
-            n_val = max(MIN_VALSET_SIZE, round(len(trainset) * self.val_fraction))
-            if len(trainset) - n_val < 1:
-                raise ValueError(
-                    f"the trainset has {len(trainset)} examples, too few to hold out a valset of {MIN_VALSET_SIZE} "
-                    "or more to measure a rule's gain; pass valset= or more training examples"
-                )
-            shuffled = list(trainset)
-            random.Random(self.seed).shuffle(shuffled)
-            valset, trainset = shuffled[:n_val], shuffled[n_val:]
-            logger.info("no valset given: split the trainset (seed=%d) into %d training and %d validation examples",
-                        self.seed, len(trainset), len(valset))
-        else:
-            valset = _materialize("valset", valset)
-            _check_examples("valset", valset)
-        _check_valset_size(valset)
-        return trainset, valset
-
-    def _run_settings(self, *, rounds: int | None = None, num_threads: int | None = None) -> RunSettings:
-        threads = num_threads or self.num_threads or dspy.settings.num_threads or 1
+    def _run_settings(self, *, rounds: int | None = None) -> RunSettings:
         return RunSettings(
             rounds=self._setting("rounds") if rounds is None else rounds, num_batches=self._setting("num_batches"),
             mistakes_per_batch=self.mistakes_per_batch, max_rules_per_batch=self.max_rules_per_batch,
             max_candidates=self._setting("max_candidates"), screen_size=self._setting("screen_size"),
             confidence_z=self._preset().confidence_z, min_gain=self.min_gain, metric_threshold=self.metric_threshold,
-            teacher_retries=self.teacher_retries, num_threads=threads, seed=self.seed,
+            teacher_retries=self.teacher_retries, num_threads=self.num_threads or dspy.settings.num_threads or 1,
+            seed=self.seed,
         )
 
+    @contextmanager
     def _open(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example], *,
-              mode: str, settings: RunSettings):
+              mode: str, settings: RunSettings) -> Iterator[tuple[CompileState, dict[str, Any], dict[str, Any]]]:
+        """The run's state, its budgets and the cost projection, with ``verbose`` logging on for the block."""
         n_predictors = len(student.named_predictors())
-        limits = self._budgets(len(trainset), len(valset), n_predictors)
+        budgets = self._budgets(len(trainset), len(valset), n_predictors, settings.rounds)
         base = {n: p.signature.instructions for n, p in student.named_predictors()}
-        params = {k: v for k, v in self.get_params().items() if k != "checkpoint_dir"}
+        params = {k: v for k, v in self.get_params().items() if k not in {"checkpoint_dir", "log_dir", "verbose"}}
         fp = fingerprint(student, base, trainset, valset, self.metric, self.teacher_lm, {**params, "mode": mode})
-        self._log_projection(len(trainset), len(valset), n_predictors, settings.rounds, *limits)
         teacher = self.teacher_lm if mode == "compile" else None
-        return open_state(student, trainset=trainset, valset=valset, metric=self.metric, teacher_lm=teacher,
-                          settings=settings, limits=limits, checkpoint=(self.checkpoint_dir, f"{mode}_state", fp))
+        directory = self.checkpoint_dir or self.log_dir
+        with _verbose(self.verbose), open_state(
+            student, trainset=trainset, valset=valset, metric=self.metric, teacher_lm=teacher, settings=settings,
+            limits=budgets, checkpoint=(directory, f"{mode}_state", fp),
+        ) as state:
+            bounds = CallBounds((len(trainset) + len(valset)) * n_predictors, budgets["student_calls"],
+                                budgets["teacher_calls"] if teacher is not None else 0)
+            yield state, budgets, {**project(state, bounds), "bounds": bounds}
 
     # -- compile --------------------------------------------------------------------------------------------------
     def compile(
@@ -266,31 +254,35 @@ class ConceptDistillation(Teleprompter):
             raise TypeError(f"compile() got unexpected keyword arguments {sorted(kwargs)}")
         if teacher is not None:
             logger.warning("compile(teacher=...) is not used: the teacher is the teacher_lm given to the constructor")
-        self._check_program(student)
-        trainset, valset = self._check_data(trainset, valset)
-        with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as state:
+        check_program(student)
+        trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
+        with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
+            state, budgets, estimate = opened
             try:
                 for round_index in range(state.settings.rounds):
-                    if not self._round(state, round_index):
+                    if not self._round(state, round_index, estimate["bounds"]):
                         break
+                if self.ablation and not state.stopped:
+                    ablate(state, budgets, extend_budget=self._default_student_budget())
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
-            return self._finish(state, student)
+            return self._done(state, student, budgets, estimate)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
         ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it. Its
         checkpoint (``verify_state.jsonl``) is kept apart from the compile's."""
-        self._check_program(student)
+        check_program(student)
         if not isinstance(rules, RuleSet):
             raise TypeError(f"rules must be a RuleSet, got {type(rules).__name__}")
         if not len(rules):
             raise ValueError("the rule set is empty: there is nothing to verify")
         rules.check_program(student)
-        valset = _materialize("valset", valset)
-        _check_examples("valset", valset)
-        _check_valset_size(valset)
-        with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as state:
+        valset = materialize("valset", valset)
+        check_examples("valset", valset)
+        check_valset_size(valset)
+        with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as opened:
+            state, budgets, estimate = opened
             seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
             state.rules = seeds
             try:
@@ -298,12 +290,28 @@ class ConceptDistillation(Teleprompter):
                 result = self._verifier(state, screen=False).run(state.current, seeds, {})
                 state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
                 state.stopped = result.stopped
+                if self.ablation and not state.stopped:
+                    ablate(state, budgets, extend_budget=self._default_student_budget())
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
-            return self._finish(state, student)
+            return self._done(state, student, budgets, estimate)
+
+    def _done(self, state: CompileState, student: dspy.Module, budgets: dict[str, Any],
+              estimate: dict[str, Any]) -> dspy.Module:
+        optimized = finish(state, student, budgets, {k: v for k, v in estimate.items() if k != "bounds"})
+        result = optimized.distillation
+        if self.log_dir is not None and hasattr(result, "save"):
+            result.save(self.log_dir)
+        try:
+            from .tracking import log_to_mlflow
+        except ImportError:
+            return optimized
+        log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
+                                      if isinstance(v, (str, int, float, bool, type(None)))})
+        return optimized
 
     # -- one round: the three phases ------------------------------------------------------------------------------
-    def _round(self, state: CompileState, round_index: int) -> bool:
+    def _round(self, state: CompileState, round_index: int, bounds: CallBounds) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
         mistakes, outcomes, state.threshold = collect_mistakes(
@@ -312,6 +320,7 @@ class ConceptDistillation(Teleprompter):
         state.mistakes += mistakes
         if state.baseline_scores is None:
             state.baseline_scores = state.val_scores = self._scores(state)
+            refine(state, bounds)
         train_score = sum(o.score for o in outcomes) / len(outcomes)
         logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
                     len(mistakes))
@@ -344,7 +353,7 @@ class ConceptDistillation(Teleprompter):
                              rules_in_force=describe_rules(list(state.current)), max_rules=s.max_rules_per_batch,
                              retries=s.teacher_retries, round_index=round_index)
         replay = {b: r for (rnd, b), r in state.resumed.replies.items() if rnd == round_index}
-        with tqdm(total=len(batches), desc=f"Round {round_index + 1}: teacher writes rules", leave=False) as bar:
+        with progress(total=len(batches), desc=f"Round {round_index + 1}: teacher writes rules") as bar:
             def on_reply(reply: BatchReply) -> None:
                 bar.update(1)
                 if reply.batch not in replay:
@@ -357,7 +366,8 @@ class ConceptDistillation(Teleprompter):
         if state.budget.exhausted(TEACHER):
             logger.warning("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
-            errors = "; ".join(sorted({r.error for r in replies if r.error}))[:300] or "no batch could be asked"
+            refusal = state.budget.last_refusal if state.budget.exhausted(TEACHER) else None
+            errors = "; ".join(sorted({r.error for r in replies if r.error}))[:300] or str(refusal or "none asked")
             state.stopped = state.stopped or f"no usable teacher reply in round {round_index + 1} ({errors})"
             logger.warning("%s", state.stopped)
         candidates = rules_from_replies(
@@ -373,55 +383,7 @@ class ConceptDistillation(Teleprompter):
             min_gain=state.min_gain, confidence_z=s.confidence_z, screen_size=s.screen_size if screen else 0,
             max_score=state.max_score, lookahead=max(0, (s.num_threads - MIN_FIRST_CHUNK) // MIN_FIRST_CHUNK),
         )
-        return Verifier(state.evaluator, state.valset, state.trainset, settings, state.rng, progress=tqdm)
-
-    def _log_projection(self, n_train, n_val, n_pred, rounds, max_student, max_teacher) -> None:
-        preset = self._preset()
-        per_round = n_train + self._setting("max_candidates") * (self._setting("screen_size") + n_val)
-        projected = (n_val + rounds * per_round) * n_pred
-        logger.info(
-            "student LM calls: at most %d (the budget), %d if no candidate were stopped early; teacher LM calls: at "
-            "most %d (budget %s); auto=%s", max_student if max_student is not None else projected,
-            projected, self._teacher_calls_bound(rounds), max_teacher,
-            self.auto or f"None (light defaults, z={preset.confidence_z})",
-        )
-
-    # -- result ---------------------------------------------------------------------------------------------------
-    def _finish(self, state: CompileState, student: dspy.Module) -> dspy.Module:
-        baseline, final = _mean(state.baseline_scores), _mean(state.val_scores)
-        current = state.current
-        if final is None or baseline is None or final < baseline:
-            # Never hand back something worse than (or not measured against) what the caller gave us.
-            if len(current):
-                logger.warning("returning the original instructions: the rule set could not be shown to help")
-            current, final = RuleSet(), baseline
-        optimized = current.apply(student, state.base_instructions)
-        optimized._compiled = True
-        optimized.candidate_programs = self._candidates(state, student, current, optimized)
-        optimized.distillation = DistillationResult(
-            baseline_score=baseline, final_score=final, ruleset=current, rules=state.rules,
-            mistakes=state.mistakes, replies=state.replies, usage=state.ledger, rounds=state.summaries,
-            stopped=state.stopped, trainset_size=len(state.trainset), valset_size=len(state.valset),
-            min_gain=state.min_gain if state.valset else 0.0,
-        )
-        logger.info("concept distillation done: valset score %s -> %s with %d rule(s); %d student and %d teacher "
-                    "calls (%d student cache hits)", _fmt(baseline), _fmt(final), len(current),
-                    state.ledger.calls(STUDENT), state.ledger.calls(TEACHER), state.ledger.cache_hits(STUDENT))
-        return optimized
-
-    @staticmethod
-    def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
-                    optimized: dspy.Module) -> list[dict[str, Any]]:
-        """Every rule set on the accepted path that was scored on the whole valset, best first."""
-        out = []
-        for k in range(len(current) + 1):
-            ruleset = RuleSet(list(current)[:k])
-            scores = state.evaluator.scores(ruleset, state.valset)
-            if all(s is not None for s in scores):
-                program = optimized if ruleset == current else ruleset.apply(student, state.base_instructions)
-                out.append({"score": _mean(scores), "program": program, "rules": ruleset})
-        out.sort(key=lambda c: (-c["score"], len(c["rules"])))
-        return out
+        return Verifier(state.evaluator, state.valset, state.trainset, settings, state.rng, progress=progress)
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
@@ -435,43 +397,27 @@ def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
     return [r for r in pending if r.id in keep]
 
 
-def _mean(scores: Sequence[float] | None) -> float | None:
+@contextmanager
+def _verbose(on: bool) -> Iterator[None]:
+    """With ``verbose=True``, the package's INFO lines go to stderr for the block (one handler, removed after)."""
+    if not on:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous)
+
+
+def _mean(scores: list[float] | None) -> float | None:
     return None if not scores else sum(scores) / len(scores)
 
 
 def _fmt(score: float | None) -> str:
     return "n/a" if score is None else f"{score:.3f}"
-
-
-def _check_int(name: str, value: Any, minimum: int | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-
-
-def _materialize(name: str, examples: Any) -> list[dspy.Example]:
-    """A list from any iterable of examples (a generator included); a clear error for anything else."""
-    if isinstance(examples, (str, bytes, dict, dspy.Example)) or not isinstance(examples, Iterable):
-        raise TypeError(f"{name} must be a list (or other iterable) of dspy.Example, got {type(examples).__name__}")
-    return list(examples)
-
-
-def _check_valset_size(valset: Sequence[dspy.Example]) -> None:
-    if len(valset) < MIN_VALSET_SIZE:
-        raise ValueError(
-            f"the valset has {len(valset)} examples; at least {MIN_VALSET_SIZE} are needed to measure a rule's gain"
-        )
-
-
-def _check_examples(name: str, examples: Sequence[dspy.Example]) -> None:
-    for i, ex in enumerate(examples):
-        if not isinstance(ex, dspy.Example):
-            raise TypeError(f"{name}[{i}] is a {type(ex).__name__}, not a dspy.Example")
-        if getattr(ex, "_input_keys", None) is None:
-            raise ValueError(
-                f"{name}[{i}] has no input fields marked: build examples with "
-                "dspy.Example(...).with_inputs('question', ...)"
-            )

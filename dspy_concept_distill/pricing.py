@@ -4,6 +4,7 @@ precedence, e.g. for a private deployment or a fixed table in tests."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 UNPRICED_PREFIXES = ("local/", "simulated/")  # in-process engines: no bill
@@ -16,6 +17,11 @@ def rates(model: str, table: PriceTable | None = None) -> tuple[float, float] | 
     if table is not None and model in table:
         price_in, price_out = table[model]
         return float(price_in), float(price_out)
+    return _bundled_rates(model)
+
+
+@functools.lru_cache(maxsize=256)
+def _bundled_rates(model: str) -> tuple[float, float] | None:
     if model.startswith(UNPRICED_PREFIXES):
         return None
     try:

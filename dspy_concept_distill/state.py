@@ -97,17 +97,19 @@ class CompileState:
 @contextmanager
 def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example],
                metric: Any, teacher_lm: dspy.BaseLM | None, settings: RunSettings,
-               limits: tuple[int | None, int | None],
+               limits: dict[str, Any],
                checkpoint: tuple[str | None, str, str]) -> Iterator[CompileState]:
     """A run's state, with its thread pool, journal and signal handlers open for the block and closed after it.
 
-    ``checkpoint`` is ``(directory, journal name, fingerprint)``; ``limits`` the student and teacher budgets."""
+    ``checkpoint`` is ``(directory, journal name, fingerprint)``; ``limits`` the budgets: student_calls,
+    teacher_calls, tokens, cost_usd."""
     directory, name, fp = checkpoint
     journal = Journal(directory, name, fp)
     journal.check_writable()
     program = student.deepcopy()
     base = {n: p.signature.instructions for n, p in program.named_predictors()}
-    budget = Budget(Ledger(), limits[0], limits[1], parent_tracker=dspy.settings.usage_tracker)
+    budget = Budget(Ledger(), limits["student_calls"], limits["teacher_calls"], dspy.settings.usage_tracker,
+                    max_tokens=limits.get("tokens"), max_cost_usd=limits.get("cost_usd"))
     cache = EvalCache()
     resumed = attach(journal, cache)
     stop = StopSignal(Path(directory) / STOP_FILE if directory is not None else None)

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import dspy
 
@@ -132,6 +133,38 @@ def projected_upper_bound(
     return exact, estimate + z * math.sqrt(max(variance, 0.0))
 
 
+def paired_ci(diffs: Sequence[float], z: float = 1.96) -> list[float]:
+    """A normal-approximation 95% confidence interval [low, high] of the mean of paired per-example differences."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    if n < 2:
+        return [mean, mean]
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    half = z * sd / math.sqrt(n)
+    return [mean - half, mean + half]
+
+
+def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: Sequence[dspy.Example],
+              where: str) -> dict[str, Any] | None:
+    """Does the student act on the rule that turns ``before`` into ``after``? On ``examples`` already run with both
+    (no new LM calls): how many outputs changed and how many mistakes went away."""
+    changed = fixed = seen = 0
+    for example in examples:
+        old, new = evaluator.cached(before, example), evaluator.cached(after, example)
+        if old is None or new is None:
+            continue
+        seen += 1
+        changed += _outputs(old) != _outputs(new)
+        fixed += new.score > old.score + EPS
+    if not seen:
+        return None
+    return {"where": where, "examples": seen, "changed": changed, "fixed": fixed, "ignored": changed == 0}
+
+
+def _outputs(outcome: Outcome) -> list[Any]:
+    return [step.get("outputs") for step in outcome.steps] + [outcome.raw_text, outcome.error]
+
+
 def decide(diffs: Mapping[int, float], base: Sequence[float], settings: VerificationSettings) -> Decision:
     """Accept, reject or keep racing a candidate, from its per-example gains over the rules in force so far."""
     n = len(base)
@@ -146,6 +179,10 @@ def decide(diffs: Mapping[int, float], base: Sequence[float], settings: Verifica
     exact, statistical = projected_upper_bound(diffs, base, settings.max_score, settings.confidence_z)
     where = f"after {seen}/{n} valset examples"
     if exact < needed - EPS:
+        if not seen:
+            return Decision(Verdict.CANNOT_REACH, gain, seen,
+                            f"not raced: the rules in force leave at most {exact / n:+.3f} to gain on the valset, "
+                            f"below min_gain {settings.min_gain:g}")
         return Decision(Verdict.CANNOT_REACH, gain, seen,
                         f"cannot reach min_gain {settings.min_gain:g} {where} (best case {exact / n:+.3f})")
     if statistical < needed - EPS:
@@ -260,7 +297,7 @@ class Verifier:
                         races[ahead.id] = race = _Race(self, ahead, result.ruleset, result.scores)
                     race.start_chunk(speculative=ahead is not rule)
                 decision = self._finish(races, rule.id)
-                self._apply(rule, races.pop(rule.id), decision, result)
+                self._apply(rule, races.pop(rule.id), decision, result, mistakes)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(score=f"{sum(result.scores) / len(result.scores):.3f}", rules=len(result.ruleset))
@@ -275,6 +312,17 @@ class Verifier:
                 bar.close()
         return result
 
+    def _adherence(self, rule: Rule, race: _Race, mistakes: Mapping[str, Mistake]) -> dict[str, Any] | None:
+        """On the training mistakes the rule was written for when they were run (the screen), else on the valset
+        examples the rules in force got wrong."""
+        sources = [self.train_by_key[m.example_key] for mid in rule.source_mistakes
+                   if (m := mistakes.get(mid)) is not None and m.example_key in self.train_by_key]
+        found = adherence(self.evaluator, race.current, race.candidate, sources, "source mistakes")
+        if found is None:
+            failing = [self.valset[i] for i, s in enumerate(race.base) if s < self.settings.max_score - EPS]
+            found = adherence(self.evaluator, race.current, race.candidate, failing, "valset failures")
+        return found
+
     @staticmethod
     def _finish(races: dict[str, _Race], head: str) -> Decision:
         """Drive the head race to a decision, advancing speculative races whose chunks are done meanwhile."""
@@ -287,12 +335,15 @@ class Verifier:
             race.finish_chunk()
         return race.decision
 
-    def _apply(self, rule: Rule, race: _Race, decision: Decision, result: VerificationResult) -> None:
+    def _apply(self, rule: Rule, race: _Race, decision: Decision, result: VerificationResult,
+               mistakes: Mapping[str, Mistake]) -> None:
         result.decisions[rule.id] = decision
         if decision.verdict is Verdict.ACCEPT:
             rule.accept(decision.gain, decision.seen,
                         f"raised the valset score by {decision.gain:+.3f} over the {len(result.ruleset)} rule(s) "
                         "in force")
+            rule.gain_ci = paired_ci([race.diffs[i] for i in range(len(race.base))])
+            rule.adherence = self._adherence(rule, race, mistakes)
             result.ruleset, result.scores = race.candidate, race.scores()
         else:
             rule.reject(decision.reason, gain=decision.gain, evaluated_on=decision.seen)

@@ -1,0 +1,113 @@
+"""The end of a run: the optional leave-one-out ablation, the returned program (never worse on the valset than
+the caller's), its candidate programs, and the DistillationResult with the score trajectory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import dspy
+
+from .budget import STUDENT, TEACHER, phase
+from .evaluation import STOPPING_ERRORS
+from .report import DistillationResult
+from .rules import RuleSet
+from .state import CompileState
+
+logger = logging.getLogger(__name__)
+
+
+def ablate(state: CompileState, budgets: dict[str, Any], *, extend_budget: bool) -> None:
+    """Leave each accepted rule out of the final set in turn and record the valset score it is worth now
+    (``Rule.ablation_gain``); a rule worth less than ``min_gain`` no longer adds anything once the others are in.
+
+    With ``extend_budget`` (no student budget was given), the student budget grows by what the ablation costs."""
+    rules = list(state.current)
+    if len(rules) < 2 or state.val_scores is None:
+        return
+    cost = len(rules) * len(state.valset) * len(state.names)
+    logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
+    if extend_budget and budgets.get("student_calls") is not None:
+        budgets["student_calls"] += cost
+        state.budget.limits[STUDENT] = budgets["student_calls"]
+    final = _mean(state.val_scores)
+    try:
+        with phase("ablation"):
+            for rule in rules:
+                without = RuleSet([r for r in rules if r is not rule])
+                scores = [o.score for o in state.evaluator.run([(without, ex) for ex in state.valset], "ablation")]
+                rule.ablation_gain = final - _mean(scores)
+                if rule.ablation_gain < state.min_gain:
+                    logger.warning("ablation: rule %r adds %+.3f once the others are in (below min_gain %g)",
+                                   rule.text[:80], rule.ablation_gain, state.min_gain)
+    except STOPPING_ERRORS as exc:
+        logger.warning("ablation stopped early: %s", exc)
+        state.stopped = state.stopped or str(exc)
+
+
+def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
+           cost_estimate: dict[str, float | None]) -> dspy.Module:
+    """The optimized copy of ``student`` with ``distillation`` and ``candidate_programs`` attached."""
+    baseline, final = _mean(state.baseline_scores), _mean(state.val_scores)
+    current = state.current
+    if final is None or baseline is None or final < baseline:
+        # Never hand back something worse than (or not measured against) what the caller gave us.
+        if len(current):
+            logger.warning("returning the original instructions: the rule set could not be shown to help")
+        current, final = RuleSet(), baseline
+    optimized = current.apply(student, state.base_instructions)
+    optimized._compiled = True
+    optimized.candidate_programs = _candidates(state, student, current, optimized)
+    optimized.distillation = DistillationResult(
+        baseline_score=baseline, final_score=final, ruleset=current, rules=state.rules, mistakes=state.mistakes,
+        replies=state.replies, usage=state.ledger, rounds=state.summaries, stopped=state.stopped,
+        trainset_size=len(state.trainset), valset_size=len(state.valset),
+        min_gain=state.min_gain if state.valset else 0.0, budgets=budgets, cost_estimate=cost_estimate,
+        trajectory=_trajectory(state, current, baseline),
+    )
+    logger.info("concept distillation done: valset score %s -> %s with %d rule(s); %d student and %d teacher "
+                "calls (%d student cache hits)", _fmt(baseline), _fmt(final), len(current),
+                state.ledger.calls(STUDENT), state.ledger.calls(TEACHER), state.ledger.cache_hits(STUDENT))
+    return optimized
+
+
+def _prefixes(current: RuleSet) -> list[RuleSet]:
+    return [RuleSet(list(current)[:k]) for k in range(len(current) + 1)]
+
+
+def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
+                optimized: dspy.Module) -> list[dict[str, Any]]:
+    """Every rule set on the accepted path that was scored on the whole valset, best first."""
+    out = []
+    for ruleset in _prefixes(current):
+        scores = state.evaluator.scores(ruleset, state.valset)
+        if all(s is not None for s in scores):
+            program = optimized if ruleset == current else ruleset.apply(student, state.base_instructions)
+            out.append({"score": _mean(scores), "program": program, "rules": ruleset})
+    out.sort(key=lambda c: (-c["score"], len(c["rules"])))
+    return out
+
+
+def _trajectory(state: CompileState, current: RuleSet, baseline: float | None) -> list[dict[str, Any]]:
+    """The valset score after each accepted rule, with the rule's gain and its confidence interval."""
+    if baseline is None:
+        return []
+    steps: list[dict[str, Any]] = [{"rules": 0, "rule_id": None, "text": None, "score": baseline, "gain": None,
+                                    "ci": None}]
+    for k, ruleset in enumerate(_prefixes(current)[1:], 1):
+        scores = state.evaluator.scores(ruleset, state.valset)
+        if any(s is None for s in scores):
+            break
+        rule = list(current)[k - 1]
+        steps.append({"rules": k, "rule_id": rule.id, "text": rule.text, "score": _mean(scores), "gain": rule.gain,
+                      "ci": rule.gain_ci})
+    return steps
+
+
+def _mean(scores: Sequence[float] | None) -> float | None:
+    return None if not scores else sum(scores) / len(scores)
+
+
+def _fmt(score: float | None) -> str:
+    return "n/a" if score is None else f"{score:.3f}"

@@ -1,0 +1,150 @@
+"""Presets and the checks every parameter and input passes before the first LM call."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+logger = logging.getLogger(__name__)
+
+MIN_VALSET_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Preset:
+    rounds: int
+    num_batches: int
+    max_candidates: int
+    screen_size: int
+    confidence_z: float
+    train_passes: float  # student budget: runs per training example ...
+    val_passes: float  # ... plus runs per validation example
+
+
+PRESETS: dict[str, Preset] = {
+    "light": Preset(rounds=1, num_batches=3, max_candidates=8, screen_size=0, confidence_z=1.5,
+                    train_passes=1, val_passes=6),
+    "medium": Preset(rounds=2, num_batches=5, max_candidates=16, screen_size=3, confidence_z=2.0,
+                     train_passes=2, val_passes=16),
+    "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=2.5,
+                    train_passes=3, val_passes=48),
+}
+
+# Other optimizers' parameter names, and what to pass here instead.
+FOREIGN_PARAMETERS: dict[str, str] = {
+    "prompt_model": "teacher_lm (the strong LM that writes the rules)",
+    "reflection_lm": "teacher_lm (the strong LM that writes the rules)",
+    "teacher_settings": "teacher_lm (the strong LM that writes the rules)",
+    "task_model": "nothing: the student is the LM the program already uses (dspy.configure(lm=...))",
+    "num_candidates": "max_candidates (candidate rules verified per round)",
+    "breadth": "num_batches (teacher calls per round) and max_rules_per_batch",
+    "depth": "rounds",
+    "max_steps": "rounds",
+    "max_full_evals": "max_student_calls",
+    "track_stats": "nothing: every rule's fate, gains and usage are always in result.distillation",
+    "init_temperature": "nothing: teacher rollouts after the first batch are sampled at temperature 1.0",
+    "max_bootstrapped_demos": "nothing: Concept Distillation writes rules, not demos",
+    "max_labeled_demos": "nothing: Concept Distillation writes rules, not demos",
+    "reflection_minibatch_size": "mistakes_per_batch",
+    "candidate_selection_strategy": "nothing: rules are chosen by greedy forward selection on the valset",
+}
+
+
+def refuse_unknown(kwargs: dict[str, Any], known: Iterable[str]) -> None:
+    """A clear TypeError for unknown keyword arguments, naming our equivalent of another optimizer's parameter."""
+    if not kwargs:
+        return
+    lines = []
+    for name in sorted(kwargs):
+        hint = FOREIGN_PARAMETERS.get(name)
+        lines.append(f"{name!r}: " + (f"use {hint}" if hint else "not a parameter of ConceptDistillation"))
+    raise TypeError("ConceptDistillation got unexpected keyword arguments: " + "; ".join(lines)
+                    + f". Its parameters are: {', '.join(sorted(known))}")
+
+
+def check_int(name: str, value: Any, minimum: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def check_number(name: str, value: Any, *, positive: bool = False) -> None:
+    """A finite real number (bools refused), above 0 when ``positive``; ``None`` passes."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be a number > 0, got {value!r}")
+
+
+def check_program(student: Any) -> list[str]:
+    if not isinstance(student, dspy.Module):
+        raise TypeError(f"compile expects a dspy.Module as the student, got {type(student).__name__}")
+    predictors = student.named_predictors()
+    if not predictors:
+        raise ValueError("the program has no predictors (dspy.Predict, dspy.ChainOfThought, ...) to optimize")
+    missing_lm = [name for name, p in predictors if p.lm is None and dspy.settings.lm is None]
+    if missing_lm:
+        raise ValueError(f"no student LM for predictors {missing_lm}: call dspy.configure(lm=...) or set predictor.lm")
+    return [name for name, _ in predictors]
+
+
+def materialize(name: str, examples: Any) -> list[dspy.Example]:
+    """A list from any iterable of examples (a generator included); a clear error for anything else."""
+    if isinstance(examples, (str, bytes, dict, dspy.Example)) or not isinstance(examples, Iterable):
+        raise TypeError(f"{name} must be a list (or other iterable) of dspy.Example, got {type(examples).__name__}")
+    return list(examples)
+
+
+def check_examples(name: str, examples: Sequence[dspy.Example]) -> None:
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dspy.Example):
+            raise TypeError(f"{name}[{i}] is a {type(ex).__name__}, not a dspy.Example")
+        if getattr(ex, "_input_keys", None) is None:
+            raise ValueError(
+                f"{name}[{i}] has no input fields marked: build examples with "
+                "dspy.Example(...).with_inputs('question', ...)"
+            )
+
+
+def check_valset_size(valset: Sequence[dspy.Example]) -> None:
+    if len(valset) < MIN_VALSET_SIZE:
+        raise ValueError(
+            f"the valset has {len(valset)} examples; at least {MIN_VALSET_SIZE} are needed to measure a rule's gain"
+        )
+
+
+def split_data(trainset: Any, valset: Any, *, val_fraction: float,
+               seed: int) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """Checked train and val lists; without a valset, the trainset is split by ``seed``."""
+    trainset = materialize("trainset", trainset)
+    if not trainset:
+        raise ValueError("trainset is empty: Concept Distillation learns from the student's mistakes on it")
+    check_examples("trainset", trainset)
+    if valset is None:
+        n_val = max(MIN_VALSET_SIZE, round(len(trainset) * val_fraction))
+        if len(trainset) - n_val < 1:
+            raise ValueError(
+                f"the trainset has {len(trainset)} examples, too few to hold out a valset of {MIN_VALSET_SIZE} "
+                "or more to measure a rule's gain; pass valset= or more training examples"
+            )
+        shuffled = list(trainset)
+        random.Random(seed).shuffle(shuffled)
+        valset, trainset = shuffled[:n_val], shuffled[n_val:]
+        logger.info("no valset given: split the trainset (seed=%d) into %d training and %d validation examples",
+                    seed, len(trainset), len(valset))
+    else:
+        valset = materialize("valset", valset)
+        check_examples("valset", valset)
+    check_valset_size(valset)
+    return trainset, valset
