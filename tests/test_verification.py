@@ -51,3 +51,53 @@ def test_bounds_are_exact_once_everything_is_seen():
     exact, statistical = projected_upper_bound(diffs, base, 1.0, z=3.0)
     assert exact == pytest.approx(1.0)
     assert statistical == pytest.approx(1.0)
+
+
+# -- decide(): the accept/reject decision as a pure function ------------------------------------------------------
+from dspy_concept_distill.optimizer import limit_candidates  # noqa: E402
+from dspy_concept_distill.rules import REJECTED, Rule  # noqa: E402
+from dspy_concept_distill.verification import Verdict, VerificationSettings, decide  # noqa: E402
+
+SETTINGS = VerificationSettings(min_gain=0.05, confidence_z=1.5, screen_size=0, max_score=1.0)
+
+
+def test_decide_accepts_a_full_valset_gain_of_at_least_min_gain_and_rejects_less():
+    base = [0.0] * 10 + [1.0] * 10
+    assert decide({i: (1.0 if i == 0 else 0.0) for i in range(20)}, base, SETTINGS).verdict is Verdict.ACCEPT
+    assert decide({i: 0.0 for i in range(20)}, base, SETTINGS).verdict is Verdict.BELOW_MIN_GAIN
+
+
+def test_decide_drops_a_clear_loser_by_the_statistical_bound_before_the_exact_one():
+    base = [0.0] * 12 + [1.0] * 8
+    losing = {0: 0.0, 1: 0.0, 2: 0.0, 3: 0.0, 12: -1.0, 13: -1.0}
+    decision = decide(losing, base, SETTINGS)
+    assert decision.verdict is Verdict.CLEAR_LOSER  # 8 unseen failing examples could still make up for it exactly
+    assert decision.seen == 6 and decision.gain == pytest.approx(-2 / 6)
+
+
+def test_decide_keeps_racing_a_quiet_candidate_and_refuses_at_once_when_nothing_is_left_to_gain():
+    base = [0.0] * 12 + [1.0] * 8
+    assert decide({0: 0.0, 12: 0.0}, base, SETTINGS).verdict is Verdict.CONTINUE
+    full = [1.0] * 20
+    decision = decide({}, full, SETTINGS)
+    assert decision.verdict is Verdict.CANNOT_REACH and decision.seen == 0
+
+
+def test_the_statistical_bound_is_stratified():
+    # Same six results; they came from failing examples (where a rule can gain) in one case and from passing ones
+    # (where it can only lose) in the other. Pooling would give both the same bound.
+    base = [0.0] * 10 + [1.0] * 10
+    from_failing = {i: 0.0 for i in range(6)}
+    from_passing = {i: 0.0 for i in range(10, 16)}
+    _, after_failing = projected_upper_bound(from_failing, base, 1.0, z=1.5)
+    _, after_passing = projected_upper_bound(from_passing, base, 1.0, z=1.5)
+    assert after_passing > after_failing  # the failing stratum is still unexplored there
+
+
+def test_limit_candidates_keeps_the_best_supported_and_says_why_the_rest_were_not_verified():
+    rules = [Rule(f"Rule number {i} says something.", "p", source_mistakes=[f"m{j}" for j in range(i)])
+             for i in range(1, 5)]
+    kept = limit_candidates(list(rules), 2)
+    assert [r.text for r in kept] == [rules[2].text, rules[3].text]  # teacher order among the kept
+    assert all(r.status == REJECTED and "max_candidates=2" in r.reason for r in rules[:2])
+    assert limit_candidates(rules[:1], 2) == rules[:1]
