@@ -7,7 +7,6 @@ unknown predictors are resolved or rejected, rules that leak training data are r
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import random
@@ -20,9 +19,10 @@ import pydantic
 from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureError
 
 from .budget import BudgetExhaustedError, phase
+from .dedupe import similar
 from .evaluation import is_lm_infrastructure_error
 from .execution import Executor, StopRequestedError
-from .guards import LeakChecker, clip_text, length_problem, words_of
+from .guards import LeakChecker, clip_text, length_problem
 from .mistakes import Mistake
 from .rules import (
     ACCEPTED,
@@ -38,13 +38,6 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 2
 MAX_DIAGNOSIS_CHARS = 600
-DUPLICATE_OVERLAP = 0.8
-DUPLICATE_JACCARD = 0.5
-DUPLICATE_RATIO = 0.85
-_STOPWORDS = frozenset(
-    "a an the of to in on for and or is are be by with as at it its this that these those from into when if then "
-    "than your you always never do not any all each every must should".split()
-)
 
 
 class ProposedRule(pydantic.BaseModel):
@@ -240,29 +233,6 @@ def _as_dict(item: Any) -> dict[str, Any]:
     if isinstance(item, dict):
         return dict(item)
     return {"rule": str(item)}
-
-
-def _stem(word: str) -> str:
-    for suffix, replacement in (("ies", "y"), ("ing", ""), ("ed", ""), ("es", ""), ("s", "")):
-        if len(word) > 4 and word.endswith(suffix):
-            return word[: -len(suffix)] + replacement
-    return word
-
-
-def _content_words(text: str) -> set[str]:
-    return {_stem(w) for w in words_of(text) if w not in _STOPWORDS}
-
-
-def similar(a: str, b: str) -> bool:
-    """Near-duplicate test for rule texts: nearly the same characters, or nearly the same content words (the
-    smaller set mostly inside the larger, and the two sets mostly shared)."""
-    if difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= DUPLICATE_RATIO:
-        return True
-    wa, wb = _content_words(a), _content_words(b)
-    if not wa or not wb:
-        return False
-    shared = len(wa & wb)
-    return shared / min(len(wa), len(wb)) >= DUPLICATE_OVERLAP and shared / len(wa | wb) >= DUPLICATE_JACCARD
 
 
 def resolve_predictor(name: str, names: Sequence[str]) -> str | None:

@@ -10,7 +10,8 @@ from typing import Any
 
 import dspy
 
-from .evaluation import ErrorKind, Evaluator, Outcome, example_key, metric_max
+from .evaluation import ErrorKind, Evaluator, Outcome, example_key
+from .metric import metric_max
 from .rules import RuleSet
 
 logger = logging.getLogger(__name__)

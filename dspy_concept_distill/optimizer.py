@@ -7,10 +7,8 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -21,7 +19,7 @@ from dspy.teleprompt import Teleprompter
 from .assemble import ablate, finish
 from .budget import TEACHER
 from .checkpoint import fingerprint
-from .evaluation import STOPPING_ERRORS, MetricAdapter
+from .evaluation import STOPPING_ERRORS
 from .guards import LeakChecker
 from .induction import (
     BatchReply,
@@ -37,23 +35,20 @@ from .params import (
     PRESETS,
     Preset,
     check_examples,
-    check_int,
-    check_number,
     check_program,
     check_valset_size,
     materialize,
-    refuse_unknown,
     split_data,
+    validate_params,
 )
-from .progress import progress
+from .progress import progress, verbose_logging
 from .projection import CallBounds, project, refine
 from .report import RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .state import CompileState, RunSettings, open_state
-from .verification import MIN_FIRST_CHUNK, VerificationSettings, Verifier
+from .verification import MIN_FIRST_CHUNK, VerificationSettings, Verifier, limit_candidates
 
 logger = logging.getLogger(__name__)
-package_logger = logging.getLogger("dspy_concept_distill")
 
 AutoMode = Literal["light", "medium", "heavy"]
 
@@ -119,39 +114,7 @@ class ConceptDistillation(Teleprompter):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        known = [n for n in inspect.signature(type(self).__init__).parameters if n not in {"self", "kwargs"}]
-        refuse_unknown(kwargs, known)
-        if metric is None:
-            raise ValueError("ConceptDistillation needs a metric: metric(example, prediction) -> score")
-        MetricAdapter(metric)  # raises a clear TypeError for non-callables and unusable signatures
-        if teacher_lm is None:
-            raise ValueError("ConceptDistillation needs a teacher_lm, e.g. teacher_lm=dspy.LM('openai/gpt-4o')")
-        if not isinstance(teacher_lm, dspy.BaseLM):
-            raise TypeError(f"teacher_lm must be a dspy.LM, got {type(teacher_lm).__name__}")
-        if auto is not None and auto not in PRESETS:
-            raise ValueError(f"auto must be one of {sorted(PRESETS)} or None, got {auto!r}")
-        for name, value in {"rounds": rounds, "num_batches": num_batches, "mistakes_per_batch": mistakes_per_batch,
-                            "max_rules_per_batch": max_rules_per_batch, "max_candidates": max_candidates,
-                            "max_metric_calls": max_metric_calls, "max_tokens": max_tokens}.items():
-            check_int(name, value, minimum=1)
-        for name, value in {"screen_size": screen_size, "teacher_retries": teacher_retries,
-                            "max_student_calls": max_student_calls, "max_teacher_calls": max_teacher_calls}.items():
-            check_int(name, value, minimum=0)
-        check_int("num_threads", num_threads, minimum=1)
-        check_int("seed", seed, minimum=None)
-        check_number("min_gain", min_gain, positive=True)
-        check_number("max_cost_usd", max_cost_usd, positive=True)
-        check_number("metric_threshold", metric_threshold)
-        if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction!r}")
-        if max_metric_calls is not None and max_student_calls is not None:
-            raise ValueError("give max_student_calls or max_metric_calls (GEPA's name for the same budget), not both")
-        for name, value in {"ablation": ablation, "verbose": verbose}.items():
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, got {value!r}")
-        for name, value in {"checkpoint_dir": checkpoint_dir, "log_dir": log_dir}.items():
-            if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise TypeError(f"{name} must be a path, got {type(value).__name__}")
+        validate_params(type(self).__init__, locals(), kwargs)
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.auto = auto
@@ -227,7 +190,7 @@ class ConceptDistillation(Teleprompter):
         fp = fingerprint(student, base, trainset, valset, self.metric, self.teacher_lm, {**params, "mode": mode})
         teacher = self.teacher_lm if mode == "compile" else None
         directory = self.checkpoint_dir or self.log_dir
-        with _verbose(self.verbose), open_state(
+        with verbose_logging(self.verbose), open_state(
             student, trainset=trainset, valset=valset, metric=self.metric, teacher_lm=teacher, settings=settings,
             limits=budgets, checkpoint=(directory, f"{mode}_state", fp),
         ) as state:
@@ -384,35 +347,6 @@ class ConceptDistillation(Teleprompter):
             max_score=state.max_score, lookahead=max(0, (s.num_threads - MIN_FIRST_CHUNK) // MIN_FIRST_CHUNK),
         )
         return Verifier(state.evaluator, state.valset, state.trainset, settings, state.rng, progress=progress)
-
-
-def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
-    """At most ``limit`` candidates, the best supported (most source mistakes) first; the rest are rejected."""
-    if len(pending) <= limit:
-        return pending
-    ranked = sorted(pending, key=lambda r: -len(r.source_mistakes))  # stable: teacher order breaks ties
-    for rule in ranked[limit:]:
-        rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and less support")
-    keep = {r.id for r in ranked[:limit]}
-    return [r for r in pending if r.id in keep]
-
-
-@contextmanager
-def _verbose(on: bool) -> Iterator[None]:
-    """With ``verbose=True``, the package's INFO lines go to stderr for the block (one handler, removed after)."""
-    if not on:
-        yield
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    previous = package_logger.level
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        package_logger.removeHandler(handler)
-        package_logger.setLevel(previous)
 
 
 def _mean(scores: list[float] | None) -> float | None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +68,43 @@ def refuse_unknown(kwargs: dict[str, Any], known: Iterable[str]) -> None:
         lines.append(f"{name!r}: " + (f"use {hint}" if hint else "not a parameter of ConceptDistillation"))
     raise TypeError("ConceptDistillation got unexpected keyword arguments: " + "; ".join(lines)
                     + f". Its parameters are: {', '.join(sorted(known))}")
+
+
+def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    """Check every constructor argument (``values``: the constructor's locals) before anything is stored."""
+    refuse_unknown(kwargs, [n for n in inspect.signature(init).parameters if n not in {"self", "kwargs"}])
+    v = values
+    if v["metric"] is None:
+        raise ValueError("ConceptDistillation needs a metric: metric(example, prediction) -> score")
+    from .metric import MetricAdapter
+
+    MetricAdapter(v["metric"])  # raises a clear TypeError for non-callables and unusable signatures
+    if v["teacher_lm"] is None:
+        raise ValueError("ConceptDistillation needs a teacher_lm, e.g. teacher_lm=dspy.LM('openai/gpt-4o')")
+    if not isinstance(v["teacher_lm"], dspy.BaseLM):
+        raise TypeError(f"teacher_lm must be a dspy.LM, got {type(v['teacher_lm']).__name__}")
+    if v["auto"] is not None and v["auto"] not in PRESETS:
+        raise ValueError(f"auto must be one of {sorted(PRESETS)} or None, got {v['auto']!r}")
+    for name in ("rounds", "num_batches", "mistakes_per_batch", "max_rules_per_batch", "max_candidates",
+                 "max_metric_calls", "max_tokens", "num_threads"):
+        check_int(name, v[name], minimum=1)
+    for name in ("screen_size", "teacher_retries", "max_student_calls", "max_teacher_calls"):
+        check_int(name, v[name], minimum=0)
+    check_int("seed", v["seed"], minimum=None)
+    check_number("min_gain", v["min_gain"], positive=True)
+    check_number("max_cost_usd", v["max_cost_usd"], positive=True)
+    check_number("metric_threshold", v["metric_threshold"])
+    fraction = v["val_fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {fraction!r}")
+    if v["max_metric_calls"] is not None and v["max_student_calls"] is not None:
+        raise ValueError("give max_student_calls or max_metric_calls (GEPA's name for the same budget), not both")
+    for name in ("ablation", "verbose"):
+        if not isinstance(v[name], bool):
+            raise ValueError(f"{name} must be True or False, got {v[name]!r}")
+    for name in ("checkpoint_dir", "log_dir"):
+        if v[name] is not None and not isinstance(v[name], (str, os.PathLike)):
+            raise TypeError(f"{name} must be a path, got {type(v[name]).__name__}")
 
 
 def check_int(name: str, value: Any, minimum: int | None) -> None:

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("dspy_concept_distill.progress")
+package_logger = logging.getLogger("dspy_concept_distill")
 
 
 class _LoggedProgress:
@@ -43,3 +46,21 @@ def progress(total: int, desc: str | None = None, leave: bool = False) -> Any:
     if getattr(sys.stderr, "isatty", lambda: False)():
         return tqdm(total=total, desc=desc, leave=leave)
     return _LoggedProgress(total, desc)
+
+
+@contextmanager
+def verbose_logging(on: bool) -> Iterator[None]:
+    """With ``verbose=True``, the package's INFO lines go to stderr for the block (one handler, removed after)."""
+    if not on:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    previous = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(previous)

@@ -15,9 +15,10 @@ import dspy
 
 from .budget import STUDENT, TEACHER, Budget, Ledger, metered
 from .checkpoint import Journal, Resumed, attach
-from .evaluation import EvalCache, Evaluator, MetricAdapter, metric_max
+from .evaluation import EvalCache, Evaluator
 from .execution import STOP_FILE, Executor, StopSignal
 from .induction import BatchReply
+from .metric import MetricAdapter, metric_max
 from .mistakes import Mistake
 from .report import RoundSummary
 from .rules import Rule, RuleSet

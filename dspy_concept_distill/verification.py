@@ -347,3 +347,14 @@ class Verifier:
             result.ruleset, result.scores = race.candidate, race.scores()
         else:
             rule.reject(decision.reason, gain=decision.gain, evaluated_on=decision.seen)
+
+
+def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
+    """At most ``limit`` candidates, the best supported (most source mistakes) first; the rest are rejected."""
+    if len(pending) <= limit:
+        return pending
+    ranked = sorted(pending, key=lambda r: -len(r.source_mistakes))  # stable: teacher order breaks ties
+    for rule in ranked[limit:]:
+        rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and less support")
+    keep = {r.id for r in ranked[:limit]}
+    return [r for r in pending if r.id in keep]

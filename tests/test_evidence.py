@@ -53,8 +53,9 @@ def test_every_kept_rule_has_a_gain_interval_adherence_and_a_trajectory_step(wor
 def test_adherence_flags_a_rule_the_student_ignores(world):
     _, val, _, _ = setup(world)
     from dspy_concept_distill.budget import Budget, Ledger
-    from dspy_concept_distill.evaluation import EvalCache, Evaluator, MetricAdapter
+    from dspy_concept_distill.evaluation import EvalCache, Evaluator
     from dspy_concept_distill.execution import Executor, StopSignal
+    from dspy_concept_distill.metric import MetricAdapter
 
     program = dspy.ChainOfThought("question -> answer: float")
     base = {n: p.signature.instructions for n, p in program.named_predictors()}

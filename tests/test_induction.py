@@ -5,6 +5,7 @@ import random
 import dspy
 import pytest
 
+from dspy_concept_distill.dedupe import similar
 from dspy_concept_distill.evaluation import Outcome
 from dspy_concept_distill.guards import label_vocabulary
 from dspy_concept_distill.induction import (
@@ -15,7 +16,6 @@ from dspy_concept_distill.induction import (
     make_batches,
     resolve_predictor,
     rules_from_replies,
-    similar,
 )
 from dspy_concept_distill.mistakes import Mistake
 from dspy_concept_distill.rules import (
