@@ -2,46 +2,33 @@
 
     python benchmarks/noise_robustness.py --flip-rate 0.1 --seeds 0 1 2 3 4 5
 
-Simulated world (scripted student and teacher, not real models): with ``flip_rate`` > 0 every new prompt flips
-that share of the student's answers (a deterministic hash of prompt and question), as prompt sensitivity does.
+A slice of the task family (benchmarks/family.py, whose ``today-noisy`` task is this at flip rate 0.1): today's
+simulated world (scripted student and teacher, not real models), where with ``flip_rate`` > 0 every new prompt
+flips that share of the student's answers (a deterministic hash of prompt and question), as prompt sensitivity does.
 A concept counts as kept when its key phrase is in the final instructions (a kept paraphrase counts).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import os
-import time
 from pathlib import Path
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("TQDM_DISABLE", "1")
-
-import dspy
-
-from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.testing import SimulatedTask
+from family import run_one
+from family_tasks import TASKS_BY_NAME
 
 
 def run_once(auto: str, seed: int, flip_rate: float) -> dict:
-    task = SimulatedTask.create(20, 20, seed=seed, flip_rate=flip_rate)
-    world = task.world
-    student, teacher = world.student_lm(cache=False), world.teacher_lm(cache=False)
-    dspy.configure(lm=student, adapter=dspy.ChatAdapter())
-    started = time.monotonic()
-    optimized = ConceptDistillation(metric=world.metric, teacher_lm=teacher, auto=auto, seed=seed).compile(
-        dspy.ChainOfThought("question -> answer: float"), trainset=task.trainset, valset=task.valset)
-    instructions = " ".join(optimized.predict.signature.instructions.lower().split())
-    result = optimized.distillation
+    task = dataclasses.replace(TASKS_BY_NAME["today"], name=f"today-flip-{flip_rate:g}", flip_rate=flip_rate)
+    record = run_one(task, f"cd-{auto}", seed)
     return {
-        "auto": auto, "seed": seed, "flip_rate": flip_rate, "student_calls": student.engine.calls,
-        "teacher_calls": teacher.engine.calls, "baseline": result.baseline_score, "final": result.final_score,
-        "concepts_kept": sum(c.phrase.lower() in instructions for c in world.concepts),
-        "concepts": len(world.concepts),
-        "harmful_kept": sum(d.phrase.lower() in instructions for d in world.distractors if d.kind == "harmful"),
-        "seconds": round(time.monotonic() - started, 2),
+        "auto": auto, "seed": seed, "flip_rate": flip_rate, "status": record.status, "error": record.error,
+        "student_calls": record.student_calls, "teacher_calls": record.helper_calls,
+        "oracle_accuracy": record.oracle_accuracy, "test_accuracy": record.test_accuracy,
+        "concepts_kept": len(record.helpful_in_force), "concepts": record.pool_helpful,
+        "harmful_kept": len(record.harmful_in_force), "seconds": record.wall_seconds,
     }
 
 
@@ -53,21 +40,19 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "noise_robustness.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     rows = [run_once(auto, seed, args.flip_rate) for auto in args.presets for seed in args.seeds]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print(f"flip rate {args.flip_rate}, seeds {args.seeds}")
-    print("| preset | all concepts kept | harmful kept | student calls | valset before -> after |")
+    print("| preset | all concepts kept | harmful kept | student calls | oracle accuracy (mean) |")
     print("|---|---|---|---|---|")
     for auto in args.presets:
-        mine = [r for r in rows if r["auto"] == auto]
+        mine = [r for r in rows if r["auto"] == auto and r["status"] == "ok"]
         full = sum(r["concepts_kept"] == r["concepts"] for r in mine)
         calls = [r["student_calls"] for r in mine]
-        before = sum(r["baseline"] for r in mine) / len(mine)
-        after = sum(r["final"] for r in mine) / len(mine)
+        oracle = sum(r["oracle_accuracy"] for r in mine) / max(1, len(mine))
         print(f"| {auto} | {full}/{len(mine)} | {sum(r['harmful_kept'] for r in mine)} | "
-              f"{min(calls)}-{max(calls)} | {before:.2f} -> {after:.2f} |")
+              f"{min(calls, default=0)}-{max(calls, default=0)} | {oracle:.3f} |")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,11 @@ class Prompt:
         found = _FIELD_LINE.findall(section)
         return [OutputSpec(name, type_name.strip(), self._schema(name)) for name, type_name in found]
 
+    def input_names(self) -> list[str]:
+        """The input field names DSPy's adapter lists in the system message."""
+        section = self.system.split("Your input fields are:", 1)[-1].split("Your output fields are:", 1)[0]
+        return [name for name, _ in _FIELD_LINE.findall(section)] if "Your input fields are:" in self.system else []
+
     def _schema(self, name: str) -> dict[str, Any] | None:
         marker = re.search(r"\{" + re.escape(name) + r"\}\s+# note: the value you produce " + re.escape(_SCHEMA_NOTE),
                            self.system)
@@ -107,7 +112,9 @@ class Prompt:
         if not wanted:
             return {}
         reader = dspy.Signature({n: (str, dspy.OutputField()) for n in wanted}, "inputs as text")
-        return dspy.ChatAdapter().parse(reader, self.user)
+        values = dspy.ChatAdapter().parse(reader, self.user)
+        # the adapter closes the user message with its "Respond with ..." paragraph: not part of the last input
+        return {name: re.sub(r"\n\nRespond with [^\n]*\Z", "", value) for name, value in values.items()}
 
 
 def format_reply(values: dict[str, Any], *, json_mode: bool) -> str:

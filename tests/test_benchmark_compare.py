@@ -21,7 +21,13 @@ from dspy_concept_distill.testing import SimulatedWorld
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
 
 import compare_optimizers as bench
-from simulated_proposer import BASE_INSTRUCTION, SimulatedProposerEngine, proposer_lm
+from simulated_proposer import BASE_INSTRUCTION, SimulatedProposerEngine, world_pool
+from simulated_proposer import proposer_lm as pool_proposer_lm
+
+
+def proposer_lm(world: SimulatedWorld, seed: int = 0) -> dspy.LM:
+    """The proposer compare_optimizers.py gives DSPy's optimizers."""
+    return pool_proposer_lm(world_pool(world), seed=seed, p_helpful=bench.P_HELPFUL, p_other=bench.P_DISTRACTOR)
 
 
 def world_rules(world: SimulatedWorld) -> set[str]:
@@ -113,7 +119,7 @@ def test_simba_and_gepa_proposal_prompts(world):
 
 
 def test_proposals_are_fair_random_draws_repeatable_by_seed(world):
-    engine = SimulatedProposerEngine(world, seed=11)
+    engine = SimulatedProposerEngine(world_pool(world), seed=11, p_helpful=0.5, p_other=0.3)
     draws = [set(engine.draw_rules()) for _ in range(3000)]
     for concept in world.concepts:
         assert sum(concept.rule in d for d in draws) / len(draws) == pytest.approx(0.5, abs=0.04)
@@ -121,8 +127,8 @@ def test_proposals_are_fair_random_draws_repeatable_by_seed(world):
         assert sum(distractor.rule in d for d in draws) / len(draws) == pytest.approx(0.3, abs=0.04)
     best = sum(bench.is_best_set(world, "\n".join(d)) for d in draws) / len(draws)
     assert best == pytest.approx(0.5**3 * 0.7**2, abs=0.02)  # reachable by search, never handed over
-    again = SimulatedProposerEngine(world, seed=11)
-    other = SimulatedProposerEngine(world, seed=12)
+    again = SimulatedProposerEngine(world_pool(world), seed=11, p_helpful=0.5, p_other=0.3)
+    other = SimulatedProposerEngine(world_pool(world), seed=12, p_helpful=0.5, p_other=0.3)
     assert [again.draw_rules() for _ in range(20)] == [list(engine.proposals[i]) for i in range(20)]
     assert [other.draw_rules() for _ in range(20)] != [list(engine.proposals[i]) for i in range(20)]
 
@@ -163,7 +169,7 @@ def test_infer_rules_row_logs_its_own_best_score():
 
 def test_a_failing_optimizer_is_recorded_not_raised():
     def broken(ctx: bench.RunContext) -> dspy.Module:
-        ctx.program(question=ctx.task.trainset[0].question)  # one real student call, then a failure
+        ctx.program(question=ctx.trainset[0].question)  # one real student call, then a failure
         raise RuntimeError("optimizer exploded")
 
     spec = bench.OptimizerSpec("broken", "Broken", "-", None, False, broken)
@@ -209,7 +215,8 @@ def test_summary_ratios_and_claim_verdict():
     assert per_seed[0]["holds"] and per_seed[0]["cheapest"] == "a"
     assert not per_seed[1]["holds"] and per_seed[1]["cheapest_calls"] == 40  # b was cheaper than us on seed 1
     assert summary["claim"]["holds"] is False
-    full, terminal = bench.markdown(summary, runs, {"seeds": [0, 1], "flip_rate": 0.0, "notes": ["n"],
+    full, terminal = bench.markdown(summary, runs, {"seeds": [0, 1], "flip_rate": 0.0, "notes": ["n"], "n_train": 20,
+                                                    "n_val": 20,
                                                     "versions": {"dspy": "x", "gepa": "y", "optuna": "z"},
                                                     "proposer": {"p_helpful": 0.5, "p_distractor": 0.3}})
     assert "does not hold on every seed" in terminal and terminal in full

@@ -1,0 +1,255 @@
+"""Rule selection across the task family: every optimizer on every simulated task and seed (scripted LMs, NOT
+real models), judged by the oracle accuracy of the program it returns.
+
+    python benchmarks/family.py                                   # everything: 10 tasks x 8 optimizers x seeds 0-9
+    python benchmarks/family.py --optimizers cd-light --tasks diffuse-issue,today --seeds 0-4 --jobs 2
+    python benchmarks/family.py --optimizers cd-light,cd-medium --cd-kwargs '{"screen_size": 0}' \\
+        --reference benchmarks/results/family_before.json        # CD only; DSPy rows taken from an earlier run
+
+Per task and optimizer it reports the oracle (analytic expected) accuracy of the returned program, its accuracy on
+the task's separate test split with a 95% CI over seeds, helpful-rule recall, harmful-rule acceptance, student and
+proposer/teacher calls (counted at the engines, caches off) and wall time, and checks issue 6's targets per task.
+Each run is deterministic given its task and seed; runs are spread over ``--jobs`` processes. Results go to
+``benchmarks/results/local/family.{json,md,csv}`` (untracked) unless ``--out`` names another path. ``--reference``
+fills the rows of DSPy optimizers that were not run from an earlier JSON, when its task definitions match (DSPy's
+optimizers do not depend on this library, so their rows stay valid while ConceptDistillation changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import dspy
+from bench_meta import library_revision, package_versions
+from family_report import RunRecord, markdown, summarize, targets, targets_table, to_csv
+from family_tasks import TASKS, TASKS_BY_NAME, FamilyTask, TaskInstance
+from optimizer_runs import OPTIMIZERS, RunContext, run_optimizer, score_with
+
+from dspy_concept_distill.testing import normalized
+
+logger = logging.getLogger("family")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "family"
+NOTES = [
+    "Diffuse world: an example is right iff z < p(rules), z = the example's fixed latent or, with probability "
+    "`redraw` per prompt variant, a fresh hash-uniform draw; p = baseline + the effects of the rules in force. Any "
+    "prompt change (rule, demo, or upstream plan) is a new variant, so neutral rules re-roll answers too. Flip noise "
+    "flips a further share of answers per variant. See benchmarks/family_world.py.",
+    "The blind proposer includes every pool rule in a proposal with the task's `p_rule` (0.4), whatever the prompt "
+    "says; on `blind` tasks ConceptDistillation's teacher signature gets it too (rule objects name the rule's "
+    "predictor and claim 1-2 random mistake numbers). On `teacher` tasks CD gets the diagnosing scripted teacher and "
+    "DSPy's optimizers the blind proposer. Instructions the blind proposer writes for a predictor may hold rules of "
+    "the other predictor; they act only where they target.",
+    "Recall and harmful acceptance count pool rules in force in the returned program (phrase in the instructions of "
+    "the predictor they act in); harmful = any rule that breaks something (a tempting rule that also fixes a "
+    "category counts as harmful).",
+    "Targets: light must reach the best DSPy optimizer's mean oracle accuracy with at most 0.75x COPRO (4, 2)'s mean "
+    "student calls on the task; every CD preset must keep harmful rules in force on at most 5% of (run, rule) "
+    "pairs; medium must come within 0.02 of the task's oracle accuracy.",
+]
+
+
+# -- one run ----------------------------------------------------------------------------------------------------------
+def run_one(task: str | FamilyTask, optimizer: str, seed: int, cd_kwargs: dict[str, Any] | None = None,
+            threads: int = 4) -> RunRecord:
+    """Run one optimizer on one task (a name in ``TASKS_BY_NAME`` or a ``FamilyTask``) and seed, with fresh
+    uncached LMs; a failure is recorded, not raised."""
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    task = TASKS_BY_NAME[task] if isinstance(task, str) else task
+    task_name = task.name
+    inst = task.build(seed)
+    spec = OPTIMIZERS[optimizer]
+    student = inst.student_lm()
+    helper = inst.cd_teacher_lm() if spec.is_cd else inst.proposer_lm()
+    ctx = RunContext(inst.program(), inst.trainset, inst.valset, inst.metric, student, helper, seed, threads,
+                     dict(cd_kwargs or {}) if spec.is_cd else {})
+    outcome = run_optimizer(spec, ctx)
+    record = RunRecord(task_name, optimizer, seed, student_calls=student.engine.calls,
+                       helper_calls=helper.engine.calls, wall_seconds=outcome.wall_seconds,
+                       pool_helpful=sum(r.kind == "helpful" for r in inst.pool),
+                       pool_harmful=sum(r.kind == "harmful" for r in inst.pool))
+    if outcome.program is None:
+        record.status, record.error = "error", outcome.error
+        logger.error("%s %s seed %d failed: %s\n%s", task_name, optimizer, seed, outcome.error, outcome.traceback)
+        return record
+    judge(record, outcome.program, inst, threads)
+    return record
+
+
+def judge(record: RunRecord, program: dspy.Module, inst: TaskInstance, threads: int) -> None:
+    """Fill ``record`` with the oracle and test accuracy of ``program`` and the pool rules in force in it."""
+    in_force = inst.in_force(program)
+    record.helpful_in_force = [r.text for r in in_force if r.kind == "helpful"]
+    record.harmful_in_force = [r.text for r in in_force if r.kind == "harmful"]
+    record.neutral_in_force = [r.text for r in in_force if r.kind == "neutral"]
+    record.oracle_accuracy = round(inst.expected_accuracy(program), 6)
+    record.test_accuracy = round(score_with(program, inst.student_lm(), inst.testset, inst.metric, threads), 6)
+    record.demos = sum(len(p.demos) for _, p in program.named_predictors())
+    result = getattr(program, "distillation", None)
+    if result is not None:
+        record.cd_rules = [cd_rule(rule, inst) for rule in result.rules]
+
+
+def cd_rule(rule: Any, inst: TaskInstance) -> dict[str, Any]:
+    """One candidate rule of a ConceptDistillation run, with the pool rule it is (by phrase) and that rule's kind."""
+    text = normalized(str(rule.text))
+    pool_rule = next((r for r in inst.pool if r.phrase.lower() in text), None)
+    return {"text": str(rule.text), "predictor": str(rule.predictor), "status": str(getattr(rule.status, "value",
+            rule.status)), "reason": str(rule.reason or ""), "gain": rule.gain, "evaluated_on": rule.evaluated_on,
+            "pool_rule": pool_rule.text if pool_rule else None, "kind": pool_rule.kind if pool_rule else "other"}
+
+
+def _run_job(job: tuple[str, str, int, dict[str, Any], int]) -> dict[str, Any]:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asdict(run_one(*job))
+
+
+def run_all(jobs: Sequence[tuple[str, str, int]], *, processes: int, cd_kwargs: dict[str, Any],
+            threads: int) -> list[RunRecord]:
+    """Every (task, optimizer, seed) job, spread over ``processes`` processes (1: in this process)."""
+    work = [(task, optimizer, seed, cd_kwargs, threads) for task, optimizer, seed in jobs]
+    records: list[dict[str, Any]] = []
+    if processes <= 1:
+        for job in work:
+            records.append(_run_job(job))
+            _log_done(records[-1], len(records), len(work))
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            for future in as_completed([pool.submit(_run_job, job) for job in work]):
+                records.append(future.result())
+                _log_done(records[-1], len(records), len(work))
+    names = {f.name for f in fields(RunRecord)}
+    done = [RunRecord(**{k: v for k, v in r.items() if k in names}) for r in records]
+    order = {job: i for i, job in enumerate(jobs)}
+    return sorted(done, key=lambda r: order[(r.task, r.optimizer, r.seed)])
+
+
+def _log_done(record: dict[str, Any], done: int, total: int) -> None:
+    logger.info("[%d/%d] %s %s seed %d: %s, oracle %s, %d student / %d proposer calls, %.1fs", done, total,
+                record["task"], record["optimizer"], record["seed"], record["status"], record["oracle_accuracy"],
+                record["student_calls"], record["helper_calls"], record["wall_seconds"])
+
+
+# -- inputs and outputs -----------------------------------------------------------------------------------------------
+def parse_seeds(text: str) -> list[int]:
+    """``"0-9"``, ``"0,2,5"`` or ``"0-4,7"`` -> sorted seeds."""
+    seeds: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        seeds.update(range(int(low), int(high or low) + 1))
+    return sorted(seeds)
+
+
+def parse_list(text: str | None, known: Sequence[str], what: str) -> list[str]:
+    if not text:
+        return list(known)
+    chosen = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; choose from {', '.join(known)}")
+    return chosen
+
+
+def reference_records(path: Path | None, wanted: set[tuple[str, str, int]],
+                      tasks: dict[str, dict[str, Any]]) -> list[RunRecord]:
+    """Runs of DSPy optimizers from an earlier JSON for jobs not run now, when the task definitions match."""
+    if path is None:
+        return []
+    payload = json.loads(path.read_text())
+    fingerprints = {name: t["fingerprint"] for name, t in payload["tasks"].items()}
+    label = f"reference {payload['meta']['library_revision']}"
+    names = {f.name for f in fields(RunRecord)}
+    out = []
+    for run in payload["runs"]:
+        key = (run["task"], run["optimizer"], run["seed"])
+        if key in wanted and not OPTIMIZERS[run["optimizer"]].is_cd and \
+                fingerprints.get(run["task"]) == tasks[run["task"]]["fingerprint"]:
+            out.append(RunRecord(**{**{k: v for k, v in run.items() if k in names}, "source": label}))
+    return out
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", help=f"comma-separated task names (default: all): {', '.join(TASKS_BY_NAME)}")
+    parser.add_argument("--optimizers", help=f"comma-separated (default: all): {', '.join(OPTIMIZERS)}")
+    parser.add_argument("--seeds", default="0-9", help="e.g. 0-9, 0,3,5 or 0-4,7 (default 0-9)")
+    parser.add_argument("--cd-kwargs", default="{}", help="JSON of extra ConceptDistillation arguments")
+    parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
+    parser.add_argument("--threads", type=int, default=4, help="num_threads given to each optimizer (default 4)")
+    parser.add_argument("--out", type=Path, help=f"output path without suffix (default {DEFAULT_OUT})")
+    parser.add_argument("--reference", type=Path, help="earlier family JSON to take missing DSPy optimizer rows from")
+    parser.add_argument("--list", action="store_true", help="print the tasks and optimizers and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    if args.list:
+        for task in TASKS:
+            print(f"{task.name}: {task.summary}")
+        print("optimizers: " + ", ".join(OPTIMIZERS))
+        return 0
+    task_names = parse_list(args.tasks, list(TASKS_BY_NAME), "tasks")
+    optimizers = parse_list(args.optimizers, list(OPTIMIZERS), "optimizers")
+    seeds, cd_kwargs = parse_seeds(args.seeds), json.loads(args.cd_kwargs)
+    tasks = {name: TASKS_BY_NAME[name].describe() for name in task_names}
+    jobs = sorted([(t, o, s) for t in task_names for o in optimizers for s in seeds],
+                  key=lambda j: -TASKS_BY_NAME[j[0]].n_val * TASKS_BY_NAME[j[0]].predictors)
+    started = time.perf_counter()
+    records = run_all(jobs, processes=args.jobs, cd_kwargs=cd_kwargs, threads=args.threads)
+    wanted = {(t, o, s) for t in task_names for o in OPTIMIZERS for s in seeds} - set(jobs)
+    records += reference_records(args.reference, wanted, tasks)
+    payload = build_payload(records, tasks, argv, args, seeds, cd_kwargs, time.perf_counter() - started)
+    base = args.out.with_suffix("") if args.out else DEFAULT_OUT
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    base.with_suffix(".md").write_text(markdown(payload))
+    base.with_suffix(".csv").write_text(to_csv(payload["summary"]))
+    print("\n".join(targets_table(payload["targets"])))
+    print(f"\nwrote {base}.json, .md and .csv in {payload['meta']['wall_seconds']:.0f} s")
+    return 0
+
+
+def build_payload(records: list[RunRecord], tasks: dict[str, dict[str, Any]], argv: list[str],
+                  args: argparse.Namespace, seeds: list[int], cd_kwargs: dict[str, Any],
+                  wall: float) -> dict[str, Any]:
+    rows = summarize(records, tasks)
+    wall_by: dict[str, dict[str, float]] = {}
+    for r in (r for r in records if r.source == "this run"):
+        entry = wall_by.setdefault(r.optimizer, {"runs": 0, "total": 0.0})
+        entry["runs"] += 1
+        entry["total"] += r.wall_seconds
+    for entry in wall_by.values():
+        entry["mean"] = entry["total"] / entry["runs"]
+    meta = {
+        "command": "python benchmarks/family.py " + shlex.join(argv), "seeds": seeds,
+        "seeds_label": args.seeds, "jobs": args.jobs, "threads": args.threads, "cd_kwargs": cd_kwargs,
+        "reference": str(args.reference) if args.reference else None, "wall_seconds": round(wall, 1),
+        "versions": package_versions("dspy", "gepa", "optuna"),
+        "python": platform.python_version(), "library_revision": library_revision(), "notes": NOTES,
+    }
+    return {"meta": meta, "tasks": tasks, "summary": rows, "targets": targets(rows, tasks),
+            "wall_by_optimizer": wall_by, "runs": [asdict(r) for r in records]}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
