@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -303,7 +304,7 @@ class _Meter:
                 self._settle(model, n, tracker.entries, failed=True)
                 if attempt >= self.retries or not is_retryable_lm_error(exc):
                     raise
-                time.sleep(min(float(getattr(exc, "retry_after", None) or 2**attempt), MAX_RETRY_DELAY))
+                time.sleep(retry_delay(exc, attempt))
                 continue
             self._settle(model, n, tracker.entries, failed=False)
             return result
@@ -316,6 +317,15 @@ class _Meter:
             lm_name, usage = entries[i] if i < len(entries) else (model, None)
             cache_hit = not failed and not entries
             self.budget.settle(self.role, lm_name or model, usage, cache_hit=cache_hit)
+
+
+def retry_delay(exc: BaseException, attempt: int) -> float:
+    """Seconds to wait before retry ``attempt + 1``: the server's ``retry_after`` when it gives a finite one (0
+    included), else exponential back-off; never more than ``MAX_RETRY_DELAY``."""
+    hint = getattr(exc, "retry_after", None)
+    if isinstance(hint, (int, float)) and not isinstance(hint, bool) and math.isfinite(hint) and hint >= 0:
+        return min(float(hint), MAX_RETRY_DELAY)
+    return min(float(2**attempt), MAX_RETRY_DELAY)
 
 
 _METERED_CLASSES: dict[type, type] = {}

@@ -1,0 +1,123 @@
+"""The executor never re-submits a running job, runs jobs in the caller's DSPy context, and StopSignal turns a stop
+file, SIGTERM or Ctrl-C into a request to stop (a second Ctrl-C interrupts at once)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import dspy
+import pytest
+
+from dspy_concept_distill.execution import STOP_FILE, Executor, StopRequestedError, StopSignal
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_slow_job_runs_once_and_results_keep_input_order(threads):
+    runs: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def job(i: int) -> int:
+        with lock:
+            runs[i] = runs.get(i, 0) + 1
+        time.sleep(0.6 if i == 2 else 0.01)  # a straggler, well past anything a re-submission timer would wait
+        return i * 10
+
+    executor = Executor(threads)
+    try:
+        assert executor.map(job, range(8)) == [i * 10 for i in range(8)]
+    finally:
+        executor.close()
+    assert runs == dict.fromkeys(range(8), 1)
+
+
+def test_jobs_see_the_callers_dspy_context_in_worker_threads():
+    marker = dspy.LM("openai/marker-model")
+    executor = Executor(4)
+    try:
+        with dspy.context(lm=marker):
+            seen = executor.map(lambda _: dspy.settings.lm, range(6))
+    finally:
+        executor.close()
+    assert all(lm is marker for lm in seen)
+
+
+def test_map_waits_for_every_job_before_raising_the_first_error():
+    finished = []
+
+    def job(i: int) -> int:
+        if i == 0:
+            raise RuntimeError("boom")
+        time.sleep(0.05)
+        finished.append(i)
+        return i
+
+    executor = Executor(3)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            executor.map(job, range(5))
+    finally:
+        executor.close()
+    assert sorted(finished) == [1, 2, 3, 4]
+
+
+def test_a_stop_file_is_a_stop_request(tmp_path):
+    stop = StopSignal(tmp_path / STOP_FILE)
+    assert not stop.requested
+    stop.check()
+    (tmp_path / STOP_FILE).touch()
+    assert stop.requested and "stop file" in stop.reason
+    with pytest.raises(StopRequestedError, match="stop file"):
+        stop.check()
+
+
+@pytest.fixture
+def guarded_signals():
+    """Handlers that record a signal instead of killing or interrupting pytest, restored afterwards."""
+    received: list[int] = []
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in saved:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    yield received
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_request_a_stop_and_the_handlers_are_restored(guarded_signals, sig):
+    before = signal.getsignal(sig)
+    stop = StopSignal()
+    with stop.installed():
+        os.kill(os.getpid(), sig)
+        time.sleep(0.01)
+        assert stop.requested and stop.reason == signal.Signals(sig).name
+    assert signal.getsignal(sig) is before
+    assert guarded_signals == []  # the library's handler took it, not the fallback
+
+
+def test_a_second_ctrl_c_interrupts_at_once(guarded_signals):
+    stop = StopSignal()
+    with pytest.raises(KeyboardInterrupt), stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert stop.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        pytest.fail("a second Ctrl-C did not interrupt")
+    assert guarded_signals == []
+
+
+def test_signal_handlers_are_left_alone_outside_the_main_thread(guarded_signals):
+    before = signal.getsignal(signal.SIGTERM)
+    inside = []
+
+    def worker():
+        with StopSignal().installed():
+            inside.append(signal.getsignal(signal.SIGTERM))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert inside == [before]
