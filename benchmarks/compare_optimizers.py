@@ -3,8 +3,10 @@ whether each one reaches the best rule set.
 
 Usage: ``python benchmarks/compare_optimizers.py [--seeds 0 1 2] [--flip-rate 0.0]
 [--out benchmarks/results/compare_optimizers.json]`` (also writes the Markdown table next to the JSON file and
-prints it; progress goes to the log on stderr). ``benchmarks/family.py`` runs the same optimizers (settings in
-``benchmarks/optimizer_runs.py``) over the whole task family; this script keeps the original single-task claim check.
+prints it; progress goes to the log on stderr). Without ``--out`` it writes runs/compare_optimizers.json
+(untracked); the committed results in benchmarks/results/ change only when named with ``--out``.
+``benchmarks/family.py`` runs the same optimizers (settings in ``benchmarks/optimizer_runs.py``) over the whole task
+family; this script keeps the original single-task claim check.
 
 Per seed, every optimizer gets the same fresh ``SimulatedTask.create(20, 20, seed=seed)`` (scripted student, 20
 train and 20 validation examples), its own fresh student LM with caching off, and ``ChainOfThought("question ->
@@ -73,7 +75,7 @@ logger = logging.getLogger("compare_optimizers")
 N_TRAIN = 20
 N_VAL = 20
 P_HELPFUL, P_DISTRACTOR = 0.5, 0.3  # the proposer's chance to include a helpful rule / a distractor
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "compare_optimizers.json"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runs" / "compare_optimizers.json"  # untracked
 SAMPLING_NOISE = 0.2
 
 

@@ -1,6 +1,6 @@
 """How often each preset keeps every helpful concept and no harmful rule when the student is noisy.
 
-    python benchmarks/noise_robustness.py --flip-rate 0.1 --seeds 0 1 2 3 4 5
+    python benchmarks/noise_robustness.py --flip-rate 0.1 --seeds 0 1 2 3 4 5 [--out runs/noise_robustness.json]
 
 A slice of the task family (benchmarks/family.py, whose ``today-noisy`` task is this at flip rate 0.1): today's
 simulated world (scripted student and teacher, not real models), where with ``flip_rate`` > 0 every new prompt
@@ -37,7 +37,8 @@ def main() -> None:
     parser.add_argument("--flip-rate", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--presets", nargs="+", default=["light", "medium"])
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "noise_robustness.json"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "runs" / "noise_robustness.json"),
+                        help="JSON rows (default untracked; benchmarks/results/ changes only when named here)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     rows = [run_once(auto, seed, args.flip_rate) for auto in args.presets for seed in args.seeds]

@@ -46,10 +46,10 @@ def test_teacher_finds_the_examples_anywhere_in_the_mistakes_input(world, adapte
     units, leftover = (world.make_examples({name: 1})[0] for name in ("units", "leftover"))
     plain = world.make_examples({PLAIN: 1})[0]
     # a layout nothing like Mistake.render: examples in free text, numbered by order of appearance
-    mistakes = f"First the student failed on «{leftover.question}», then on «{plain.question}» and «{units.question}»."
+    mistakes = f"First the student failed on «{units.question}», then on «{plain.question}» and «{leftover.question}»."
     analysis = ask_teacher(world, mistakes, adapter=adapter).analysis
     rules = {r.rule: r.mistakes for r in analysis.rules}
-    assert rules[world.concept("leftover").rule] == [1] and rules[world.concept("units").rule] == [3]
+    assert rules[world.concept("units").rule] == [1] and rules[world.concept("leftover").rule] == [3]
     assert world.concept("groups").rule not in rules  # no groups mistake shown, no groups rule
     assert len(analysis.diagnoses) == 3
 
