@@ -1,0 +1,307 @@
+"""Speed of the optimizer itself, with scripted LMs (NOT real models) that answer at once or after a set latency.
+
+    python benchmarks/speed.py                      # both measurements, results to benchmarks/results/local/
+    python benchmarks/speed.py --skip-parallel --profile /tmp/overhead.prof     # the overhead case under cProfile
+    python benchmarks/speed.py --out benchmarks/results/speed                   # the committed results
+
+a. Overhead per LM call (instant LM, ``--train`` training examples, one thread): a whole ConceptDistillation compile
+   (light preset) whose teacher proposes no rule, so the run is phase 1 (the trainset), the valset baseline and the
+   teacher's empty replies; against plain ``dspy.Evaluate`` of the same program on the same train + val examples
+   in the same process. For both: (wall time - time inside the LM engines) / requests. The engine time (the
+   scripted LMs reading prompts and writing replies) is taken out; what remains is DSPy's own work (adapters,
+   parsing, LM bookkeeping) plus, for the compile, the optimizer's. ``extra`` is the compile's figure minus
+   ``dspy.Evaluate``'s: the optimizer's own cost per call.
+b. Parallel efficiency (``--latency`` seconds per student request, 40 train / 40 val examples, auto="medium",
+   screen_size=0) at each of ``--threads``: efficiency = (requests x latency / threads) / wall time, i.e. the share
+   of the thread pool's time spent waiting on the LM; 1.0 means no idle thread and no overhead. The teacher answers
+   at once unless ``--teacher-latency`` is given (its requests then count in the numerator with their latency).
+   Each request is also logged with its phase and start/end times, to show where threads sit idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import shlex
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import dspy
+from bench_meta import library_revision, package_versions
+
+from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill.budget import _phase as booked_phase  # the phase a request is booked under (diagnostics)
+from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "speed"
+
+
+# -- engines ----------------------------------------------------------------------------------------------------------
+class _Timed:
+    """Mixin for a scripted engine: each request sleeps ``latency`` seconds after the scripted reply is written;
+    ``busy_seconds`` sums the wall time spent inside ``complete``, ``cpu_seconds`` the CPU time of the calling
+    threads in it, and ``log`` keeps (phase, start, end) per request. Thread-safe."""
+
+    def __init__(self, *args: Any, latency: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.latency = latency
+        self.busy_seconds = self.cpu_seconds = 0.0
+        self.log: list[tuple[str, float, float]] = []
+        self._timing_lock = threading.Lock()
+
+    def complete(self, request: Any) -> Any:
+        start, cpu = time.perf_counter(), time.thread_time()
+        response = super().complete(request)  # type: ignore[misc]
+        cpu = time.thread_time() - cpu
+        if self.latency > 0:
+            time.sleep(self.latency)
+        end = time.perf_counter()
+        with self._timing_lock:
+            self.busy_seconds += end - start
+            self.cpu_seconds += cpu
+            self.log.append((booked_phase.get(), start, end))
+        return response
+
+
+class LatencyStudentEngine(_Timed, SimulatedStudentEngine):
+    """The simulated world's scripted student (not a real model), answering after ``latency`` seconds."""
+
+
+class LatencyTeacherEngine(_Timed, ScriptedTeacherEngine):
+    """The simulated world's scripted teacher (not a real model), answering after ``latency`` seconds."""
+
+
+def silent_teacher(latency: float = 0.0) -> LatencyTeacherEngine:
+    """A scripted teacher that recognizes no example, so it diagnoses nothing and proposes no rule."""
+    return LatencyTeacherEngine(SimulatedWorld(concepts=[], distractors=[]), latency=latency)
+
+
+def lm(name: str, engine: Any) -> dspy.LM:
+    return dspy.LM(f"simulated/{name}", engine=engine, cache=False)
+
+
+def efficiency(work_seconds: float, threads: int, wall_seconds: float) -> float:
+    """(LM waiting time the run needed / threads) / wall time: 1.0 when every thread waits on an LM all along."""
+    return work_seconds / threads / wall_seconds if wall_seconds > 0 else 0.0
+
+
+# -- a. overhead per call ---------------------------------------------------------------------------------------------
+def _timed_evaluate(program: dspy.Module, examples: list[dspy.Example], world: SimulatedWorld,
+                    threads: int) -> dict[str, Any]:
+    engine = LatencyStudentEngine(world)
+    with dspy.context(lm=lm("student", engine)):
+        start, cpu = time.perf_counter(), time.process_time()
+        dspy.Evaluate(devset=examples, metric=world.metric, num_threads=threads, display_progress=False)(program)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return _per_call(wall, cpu, [engine])
+
+
+def _timed_compile(program: dspy.Module, train: list[dspy.Example], val: list[dspy.Example], world: SimulatedWorld,
+                   threads: int, profiler: cProfile.Profile | None = None) -> dict[str, Any]:
+    engine, teacher = LatencyStudentEngine(world), silent_teacher()
+    optimizer = ConceptDistillation(metric=world.metric, teacher_lm=lm("teacher", teacher), auto="light",
+                                    num_threads=threads, seed=0)
+    with dspy.context(lm=lm("student", engine)):
+        if profiler is not None:
+            profiler.enable()
+        start, cpu = time.perf_counter(), time.process_time()
+        optimized = optimizer.compile(program, trainset=train, valset=val)
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        if profiler is not None:
+            profiler.disable()
+    result = optimized.distillation
+    if result.student_calls != engine.calls:
+        raise RuntimeError(f"ledger {result.student_calls} != engine {engine.calls} student requests")
+    return {**_per_call(wall, cpu, [engine, teacher]), "student_requests": engine.calls,
+            "teacher_requests": teacher.calls}
+
+
+def _per_call(wall: float, cpu: float, engines: Sequence[_Timed]) -> dict[str, Any]:
+    """Wall and CPU time outside the engines, per request (CPU time: the whole process, less the engines' own)."""
+    requests = sum(e.calls for e in engines)  # type: ignore[attr-defined]
+    engine_wall, engine_cpu = sum(e.busy_seconds for e in engines), sum(e.cpu_seconds for e in engines)
+    return {"wall_s": wall, "engine_s": engine_wall, "cpu_s": cpu, "engine_cpu_s": engine_cpu, "requests": requests,
+            "overhead_ms_per_call": 1000 * (wall - engine_wall) / requests,
+            "cpu_overhead_ms_per_call": 1000 * (cpu - engine_cpu) / requests}
+
+
+def measure_overhead(n_train: int, n_val: int, *, threads: int = 1, seed: int = 0, repeats: int = 1,
+                     profile: str | None = None) -> dict[str, Any]:
+    """Overhead per LM call of a compile against plain ``dspy.Evaluate``, same program and examples (see a.), run
+    ``repeats`` times in turn; each figure is the smallest over the repeats (the run least disturbed by other
+    processes). With ``profile``, the first compile runs under cProfile and is not counted."""
+    world = SimulatedWorld(seed=seed)
+    train, val = world.split(n_train, n_val)
+    warm_train, warm_val = world.split(20, 10)
+    program = dspy.ChainOfThought("question -> answer: float")
+    _timed_evaluate(program, warm_train, world, threads)  # warm-up: imports, adapters, first-call caches
+    _timed_compile(program, warm_train, warm_val, world, threads)
+    if profile:
+        profiler = cProfile.Profile()
+        _timed_compile(program, train, val, world, threads, profiler)
+        profiler.dump_stats(profile)
+    runs: dict[str, list[dict[str, Any]]] = {"evaluate": [], "compile": []}
+    for _ in range(max(1, repeats)):
+        runs["evaluate"].append(_timed_evaluate(program, train + val, world, threads))
+        runs["compile"].append(_timed_compile(program, train, val, world, threads))
+    out: dict[str, Any] = {"train": n_train, "val": n_val, "threads": threads, "repeats": len(runs["compile"])}
+    for name, found in runs.items():
+        out[name] = {**found[0], **{k: min(r[k] for r in found) for k in found[0] if k.endswith("_per_call")},
+                     "all": found}
+    for kind in ("", "cpu_"):
+        mine, theirs = out["compile"][f"{kind}overhead_ms_per_call"], out["evaluate"][f"{kind}overhead_ms_per_call"]
+        out[f"{kind}extra_ms_per_call"], out[f"{kind}ratio_to_evaluate"] = mine - theirs, mine / theirs
+    return out
+
+
+# -- b. parallel efficiency -------------------------------------------------------------------------------------------
+def measure_parallel(threads: int, *, latency: float, teacher_latency: float = 0.0, n_train: int = 40,
+                     n_val: int = 40, seed: int = 0) -> dict[str, Any]:
+    """One medium compile (screen off) at ``threads`` with LMs that take ``latency`` seconds per request."""
+    task = SimulatedTask.create(n_train, n_val, seed=seed)
+    student = LatencyStudentEngine(task.world, latency=latency)
+    teacher = LatencyTeacherEngine(task.world, latency=teacher_latency)
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=lm("teacher", teacher), auto="medium",
+                                    screen_size=0, num_threads=threads, seed=seed)
+    program = dspy.ChainOfThought("question -> answer: float")
+    with dspy.context(lm=lm("student", student)):
+        start, cpu = time.perf_counter(), time.process_time()
+        result = optimizer.compile(program, trainset=task.trainset, valset=task.valset).distillation
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    work = student.calls * latency + teacher.calls * teacher_latency
+    return {"threads": threads, "wall_s": wall, "student_requests": student.calls, "teacher_requests": teacher.calls,
+            "efficiency": efficiency(work, threads, wall), "cpu_s": cpu,
+            "accepted": sorted(r.text for r in result.accepted_rules), "final_score": result.final_score,
+            "phases": phase_profile(student.log + teacher.log, start, threads)}
+
+
+def phase_profile(log: Sequence[tuple[str, float, float]], start: float, threads: int) -> list[dict[str, Any]]:
+    """Per stretch of consecutive requests booked under one phase (in start order): its requests, wall span, mean
+    LM requests in flight, and the thread-seconds left idle during it (span x threads - LM time)."""
+    stretches: list[dict[str, Any]] = []
+    for name, begin, end in sorted(log, key=lambda r: r[1]):
+        if stretches and stretches[-1]["phase"] == name:
+            s = stretches[-1]
+            s["requests"] += 1
+            s["end"] = max(s["end"], end)
+            s["lm_s"] += end - begin
+        else:
+            stretches.append({"phase": name, "requests": 1, "start": begin, "end": end, "lm_s": end - begin})
+    out = []
+    for s in stretches:
+        span = s["end"] - s["start"]
+        out.append({"phase": s["phase"], "requests": s["requests"], "from_s": round(s["start"] - start, 4),
+                    "span_s": round(span, 4), "in_flight": round(s["lm_s"] / span, 2) if span > 0 else None,
+                    "idle_thread_s": round(max(0.0, span * threads - s["lm_s"]), 4)})
+    return out
+
+
+# -- output -----------------------------------------------------------------------------------------------------------
+def markdown(report: dict[str, Any]) -> str:
+    lines = ["# Speed of the optimizer (scripted LMs, not real models)", "",
+             f"Command: `{report['command']}`  ", f"dspy {report['versions']['dspy']}, library revision "
+             f"`{report['revision']}`, Python {report['python']}, {report['cpus']} CPUs.", ""]
+    if (o := report.get("overhead")) is not None:
+        c, e = o["compile"], o["evaluate"]
+        lines += [f"## a. Overhead per LM call ({o['train']} train + {o['val']} val examples, instant LM, "
+                  f"{o['threads']} thread)", "",
+                  "overhead = (time - time inside the LM engines) / requests, in wall time and in CPU time (the CPU "
+                  f"figure is steadier on a shared machine); best of {o['repeats']} runs of each, taken in turn "
+                  "(every run in the JSON).", "",
+                  "| run | requests | wall s | overhead ms/call | CPU s | CPU overhead ms/call |",
+                  "|---|---:|---:|---:|---:|---:|",
+                  _overhead_row("ConceptDistillation compile (light, teacher proposes nothing)", c),
+                  _overhead_row("dspy.Evaluate, same program and examples", e), "",
+                  f"Optimizer's own cost (compile - Evaluate): **{o['extra_ms_per_call']:.3f} ms per call** wall, "
+                  f"{o['cpu_extra_ms_per_call']:.3f} ms CPU; compile / Evaluate overhead ratio "
+                  f"{o['ratio_to_evaluate']:.2f} wall, {o['cpu_ratio_to_evaluate']:.2f} CPU. Target: under 1 ms per "
+                  "call.", ""]
+    if runs := report.get("parallel"):
+        p = report["parallel_settings"]
+        lines += [f"## b. Parallel efficiency ({p['train']} train / {p['val']} val, auto=medium, screen_size=0, "
+                  f"student latency {p['latency'] * 1000:g} ms, teacher latency {p['teacher_latency'] * 1000:g} ms)",
+                  "", "efficiency = (requests x latency / threads) / wall time. CPU share = process CPU time / wall "
+                  "time: near 1 (one core; DSPy's Python work holds the GIL) the run is CPU-bound, not waiting.", "",
+                  "| threads | student requests | teacher requests | wall s | efficiency | CPU s | CPU share | "
+                  "final score | accepted |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['threads']} | {r['student_requests']} | {r['teacher_requests']} | {r['wall_s']:.2f} | "
+                  f"{r['efficiency']:.2f} | {r['cpu_s']:.2f} | {r['cpu_s'] / r['wall_s']:.2f} | "
+                  f"{r['final_score']:.3f} | {len(r['accepted'])} |" for r in runs]
+        same = len({tuple(r["accepted"]) for r in runs}) == 1
+        lines += ["", f"Accepted rules identical at every thread count: {'yes' if same else 'NO'}. "
+                  "Target: efficiency >= 0.85 at 16 threads.", ""]
+        widest = max(runs, key=lambda r: r["threads"])
+        lines += [f"Where threads wait at {widest['threads']} threads (stretches of one phase, in time order):", "",
+                  "| phase | requests | from s | span s | requests in flight | idle thread-s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {s['phase']} | {s['requests']} | {s['from_s']:.3f} | {s['span_s']:.3f} | {s['in_flight']} | "
+                  f"{s['idle_thread_s']:.2f} |" for s in widest["phases"]]
+    return "\n".join(lines) + "\n"
+
+
+def _overhead_row(name: str, r: dict[str, Any]) -> str:
+    wall, cpu = min(x["wall_s"] for x in r["all"]), min(x["cpu_s"] for x in r["all"])
+    return (f"| {name} | {r['requests']} | {wall:.2f} | {r['overhead_ms_per_call']:.3f} | {cpu:.2f} | "
+            f"{r['cpu_overhead_ms_per_call']:.3f} |")
+
+
+def write(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=5000, help="training examples for the overhead case")
+    parser.add_argument("--val", type=int, default=50, help="validation examples for the overhead case")
+    parser.add_argument("--overhead-threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="overhead runs of each kind; the best is reported")
+    parser.add_argument("--threads", default="1,4,16,32", help="thread counts for the parallel case")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per student request (parallel case)")
+    parser.add_argument("--teacher-latency", type=float, default=0.0, help="seconds per teacher request")
+    parser.add_argument("--parallel-train", type=int, default=40)
+    parser.add_argument("--parallel-val", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-parallel", action="store_true")
+    parser.add_argument("--profile", help="write cProfile stats of the overhead compile to this file")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix (.json/.md)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    words = sys.argv[1:] if argv is None else list(argv)
+    report: dict[str, Any] = {
+        "command": shlex.join(["python", "benchmarks/speed.py", *words]), "revision": library_revision(),
+        "versions": package_versions("dspy", "litellm"), "python": platform.python_version(),
+        "cpus": os.cpu_count(), "note": "scripted LMs (not real models); see the module docstring for definitions",
+    }
+    if not args.skip_overhead:
+        report["overhead"] = measure_overhead(args.train, args.val, threads=args.overhead_threads, seed=args.seed,
+                                              repeats=args.repeats, profile=args.profile)
+    if not args.skip_parallel:
+        report["parallel_settings"] = {"train": args.parallel_train, "val": args.parallel_val,
+                                       "latency": args.latency, "teacher_latency": args.teacher_latency}
+        report["parallel"] = [measure_parallel(int(t), latency=args.latency, teacher_latency=args.teacher_latency,
+                                               n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed)
+                              for t in args.threads.split(",")]
+    write(report, args.out)
+    print(markdown(report))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The machinery of benchmarks/speed.py (not its timings): the latency-simulating scripted engines answer as the
+simulated world's student does and count, time and log every request from many threads; efficiency and the phase
+profile are computed as defined; one small run writes both measurements to JSON and Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import dspy
+import pytest
+import speed
+
+from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill.testing import SimulatedWorld
+
+
+def test_latency_engine_answers_as_the_world_and_counts_every_request_from_many_threads(world: SimulatedWorld):
+    train, _ = world.split(16, 5)
+    engine = speed.LatencyStudentEngine(world, latency=0.02)
+    program = dspy.Predict("question -> answer: float")
+    student = speed.lm("student", engine)
+
+    def run(example: dspy.Example) -> bool:
+        with dspy.context(lm=student):
+            return world.metric(example, program(**example.inputs()))
+
+    with ThreadPoolExecutor(8) as pool:
+        correct = list(pool.map(run, train))
+    expected = [world.stage_ok(world.example(ex.question).category, "", ["answer"]) for ex in train]
+    assert correct == expected and any(correct) and not all(correct)
+    assert engine.calls == len(engine.log) == len(train)
+    assert engine.busy_seconds >= len(train) * 0.02  # every request slept its latency, none lost to a race
+    assert 0 < engine.cpu_seconds < engine.busy_seconds
+    assert {phase for phase, _, _ in engine.log} == {"other"}  # outside a compile: no phase booked
+    assert all(end > start for _, start, end in engine.log)
+
+
+def test_silent_teacher_proposes_no_rule(world: SimulatedWorld):
+    train, val = world.split(12, 6)
+    teacher = speed.silent_teacher()
+    student = speed.LatencyStudentEngine(world)
+    with dspy.context(lm=speed.lm("student", student)):
+        result = ConceptDistillation(metric=world.metric, teacher_lm=speed.lm("teacher", teacher)).compile(
+            dspy.Predict("question -> answer: float"), trainset=train, valset=val).distillation
+    assert teacher.calls >= 1 and result.rules == []
+    assert student.calls == len(train) + len(val)  # the trainset run and the valset baseline, nothing raced
+
+
+def test_efficiency_is_lm_time_per_thread_over_wall_time():
+    assert speed.efficiency(40 * 0.05, 4, 1.0) == pytest.approx(0.5)
+    assert speed.efficiency(40 * 0.05, 1, 2.0) == pytest.approx(1.0)
+    assert speed.efficiency(1.0, 4, 0.0) == 0.0
+
+
+def test_phase_profile_merges_consecutive_requests_of_a_phase_and_counts_idle_threads():
+    log = [("b", 12.0, 13.0), ("a", 10.0, 11.0), ("a", 10.5, 11.5), ("a", 13.5, 14.0)]
+    stretches = speed.phase_profile(log, start=10.0, threads=2)
+    assert [(s["phase"], s["requests"]) for s in stretches] == [("a", 2), ("b", 1), ("a", 1)]
+    first = stretches[0]
+    assert first["from_s"] == 0.0 and first["span_s"] == 1.5
+    assert first["in_flight"] == pytest.approx(2 / 1.5, abs=0.01)
+    assert first["idle_thread_s"] == pytest.approx(1.5 * 2 - 2.0)
+    assert stretches[1]["idle_thread_s"] == pytest.approx(1.0)
+
+
+def test_one_small_run_writes_both_measurements(tmp_path, capsys):
+    out = tmp_path / "speed"
+    report = speed.main(["--train", "12", "--val", "6", "--repeats", "2", "--threads", "1,2", "--latency", "0.002",
+                         "--parallel-train", "10", "--parallel-val", "10", "--out", str(out)])
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert saved["command"].startswith("python benchmarks/speed.py --train 12")
+    assert saved["revision"] and saved["versions"]["dspy"].startswith("3.4")
+
+    overhead = saved["overhead"]
+    compiled, evaluated = overhead["compile"], overhead["evaluate"]
+    assert compiled["student_requests"] == 12 + 6 and evaluated["requests"] == 12 + 6
+    assert compiled["requests"] == compiled["student_requests"] + compiled["teacher_requests"]
+    assert len(compiled["all"]) == len(evaluated["all"]) == 2
+    assert compiled["cpu_overhead_ms_per_call"] == min(r["cpu_overhead_ms_per_call"] for r in compiled["all"])
+    assert math.isclose(overhead["extra_ms_per_call"],
+                        compiled["overhead_ms_per_call"] - evaluated["overhead_ms_per_call"])
+
+    runs = saved["parallel"]
+    assert [r["threads"] for r in runs] == [1, 2]
+    for run in runs:
+        work = run["student_requests"] * 0.002 + run["teacher_requests"] * 0.0
+        assert run["efficiency"] == pytest.approx(speed.efficiency(work, run["threads"], run["wall_s"]))
+        assert sum(s["requests"] for s in run["phases"]) == run["student_requests"] + run["teacher_requests"]
+        assert {s["phase"] for s in run["phases"]} >= {"mistakes", "verification", "induction"}
+    assert runs[0]["accepted"] == runs[1]["accepted"] and runs[0]["accepted"]
+
+    text = out.with_suffix(".md").read_text()
+    assert saved["command"] in text and "efficiency" in text and "Accepted rules identical" in text
+    assert text in capsys.readouterr().out
