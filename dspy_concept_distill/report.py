@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .budget import STUDENT, TEACHER, Ledger
 from .induction import BatchReply
 from .mistakes import Mistake
+from .report_html import render
+from .report_text import display_round, ordered_rules, summary_lines, why_nothing_learned
 from .rules import ACCEPTED, REJECTED, Rule, RuleSet
 
 RULE_COLUMNS = ["round", "predictor", "rule", "status", "gain", "evaluated_on", "reason", "source_mistakes",
-                "duplicates_merged", "id"]
+                "duplicates_merged", "id", "kept", "gain_ci_low", "gain_ci_high", "ignored_by_student", "ablation_gain"]
+SAVED_FILES = ("report.html", "rules.json", "rules.md", "result.json")
 
 
 @dataclass
@@ -66,70 +70,65 @@ class DistillationResult:
         return self.usage.calls(TEACHER)
 
     def report(self):
-        """One row per candidate rule: round, predictor, text, status, measured gain, and why."""
+        """One row per candidate rule, kept rules first: round (from 1), predictor, text, status, measured gain
+        with its 95% CI, adherence and ablation, and why it was kept or dropped."""
         import pandas as pd
 
+        kept = {r.id for r in self.ruleset}
         rows = [
             {
-                "round": r.round, "predictor": r.predictor, "rule": r.text, "status": r.status, "gain": r.gain,
-                "evaluated_on": r.evaluated_on, "reason": r.reason, "source_mistakes": len(r.source_mistakes),
-                "duplicates_merged": len(r.duplicates), "id": r.id,
+                "round": display_round(r.round), "predictor": r.predictor, "rule": r.text, "status": r.status,
+                "gain": r.gain, "evaluated_on": r.evaluated_on, "reason": r.reason,
+                "source_mistakes": len(r.source_mistakes), "duplicates_merged": len(r.duplicates), "id": r.id,
+                "kept": r.id in kept, "gain_ci_low": (r.gain_ci or [None, None])[0],
+                "gain_ci_high": (r.gain_ci or [None, None])[1],
+                "ignored_by_student": None if not r.adherence else bool(r.adherence.get("ignored")),
+                "ablation_gain": r.ablation_gain,
             }
-            for r in self.rules
+            for r in ordered_rules(self)
         ]
-        frame = pd.DataFrame(rows, columns=RULE_COLUMNS)
-        order = {ACCEPTED: 0, REJECTED: 1}
-        return frame.sort_values(["status", "round"], key=lambda col: col.map(order) if col.name == "status" else col,
-                                 kind="stable").reset_index(drop=True)
+        return pd.DataFrame(rows, columns=RULE_COLUMNS)
 
     def usage_report(self):
         """Calls and tokens per role, phase and model (cost in USD where the model has a known price)."""
         return self.usage.frame()
 
+    def why_nothing_learned(self) -> str | None:
+        """Why the returned program carries no rule (no mistakes, no usable teacher reply, every candidate
+        rejected and the most common reason), or None when it carries some."""
+        return why_nothing_learned(self)
+
     def summary(self) -> str:
-        """A plain-text report for terminals and logs."""
-        lines = [
-            f"valset score: {_fmt(self.baseline_score)} -> {_fmt(self.final_score)} "
-            f"({self.valset_size} validation / {self.trainset_size} training examples, min_gain {self.min_gain:g})",
-        ]
-        if self.stopped:
-            lines.append(f"stopped early: {self.stopped}")
-        lines.append(f"accepted rules ({len(self.accepted_rules)}):")
-        lines += [f"  + [{r.predictor}] {r.text}  (gain {_gain(r.gain)})" for r in self.accepted_rules] or ["  (none)"]
-        lines.append(f"rejected rules ({len(self.rejected_rules)}):")
-        lines += [f"  - [{r.predictor}] {r.text}  ({r.reason})" for r in self.rejected_rules] or ["  (none)"]
-        lines.append("usage:")
-        for row in self.usage.rows():
-            cost = "" if row.cost is None else f", ${row.cost:.4f}"
-            lines.append(f"  {row.role:7s} {row.phase:12s} {row.model}: {row.calls} calls, "
-                         f"{row.input_tokens} in / {row.output_tokens} out tokens{cost}")
-        totals = self.usage.totals()
-        lines.append("  total: " + ", ".join(f"{role} {t['calls']} calls" for role, t in totals.items()))
-        return "\n".join(lines)
+        """A plain-text report for terminals and logs: scores, kept and rejected rules, spend against budget."""
+        return "\n".join(summary_lines(self))
 
     def to_html(self) -> str:
-        """A self-contained HTML page with the summary, the rule table and the usage table."""
-        head = html.escape(f"valset score {_fmt(self.baseline_score)} -> {_fmt(self.final_score)}")
-        return (
-            "<html><head><meta charset='utf-8'><title>Concept Distillation report</title></head><body>"
-            f"<h1>Concept Distillation report</h1><p>{head}</p>"
-            f"<h2>Rules</h2>{self.report().to_html(index=False, na_rep='')}"
-            f"<h2>Usage</h2>{self.usage_report().to_html(index=False, na_rep='')}"
-            "</body></html>"
-        )
+        """One self-contained HTML page: headline, score plot, rule table, provenance, teacher batches, cost."""
+        return render(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data. ``rules[*].round`` and ``mistakes[*].round`` are stored from 0 (as in ``Rule``);
+        ``rounds[*].round`` counts from 1, as every printed report does."""
         return {
             "baseline_score": self.baseline_score, "final_score": self.final_score, "stopped": self.stopped,
             "min_gain": self.min_gain, "trainset_size": self.trainset_size, "valset_size": self.valset_size,
+            "kept_rule_ids": [r.id for r in self.ruleset], "nothing_learned": self.why_nothing_learned(),
             "rules": [r.to_dict() for r in self.rules], "usage": self.usage.to_dict(),
-            "rounds": [vars(r) for r in self.rounds],
+            "rounds": [vars(r).copy() for r in self.rounds], "budgets": dict(self.budgets),
+            "cost_estimate": dict(self.cost_estimate), "trajectory": [dict(s) for s in self.trajectory],
+            "mistakes": [asdict(m) for m in self.mistakes], "replies": [asdict(r) for r in self.replies],
         }
 
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"
-
-
-def _gain(gain: float | None) -> str:
-    return "n/a" if gain is None else f"{gain:+.3f}"
+    def save(self, directory: str | Path) -> dict[str, Path]:
+        """Write ``report.html``, ``rules.json`` and ``rules.md`` (the kept rules, loadable with
+        ``RuleSet.from_json``/``from_markdown``) and ``result.json`` (``to_dict``) into ``directory``, created if
+        needed. Returns the paths by name."""
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {name: out / name for name in SAVED_FILES}
+        paths["report.html"].write_text(self.to_html(), encoding="utf-8")
+        self.ruleset.to_json(paths["rules.json"])
+        self.ruleset.to_markdown(paths["rules.md"])
+        text = json.dumps(self.to_dict(), indent=2, default=str, ensure_ascii=False)
+        paths["result.json"].write_text(text + "\n", encoding="utf-8")
+        return paths
