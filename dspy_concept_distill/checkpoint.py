@@ -2,32 +2,32 @@
 line of an append-only JSON Lines journal, flushed at once (and synced to disk after each teacher reply and each
 evaluation batch). A compile killed at any point and started again with the same setup repeats no finished request.
 
-The journal's first line holds a fingerprint of the setup: program (instructions and field types), data, metric
-code, student and teacher LMs (identity and settings) and parameters. A journal from another setup is ignored
-with a warning and replaced.
+The journal's first line holds a fingerprint of the setup (see ``fingerprint.py``). A journal from another setup,
+or one that is not a journal of this version, is ignored with a warning (naming what changed) and replaced; a
+malformed record in a matching journal is skipped with a warning, and a torn last line (the process died while
+writing it) is dropped before the journal is appended to.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import logging
+import math
 import os
 import threading
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import dspy
-
-from .evaluation import EvalCache, Outcome, example_key
+from .evaluation import ErrorKind, EvalCache, Outcome
+from .fingerprint import changed_parts, code_identity, fingerprint, lm_identity
 from .induction import BatchReply
+
+__all__ = ["Journal", "Resumed", "attach", "code_identity", "fingerprint", "lm_identity"]
 
 logger = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 
 
 @dataclass
@@ -64,33 +64,38 @@ class Journal:
         if self.path is None or not self.path.exists():
             return Resumed()
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            logger.warning("ignoring unreadable checkpoint %s: %s", self.path, exc)
+            lines = self.path.read_bytes().decode("utf-8").split("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            logger.warning("ignoring unreadable checkpoint %s (%s); starting afresh", self.path, exc)
             return Resumed()
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the last record
         records = _parse_lines(lines, self.path)
-        header = records[0] if records else {}
-        if header.get("type") != "header" or header.get("version") != STATE_VERSION:
-            logger.warning("ignoring checkpoint %s: not a state file of this version; starting afresh", self.path)
-            return Resumed()
-        if header.get("fingerprint") != self.fingerprint:
-            logger.warning("ignoring checkpoint %s: it is from a different program, data, metric, LMs or settings; "
-                           "starting afresh", self.path)
+        header = records[0] if records and records[0][0] == 1 else (0, {})
+        if not self._matches(header[1]):
             return Resumed()
         resumed = Resumed()
-        for record in records[1:]:
+        for number, record in records[1:]:
             try:
-                if record.get("type") == "outcome":
-                    Outcome.from_dict(record["outcome"])  # validate before trusting it
-                    resumed.outcomes.append(record)
-                elif record.get("type") == "reply":
-                    reply = BatchReply(**{k: v for k, v in record.items() if k != "type"})
-                    resumed.replies[(reply.round, reply.batch)] = reply
-            except (KeyError, TypeError, ValueError) as exc:
-                logger.warning("ignoring a malformed record in checkpoint %s: %s", self.path, exc)
-        logger.info("resuming from %s: %d scored runs and %d teacher replies will not be paid for again",
-                    self.path, len(resumed.outcomes), len(resumed.replies))
+                _read_record(record, resumed)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                logger.warning("ignoring a malformed record on line %d of checkpoint %s: %s", number, self.path, exc)
+        logger.info("resuming from %s: %d scored runs and %d teacher replies (rounds %s) will not be paid for again",
+                    self.path, len(resumed.outcomes), len(resumed.replies),
+                    sorted({r + 1 for r, _ in resumed.replies}) or "none")
         return resumed
+
+    def _matches(self, header: dict[str, Any]) -> bool:
+        if header.get("type") != "header" or header.get("version") != STATE_VERSION:
+            logger.warning("ignoring checkpoint %s: not a state file of this version; starting afresh", self.path)
+            return False
+        if header.get("fingerprint") != self.fingerprint:
+            parts = getattr(self.fingerprint, "parts", None)
+            what = ", ".join(changed_parts(header.get("parts"), parts)) if parts else "the setup"
+            logger.warning("ignoring checkpoint %s: it was written for another setup (changed: %s); starting afresh",
+                           self.path, what)
+            return False
+        return True
 
     def open(self, resumed: Resumed) -> None:
         """Start writing: append to a journal from this setup, or start a new one."""
@@ -98,9 +103,12 @@ class Journal:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not resumed.outcomes and not resumed.replies
+        if not fresh:
+            _drop_torn_tail(self.path)
         self._handle = self.path.open("w" if fresh else "a", encoding="utf-8")
         if fresh:
-            self._write({"type": "header", "version": STATE_VERSION, "fingerprint": self.fingerprint}, sync=True)
+            self._write({"type": "header", "version": STATE_VERSION, "fingerprint": str(self.fingerprint),
+                         "parts": getattr(self.fingerprint, "parts", None)}, sync=True)
 
     def outcome(self, key: tuple[str, str], outcome: Outcome) -> None:
         self._write({"type": "outcome", "variant": key[0], "example": key[1], "outcome": outcome.to_dict()})
@@ -133,7 +141,9 @@ class Journal:
                 os.fsync(self._handle.fileno())
 
 
-def _parse_lines(lines: list[str], path: Path) -> list[dict[str, Any]]:
+def _parse_lines(lines: list[str], path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every line that holds a JSON object; other lines are skipped with a warning, except
+    a torn last line (the process died while writing it), which is skipped quietly."""
     records = []
     for number, line in enumerate(lines, 1):
         try:
@@ -141,10 +151,85 @@ def _parse_lines(lines: list[str], path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if number < len(lines):
                 logger.warning("ignoring unreadable line %d of checkpoint %s", number, path)
-            continue  # a torn last line: the process died while writing it
+            continue
         if isinstance(record, dict):
-            records.append(record)
+            records.append((number, record))
+        else:
+            logger.warning("ignoring line %d of checkpoint %s: not a record", number, path)
     return records
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline (a record torn by a crash), so the next record starts on its own line."""
+    with path.open("rb+") as handle:
+        data = handle.read()
+        if data and not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def _read_record(record: dict[str, Any], resumed: Resumed) -> None:
+    kind = record.get("type")
+    if kind == "outcome":
+        _check_str(record["variant"], "variant")
+        _check_str(record["example"], "example")
+        checked_outcome(record["outcome"])
+        resumed.outcomes.append(record)
+    elif kind == "reply":
+        reply = checked_reply({k: v for k, v in record.items() if k != "type"})
+        resumed.replies[(reply.round, reply.batch)] = reply
+    else:
+        raise ValueError(f"unknown record type {kind!r}")
+
+
+def checked_outcome(data: Any) -> Outcome:
+    """An ``Outcome`` from saved data, every field of the type the code relies on (else ``ValueError``)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"an outcome is an object, got {type(data).__name__}")
+    outcome = Outcome.from_dict(data)
+    if isinstance(outcome.score, bool) or not math.isfinite(outcome.score):
+        raise ValueError(f"an outcome needs a finite score, got {outcome.score!r}")
+    for name in ("feedback", "error", "raw_text", "failed_predictor"):
+        _check_str(getattr(outcome, name), name, optional=True)
+    _check_int(outcome.calls, "calls")
+    if not isinstance(outcome.steps, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("predictor"), str) and isinstance(s.get("inputs"), dict)
+            and isinstance(s.get("outputs"), dict) for s in outcome.steps):
+        raise ValueError("steps must be a list of {predictor, inputs, outputs} objects")
+    if outcome.error_kind is not None and not isinstance(outcome.error_kind, ErrorKind):
+        raise ValueError(f"unknown error kind {outcome.error_kind!r}")
+    return outcome
+
+
+def checked_reply(data: dict[str, Any]) -> BatchReply:
+    """A ``BatchReply`` from saved data, every field of the type the code relies on (else ``ValueError``)."""
+    reply = BatchReply(**data)
+    for name in ("round", "batch", "attempts"):
+        _check_int(getattr(reply, name), name)
+    for name in ("mistake_ids", "diagnoses"):
+        value = getattr(reply, name)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{name} must be a list of strings")
+    _check_str(reply.error, "error", optional=True)
+    if not isinstance(reply.rules, list):
+        raise ValueError("rules must be a list")
+    for rule in reply.rules:
+        if not isinstance(rule, dict) or not isinstance(rule.get("rule", ""), str):
+            raise ValueError("each rule must be an object with a text 'rule'")
+        _check_str(rule.get("predictor"), "predictor", optional=True)
+        mistakes = rule.get("mistakes", [])
+        if mistakes is not None and not isinstance(mistakes, list):
+            raise ValueError("a rule's mistakes must be a list")
+    return reply
+
+
+def _check_str(value: Any, name: str, *, optional: bool = False) -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        raise ValueError(f"{name} must be text, got {type(value).__name__}")
+
+
+def _check_int(value: Any, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
 
 
 def attach(journal: Journal, cache: EvalCache) -> Resumed:
@@ -154,69 +239,3 @@ def attach(journal: Journal, cache: EvalCache) -> Resumed:
     journal.open(resumed)
     cache.on_put = journal.outcome
     return resumed
-
-
-# -- fingerprint ----------------------------------------------------------------------------------------------------
-def fingerprint(program: dspy.Module, base_instructions: dict[str, str], trainset: Sequence[dspy.Example],
-                valset: Sequence[dspy.Example], metric: Callable[..., Any], teacher_lm: Any,
-                params: dict[str, Any]) -> str:
-    default_lm = dspy.settings.lm
-    payload = {
-        "program": {name: {"instructions": base_instructions[name], "fields": _fields(p.signature),
-                           "lm": lm_identity(p.lm or default_lm)} for name, p in program.named_predictors()},
-        "train": [example_key(e) for e in trainset], "val": [example_key(e) for e in valset],
-        "metric": code_identity(metric), "teacher": lm_identity(teacher_lm),
-        "params": {k: v for k, v in params.items() if isinstance(v, (int, float, str, bool, type(None)))},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _fields(signature: Any) -> dict[str, str]:
-    return {f"{kind}:{name}": str(info.annotation)
-            for kind, fields_ in (("in", signature.input_fields), ("out", signature.output_fields))
-            for name, info in fields_.items()}
-
-
-_COUNTERS = frozenset({"calls", "call_count", "requests", "sampled_calls"})
-
-
-def _primitives(obj: Any) -> dict[str, Any]:
-    """An engine's plain settings (model path, seed, ...): public str/number attributes, call counters left out.
-    An engine can say what identifies it instead with an ``identity()`` method."""
-    identity = getattr(obj, "identity", None)
-    if callable(identity):
-        return {"identity": identity()}
-    try:
-        items = sorted(vars(obj).items())
-    except TypeError:
-        return {}
-    return {k: v for k, v in items if not k.startswith("_") and k not in _COUNTERS
-            and isinstance(v, (str, int, float, bool, type(None)))}
-
-
-def lm_identity(lm: Any) -> dict[str, Any]:
-    """What makes an LM's replies what they are: class, model, request settings and a custom engine's settings."""
-    if lm is None:
-        return {}
-    identity: dict[str, Any] = {"class": _qualname(type(lm)), "model": getattr(lm, "model", None),
-                                "kwargs": {k: v for k, v in sorted((getattr(lm, "kwargs", None) or {}).items())
-                                           if isinstance(v, (str, int, float, bool, type(None)))}}
-    engine = getattr(lm, "engine", None)
-    if engine is not None and not isinstance(engine, str):
-        identity["engine"] = {"class": _qualname(type(engine)), **_primitives(engine)}
-    return identity
-
-
-def code_identity(fn: Any) -> str:
-    """A hash of a callable's code: its source when available, else its bytecode and constants."""
-    target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
-    try:
-        text = inspect.getsource(target)
-    except (OSError, TypeError):
-        code = getattr(getattr(fn, "__func__", fn), "__code__", None)
-        text = f"{code.co_code.hex()}|{code.co_consts!r}" if code is not None else _qualname(target)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _qualname(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"

@@ -58,13 +58,17 @@ class RequestCounter:
     """A request counter that several engines can share, so a fault can hit "the N-th request of the run"."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self._count = 0
         self._lock = threading.Lock()
+
+    @property
+    def count(self) -> int:
+        return self._count
 
     def next(self) -> int:
         with self._lock:
-            index = self.count
-            self.count += 1
+            index = self._count
+            self._count += 1
             return index
 
 
@@ -87,48 +91,68 @@ class FaultyEngine:
                  log_path: str | os.PathLike[str] | None = None, model: str = "faulty") -> None:
         if inner is None and reply is None:
             raise ValueError("FaultyEngine needs an engine to wrap or a reply function")
-        self.inner, self.reply, self.faults = inner, reply, faults or {}
-        self.counter, self.latency, self.model = counter, latency, model
-        self.log_path = Path(log_path) if log_path is not None else None
-        self.received = 0
-        self.digests: list[str] = []
-        self.injected: list[tuple[int, str]] = []
-        self.in_flight = self.max_in_flight = 0
+        # Public attributes are the engine's settings (a checkpoint fingerprint reads them); the fault plan, the
+        # request log and the counters are private, so a crash test can resume with the same engine minus the crash.
+        self.inner, self.latency, self.model = inner, latency, model
+        self._reply_fn, self._faults, self._counter = reply, faults or {}, counter
+        self._log_path = Path(log_path) if log_path is not None else None
+        self._digests: list[str] = []
+        self._injected: list[tuple[int, str]] = []
+        self._in_flight = self._max_in_flight = 0
         self._lock = threading.Lock()
+
+    @property
+    def received(self) -> int:
+        """Requests received so far, answered or not."""
+        return len(self._digests)
+
+    @property
+    def digests(self) -> list[str]:
+        with self._lock:
+            return list(self._digests)
+
+    @property
+    def injected(self) -> list[tuple[int, str]]:
+        """(request index, fault kind) of every fault applied."""
+        with self._lock:
+            return list(self._injected)
+
+    @property
+    def max_in_flight(self) -> int:
+        return self._max_in_flight
 
     # -- the engine protocol ----------------------------------------------------------------------------------------
     def complete(self, request: Any) -> Response:
         prompt = Prompt.of(request)
         with self._lock:
-            own = self.received
-            self.received += 1
-            self.digests.append(digest(request))
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            if self.log_path is not None:
-                with self.log_path.open("a", encoding="utf-8") as log:
-                    log.write(self.digests[-1] + "\n")
-        index = self.counter.next() if self.counter is not None else own
+            own = len(self._digests)
+            self._digests.append(digest(request))
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            if self._log_path is not None:
+                with self._log_path.open("a", encoding="utf-8") as log:
+                    log.write(self._digests[-1] + "\n")
+        index = self._counter.next() if self._counter is not None else own
         try:
             return self._answer(request, prompt, index)
         finally:
             with self._lock:
-                self.in_flight -= 1
+                self._in_flight -= 1
 
     def close(self) -> None:
         pass
 
     # -- faults -----------------------------------------------------------------------------------------------------
     def fault_for(self, index: int, prompt: Prompt) -> Fault | None:
-        if callable(self.faults):
-            return self.faults(index, prompt)
-        return self.faults.get(index)
+        if callable(self._faults):
+            return self._faults(index, prompt)
+        return self._faults.get(index)
 
     def _answer(self, request: Any, prompt: Prompt, index: int) -> Response:
         fault = self.fault_for(index, prompt)
         if fault is not None:
             with self._lock:
-                self.injected.append((index, fault.kind))
+                self._injected.append((index, fault.kind))
         if self.latency:
             time.sleep(self.latency)
         kind = fault.kind if fault is not None else None
@@ -157,7 +181,7 @@ class FaultyEngine:
     def _reply(self, request: Any, prompt: Prompt, index: int) -> Response:
         if self.inner is not None:
             return self.inner.complete(request)
-        return _response(self.model, self.reply(prompt, index), prompt)
+        return _response(self.model, self._reply_fn(prompt, index), prompt)
 
 
 def _response(model: str, text: str, prompt: Prompt, finish_reason: str = "stop") -> Response:
