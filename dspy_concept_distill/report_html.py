@@ -11,7 +11,6 @@ import json
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from .guards import clip_text
 from .mistakes import Mistake
 from .report_plot import trajectory_svg
 from .report_text import (
@@ -32,6 +31,7 @@ from .report_text import (
     predictor_label,
     rule_gain,
     status_word,
+    tidy,
     why_nothing_learned,
 )
 from .rules import Rule
@@ -104,7 +104,7 @@ def _head(result: DistillationResult) -> str:
                  f"min_gain {result.min_gain:g}, {len(result.rounds)} round(s), {len(result.mistakes)} mistake(s) "
                  f"shown to the teacher in {len(result.replies)} batch(es)</p>")
     if result.stopped:
-        parts.append(f'<p class="banner stopped"><b>Stopped early:</b> {_e(clip_text(result.stopped, 300))}</p>')
+        parts.append(f'<p class="banner stopped"><b>Stopped early:</b> {_e(tidy(result.stopped, 300))}</p>')
     if (why := why_nothing_learned(result)) is not None:
         parts.append(f'<p class="banner nothing"><b>Nothing learned:</b> {_e(why)}</p>')
     return "".join(parts)
@@ -117,7 +117,7 @@ def _plot(result: DistillationResult) -> str:
     items = []
     for step in result.trajectory[1:]:
         ci = fmt_ci(step.get("ci"))
-        items.append(f"<li><b>R{step['rules']}</b> {_e(clip_text(step.get('text') or '', 160))} "
+        items.append(f"<li><b>R{step['rules']}</b> {_e(tidy(step.get('text') or '', 160))} "
                      f'<span class="small">score {fmt_score(step.get("score"))}, gain {fmt_gain(step.get("gain"))}'
                      f"{_e(', ' + ci) if ci else ''}</span></li>")
     missing = len(result.ruleset) - (len(result.trajectory) - 1)
@@ -143,11 +143,11 @@ def _rule_row(rule: Rule, number: int | None, kept_ids: set[str], min_gain: floa
     ci = fmt_ci(rule.gain_ci)
     cells = [
         f"R{number}" if number else "", str(display_round(rule.round)), _e(predictor_label(rule.predictor)),
-        f'<a href="#rule-{_e(rule.id)}">{_e(clip_text(rule.text, TABLE_RULE_CHARS))}</a>',
+        f'<a href="#rule-{_e(rule.id)}">{_e(tidy(rule.text, TABLE_RULE_CHARS))}</a>',
         f'<span class="badge status">{_e(status_word(rule, kept_ids))}</span>',
     ]
     gain = f"{_e(rule_gain(rule))}" + (f'<br><span class="small">{_e(ci)}</span>' if ci else "")
-    tail = [gain, str(rule.evaluated_on or ""), _flag_cell(rule, min_gain), _e(clip_text(rule.reason, REASON_CHARS))]
+    tail = [gain, str(rule.evaluated_on or ""), _flag_cell(rule, min_gain), _e(tidy(rule.reason, REASON_CHARS))]
     css = ' class="kept"' if rule.id in kept_ids else ""
     return (f"<tr{css}>" + "".join(f"<td>{c}</td>" for c in cells) + f'<td class="num">{tail[0]}</td>'
             f'<td class="num">{tail[1]}</td><td>{tail[2]}</td><td>{tail[3]}</td></tr>')
@@ -188,23 +188,23 @@ def _mistake(mistake: Mistake | None, mistake_id: str, diagnosis: str | None) ->
         rows.append(("raw reply", "", mistake.raw_text))
     if mistake.feedback:
         rows.append(("metric feedback", "", mistake.feedback))
-    table = "".join(f"<tr><th>{_e(kind)}</th><td class='field'>{_e(clip_text(name, 40))}</td>"
+    table = "".join(f"<tr><th>{_e(kind)}</th><td class='field'>{_e(tidy(name, 40))}</td>"
                     f"<td>{_block(value)}</td></tr>" for kind, name, value in rows)
-    diag = (f'<p class="diag"><b>Teacher\'s diagnosis:</b> {_e(clip_text(diagnosis, DIAGNOSIS_CHARS))}</p>'
+    diag = (f'<p class="diag"><b>Teacher\'s diagnosis:</b> {_e(tidy(diagnosis, DIAGNOSIS_CHARS))}</p>'
             if diagnosis else '<p class="small">No diagnosis from the teacher for this mistake.</p>')
     return (f'<div class="mistake"><b>Mistake {_e(mistake_id)}</b> <span class="small">(round '
             f"{display_round(mistake.round)}, score {mistake.score:g})</span><table>{table}</table>{diag}</div>")
 
 
 def _why(rule: Rule, result: DistillationResult, kept_ids: set[str]) -> str:
-    lines = [f"<b>{_e(status_word(rule, kept_ids).capitalize())}:</b> {_e(clip_text(rule.reason, 600))}"]
+    lines = [f"<b>{_e(status_word(rule, kept_ids).capitalize())}:</b> {_e(tidy(rule.reason, 600))}"]
     if rule.gain is not None:
         ci = fmt_ci(rule.gain_ci)
         lines.append(f"gain {_e(fmt_gain(rule.gain))}{_e(', ' + ci) if ci else ''} on {rule.evaluated_on} valset "
                      f"example(s), measured in {rule.attempts} round(s)")
     lines += [_e(n) for n in (adherence_note(rule), ablation_note(rule, result.min_gain)) if n]
     if rule.duplicates:
-        merged = "; ".join(clip_text(d, 120) for d in rule.duplicates)
+        merged = "; ".join(tidy(d, 120) for d in rule.duplicates)
         lines.append(f"merged near-duplicates ({len(rule.duplicates)}): {_e(merged)}")
     return "<p>" + "<br>".join(lines) + "</p>"
 
@@ -212,7 +212,7 @@ def _why(rule: Rule, result: DistillationResult, kept_ids: set[str]) -> str:
 def _provenance_item(rule: Rule, result: DistillationResult, context: dict[str, Any]) -> str:
     number = context["numbers"].get(rule.id)
     label = f"R{number} " if number else ""
-    head = (f"{label}[{predictor_label(rule.predictor)}] {clip_text(rule.text, 140)} "
+    head = (f"{label}[{predictor_label(rule.predictor)}] {tidy(rule.text, 140)} "
             f"({status_word(rule, context['kept_ids'])}, round {display_round(rule.round)}"
             f"{'' if rule.batch is None else f', teacher batch {rule.batch + 1}'})")
     shown = rule.source_mistakes[:MAX_MISTAKES_SHOWN]
@@ -242,7 +242,7 @@ def _batches(result: DistillationResult) -> str:
         return ""
     rows = []
     for reply in result.replies:
-        status = f"failed: {clip_text(reply.error, 240)}" if reply.error else f"{len(reply.rules)} rule(s) proposed"
+        status = f"failed: {tidy(reply.error, 240)}" if reply.error else f"{len(reply.rules)} rule(s) proposed"
         rows.append(f"<tr><td>{display_round(reply.round)}</td><td>{reply.batch + 1}</td>"
                     f'<td class="num">{len(reply.mistake_ids)}</td><td class="num">{reply.attempts}</td>'
                     f"<td>{_e(status)}</td></tr>")
@@ -271,7 +271,7 @@ def _cost(result: DistillationResult) -> str:
     rows = []
     for row in result.usage.rows():
         cost = "n/a" if row.cost is None else f"${row.cost:,.4f}"
-        rows.append(f"<tr><td>{_e(row.role)}</td><td>{_e(row.phase)}</td><td>{_e(clip_text(row.model, 60))}</td>"
+        rows.append(f"<tr><td>{_e(row.role)}</td><td>{_e(row.phase)}</td><td>{_e(tidy(row.model, 60))}</td>"
                     + "".join(f'<td class="num">{v:,}</td>' for v in (row.calls, row.cache_hits, row.input_tokens,
                                                                       row.output_tokens))
                     + f'<td class="num">{cost}</td></tr>')

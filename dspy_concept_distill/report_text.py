@@ -27,6 +27,13 @@ MAX_LISTED_REJECTED = 20  # rejected rules listed one per line in the summary; t
 STATUS_WORDS = {ACCEPTED: "kept", REJECTED: "dropped", CANDIDATE: "not verified"}
 
 
+def tidy(text: Any, limit: int) -> str:
+    """Teacher text as shown: one line of at most ``limit`` characters, and no run of more than ``PREDICTOR_CHARS``
+    characters without a space (a reason may quote a garbage predictor name whole)."""
+    line = re.sub(rf"\S{{{PREDICTOR_CHARS + 1},}}", lambda m: m.group(0)[:PREDICTOR_CHARS] + "…", str(text))
+    return clip_text(line, limit)
+
+
 def fmt_score(score: float | None) -> str:
     return "n/a" if score is None else f"{score:.3f}"
 
@@ -130,32 +137,32 @@ def why_nothing_learned(result: DistillationResult) -> str | None:
                 "valset, so the original instructions are returned")
     if not result.mistakes and not result.rules:
         if result.stopped:
-            return f"the run stopped before the student's mistakes were collected ({clip_text(result.stopped, 160)})"
+            return f"the run stopped before the student's mistakes were collected ({tidy(result.stopped, 160)})"
         return "the student made no mistakes on the trainset: there was nothing to learn from"
     if not result.rules:
         return _no_candidates(result)
     unverified = [r for r in result.rules if r.status == CANDIDATE]
     if unverified and result.stopped:
         return (f"the run stopped before {len(unverified)} candidate rule(s) were verified "
-                f"({clip_text(result.stopped, 160)})")
+                f"({tidy(result.stopped, 160)})")
     common = most_common_reason(result.rejected_rules)
     if common is None:
         return f"every one of the {len(result.rules)} candidate rules was rejected"
     example, count = common
     return (f"every one of the {len(result.rules)} candidate rules was rejected; most often ({count} of "
-            f"{len(result.rejected_rules)}): {clip_text(example, REASON_CHARS)}")
+            f"{len(result.rejected_rules)}): {tidy(example, REASON_CHARS)}")
 
 
 def _no_candidates(result: DistillationResult) -> str:
     failed = [r for r in result.replies if r.error]
     if result.replies and len(failed) == len(result.replies):
-        first = clip_text(failed[0].error, 160)
+        first = tidy(failed[0].error, 160)
         why = f"the teacher gave no usable reply ({len(failed)} of {len(result.replies)} batches failed: {first})"
     elif result.replies:
         why = f"the teacher proposed no rules in {len(result.replies)} batch(es)"
     else:
         why = "the teacher was never asked for rules"
-    return why + (f"; the run stopped: {clip_text(result.stopped, 160)}" if result.stopped else "")
+    return why + (f"; the run stopped: {tidy(result.stopped, 160)}" if result.stopped else "")
 
 
 def budget_rows(result: DistillationResult) -> list[dict[str, Any]]:
@@ -223,7 +230,7 @@ def usage_lines(result: DistillationResult) -> list[str]:
     for row in result.usage.rows():
         cost = "" if row.cost is None else f", ${row.cost:.4f}"
         hits = f", {row.cache_hits} cache hits" if row.cache_hits else ""
-        lines.append(f"  {row.role:7s} {row.phase:12s} {clip_text(row.model, MODEL_CHARS)}: {row.calls} calls{hits}, "
+        lines.append(f"  {row.role:7s} {row.phase:12s} {tidy(row.model, MODEL_CHARS)}: {row.calls} calls{hits}, "
                      f"{row.input_tokens:,} in / {row.output_tokens:,} out tokens{cost}")
     return lines
 
@@ -239,13 +246,13 @@ def headline(result: DistillationResult) -> str:
 
 def _kept_line(number: int, rule: Rule, min_gain: float) -> str:
     notes = [f"round {display_round(rule.round)}", f"gain {gain_with_ci(rule)}", *flags(rule, min_gain)]
-    text = clip_text(rule.text, RULE_CHARS)
+    text = tidy(rule.text, RULE_CHARS)
     return f"  + R{number} [{predictor_label(rule.predictor)}] {text}  ({' | '.join(notes)})"
 
 
 def _rejected_line(rule: Rule) -> str:
-    return (f"  - [{predictor_label(rule.predictor)}] {clip_text(rule.text, RULE_CHARS)}  "
-            f"(round {display_round(rule.round)}: {clip_text(rule.reason or 'no reason recorded', REASON_CHARS)})")
+    return (f"  - [{predictor_label(rule.predictor)}] {tidy(rule.text, RULE_CHARS)}  "
+            f"(round {display_round(rule.round)}: {tidy(rule.reason or 'no reason recorded', REASON_CHARS)})")
 
 
 def summary_lines(result: DistillationResult) -> list[str]:
@@ -254,13 +261,13 @@ def summary_lines(result: DistillationResult) -> list[str]:
              f"  {result.valset_size} validation / {result.trainset_size} training examples, min_gain "
              f"{result.min_gain:g}, {rounds} round{'s' if rounds != 1 else ''}"]
     if result.stopped:
-        lines.append(f"stopped early: {clip_text(result.stopped, REASON_CHARS)}")
+        lines.append(f"stopped early: {tidy(result.stopped, REASON_CHARS)}")
     if (why := why_nothing_learned(result)) is not None:
         lines.append(f"nothing learned: {why}")
     kept = kept_rules(result)
     lines.append(f"accepted rules ({len(result.accepted_rules)}):")
     lines += [_kept_line(i, r, result.min_gain) for i, r in enumerate(kept, 1)] or ["  (none)"]
-    lines += [f"  + (not returned) [{predictor_label(r.predictor)}] {clip_text(r.text, RULE_CHARS)}"
+    lines += [f"  + (not returned) [{predictor_label(r.predictor)}] {tidy(r.text, RULE_CHARS)}"
               for r in result.accepted_rules if r.id not in {k.id for k in kept}]
     rejected = result.rejected_rules
     lines.append(f"rejected rules ({len(rejected)}):")
