@@ -63,6 +63,28 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def per_seed_table(summary: dict[str, Any], records: Sequence[Any]) -> list[str]:
+    """The "Per seed" section: one row per optimizer run."""
+    detail = ["", "## Per seed", "",
+              "| Seed | Optimizer | Student calls | Helper calls | Valset | Own best (logged) | Concept phrases "
+              "| Harmful phrases | Neutral phrases | Demos | Best set proposed | Ours / theirs | Wall s |",
+              "|---:|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---:|"]
+    ratios = {(row["key"], s): r for row in summary["rows"] for s, r in row["ours_ratio_per_seed"].items()}
+    for r in records:
+        if r.status != "ok":
+            detail.append(f"| {r.seed} | {r.label} | {r.student_calls} | {r.helper_calls} | failed: {r.error} "
+                          "| | | | | | | | |")
+            continue
+        detail.append(
+            f"| {r.seed} | {r.label} | {r.student_calls} | {r.helper_calls} | {_fmt(r.val_score)} "
+            f"| {_fmt(r.logged_best_score) if r.logged_best_score is not None else ''} "
+            f"| {', '.join(r.helpful_present) or '—'} | {', '.join(r.harmful_present) or '—'} "
+            f"| {', '.join(r.neutral_present) or '—'} | {r.demos} "
+            f"| {'n/a' if r.best_set_proposed is None else ('yes' if r.best_set_proposed else 'no')} "
+            f"| {_fmt(ratios.get((r.key, r.seed)))} | {r.wall_seconds:.1f} |")
+    return detail
+
+
 def markdown(summary: dict[str, Any], records: Sequence[Any], meta: dict[str, Any]) -> tuple[str, str]:
     """The full Markdown report and the part printed to the terminal (main table and verdict)."""
     seeds = meta["seeds"]
@@ -98,23 +120,7 @@ def markdown(summary: dict[str, Any], records: Sequence[Any], meta: dict[str, An
                        f"{', '.join(str(v) for v in row['student_calls'].values())}")
     terminal = "\n".join(lines + verdict)
 
-    detail = ["", "## Per seed", "",
-              "| Seed | Optimizer | Student calls | Helper calls | Valset | Own best (logged) | Concept phrases "
-              "| Harmful phrases | Neutral phrases | Demos | Best set proposed | Ours / theirs | Wall s |",
-              "|---:|---|---:|---:|---:|---:|---|---|---|---:|---|---:|---:|"]
-    ratios = {(row["key"], s): r for row in summary["rows"] for s, r in row["ours_ratio_per_seed"].items()}
-    for r in records:
-        if r.status != "ok":
-            detail.append(f"| {r.seed} | {r.label} | {r.student_calls} | {r.helper_calls} | failed: {r.error} "
-                          "| | | | | | | | |")
-            continue
-        detail.append(
-            f"| {r.seed} | {r.label} | {r.student_calls} | {r.helper_calls} | {_fmt(r.val_score)} "
-            f"| {_fmt(r.logged_best_score) if r.logged_best_score is not None else ''} "
-            f"| {', '.join(r.helpful_present) or '—'} | {', '.join(r.harmful_present) or '—'} "
-            f"| {', '.join(r.neutral_present) or '—'} | {r.demos} "
-            f"| {'n/a' if r.best_set_proposed is None else ('yes' if r.best_set_proposed else 'no')} "
-            f"| {_fmt(ratios.get((r.key, r.seed)))} | {r.wall_seconds:.1f} |")
+    detail = per_seed_table(summary, records)
     settings = ["", "## Settings", ""] + [f"- **{row['label']}**: {row['settings']}" for row in summary["rows"]]
     head = [
         "# Student-LM calls per compile: DSPy 3.4 optimizers vs ConceptDistillation (simulated world)", "",

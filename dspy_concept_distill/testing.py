@@ -8,160 +8,27 @@ input and proposes a known mix of helpful, duplicate, harmful and neutral rules.
 objects as DSPy 3.4 engines, so everything between them (adapters, parsing, caching, usage tracking, threads) is
 real DSPy.
 
-Like ``dspy.utils.DummyLM``, the engines write their replies with DSPy's own adapters
-(``format_field_with_value``), in the format the request asks for (ChatAdapter field markers or a JSONAdapter
-object), and read input values back with ``ChatAdapter.parse``; what they read from a prompt is what any LM reads:
-the instructions, the output fields it is asked for, and the input values.
+The engines build on ``dspy_concept_distill.scripted``: like ``dspy.utils.DummyLM`` they write their replies with
+DSPy's own adapters, in the format the request asks for, and read input values back with ``ChatAdapter.parse``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import dspy
-from dspy.adapters.chat_adapter import FieldInfoWithName, field_header_pattern
-from dspy.lm15 import Message, Response, TextPart, Usage
+
+from .scripted import OutputSpec, Prompt, ScriptedEngine, format_reply, normalized, unit_hash
 
 PLAIN = "plain"
 ALL = "*"
-_FIELD_LINE = re.compile(r"^\d+\. `(\w+)` \((.+?)\)", flags=re.M)
-_SCHEMA_NOTE = "must adhere to the JSON schema: "
 _QID = re.compile(r"\bQ(\d+)\b")
-
-
-# -- reading a request, writing a reply ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OutputSpec:
-    """One output field a request asks for: its name, the type name DSPy shows, and its JSON schema if any."""
-
-    name: str
-    type_name: str
-    schema: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One request as a scripted engine reads it."""
-
-    system: str
-    turns: tuple[tuple[str, str], ...]  # (role, text) of every message after the system message
-    json_mode: bool
-    temperature: float | None = None
-
-    @classmethod
-    def of(cls, request: Any) -> Prompt:
-        system = request.system
-        if system is not None and not isinstance(system, str):
-            system = "".join(getattr(part, "text", "") or "" for part in system)
-        turns = tuple((m.role, m.text or "") for m in request.messages)
-        json_mode = "Outputs will be a JSON object" in (system or "") or request.config.response_format is not None
-        return cls(system or "", turns, json_mode, request.config.temperature)
-
-    @property
-    def user(self) -> str:
-        """The last user message (the current inputs; earlier turns are demos)."""
-        return next((text for role, text in reversed(self.turns) if role == "user"), "")
-
-    @property
-    def context(self) -> str:
-        """Everything but the last user message: instructions, field descriptions and demos."""
-        last = max((i for i, (role, _) in enumerate(self.turns) if role == "user"), default=len(self.turns))
-        return "\n".join([self.system, *(f"{role}: {text}" for role, text in self.turns[:last])])
-
-    @property
-    def chars(self) -> int:
-        return len(self.system) + sum(len(text) for _, text in self.turns)
-
-    def outputs(self) -> list[OutputSpec]:
-        """The output fields DSPy's adapter lists in the system message, with the JSON schema of typed ones."""
-        if "Your output fields are:" not in self.system:
-            return []
-        section = self.system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
-        found = _FIELD_LINE.findall(section)
-        return [OutputSpec(name, type_name.strip(), self._schema(name)) for name, type_name in found]
-
-    def input_names(self) -> list[str]:
-        """The input field names DSPy's adapter lists in the system message."""
-        section = self.system.split("Your input fields are:", 1)[-1].split("Your output fields are:", 1)[0]
-        return [name for name, _ in _FIELD_LINE.findall(section)] if "Your input fields are:" in self.system else []
-
-    def _schema(self, name: str) -> dict[str, Any] | None:
-        marker = re.search(r"\{" + re.escape(name) + r"\}\s+# note: the value you produce " + re.escape(_SCHEMA_NOTE),
-                           self.system)
-        if marker is None:
-            return None
-        rest = self.system[marker.end():]
-        for text in (rest, rest.replace('\\"', '"')):  # JSONAdapter shows the note inside a JSON string
-            try:
-                return json.JSONDecoder().raw_decode(text)[0]
-            except ValueError:
-                continue
-        return None
-
-    def inputs(self, *names: str) -> dict[str, str]:
-        """Raw values of the named input fields in the last user message, read with ``ChatAdapter.parse``."""
-        present = {m.group(1) for line in self.user.splitlines() if (m := field_header_pattern.match(line.strip()))}
-        wanted = [n for n in names if n in present]
-        if not wanted:
-            return {}
-        reader = dspy.Signature({n: (str, dspy.OutputField()) for n in wanted}, "inputs as text")
-        values = dspy.ChatAdapter().parse(reader, self.user)
-        # the adapter closes the user message with its "Respond with ..." paragraph: not part of the last input
-        return {name: re.sub(r"\n\nRespond with [^\n]*\Z", "", value) for name, value in values.items()}
-
-
-def format_reply(values: dict[str, Any], *, json_mode: bool) -> str:
-    """The reply an LM gives with these output values, written by DSPy's adapter as ``DummyLM`` does."""
-    fields = {FieldInfoWithName(name=name, info=dspy.OutputField()): value for name, value in values.items()}
-    if json_mode:
-        return dspy.JSONAdapter().format_field_with_value(fields, role="assistant")
-    return dspy.ChatAdapter().format_field_with_value(fields)
-
-
-def normalized(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def unit_hash(*parts: object) -> float:
-    """A deterministic uniform number in [0, 1) for ``parts``."""
-    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-class ScriptedEngine:
-    """Base of the scripted engines (not real models): counts calls in ``calls``, reads each request as a
-    ``Prompt`` and returns ``reply(prompt, index)`` as the response text, with token counts of about 4 characters
-    per token. ``index`` is the 0-based number of the call."""
-
-    model = "simulated"
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def complete(self, request: Any) -> Response:
-        with self._lock:
-            index = self.calls
-            self.calls += 1
-        prompt = Prompt.of(request)
-        text = self.reply(prompt, index)
-        return Response(
-            id=None, model=self.model, message=Message.assistant([TextPart(text)]), finish_reason="stop",
-            usage=Usage(input_tokens=max(1, prompt.chars // 4), output_tokens=max(1, len(text) // 4)),
-        )
-
-    def reply(self, prompt: Prompt, index: int) -> str:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
+__all__ = ["ALL", "PLAIN", "Concept", "Distractor", "OutputSpec", "Prompt", "ScriptedEngine", "ScriptedTeacherEngine",
+           "SimExample", "SimulatedStudentEngine", "SimulatedTask", "SimulatedWorld", "default_concepts",
+           "default_distractors", "format_reply", "normalized", "predictor_for", "unit_hash"]
 
 
 # -- the world ----------------------------------------------------------------------------------------------------
