@@ -23,7 +23,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline: no usage p
 @pytest.fixture
 def mlflow(tmp_path, monkeypatch):
     """mlflow with a fresh local file store and experiment; autologging off and no run left active afterwards."""
-    mlflow = pytest.importorskip("mlflow")
+    mlflow = pytest.importorskip("mlflow", exc_type=ImportError)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 refuses file stores without it
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
