@@ -274,11 +274,10 @@ def rules_from_replies(
             if proposed is None:
                 continue
             rule, reason = proposed
-            if rule.id in merged_into or any(r.id == rule.id for r in out):
+            same = merged_into.get(rule.id) or next((r for r in out if r.id == rule.id), None)
+            if same is not None:
                 # the same text again: more support for the rule that carries it, not another row
-                carrier = merged_into.get(rule.id)
-                if carrier is not None:
-                    carrier.source_mistakes = list(dict.fromkeys([*carrier.source_mistakes, *rule.source_mistakes]))
+                same.source_mistakes = list(dict.fromkeys([*same.source_mistakes, *rule.source_mistakes]))
                 continue
             out.append(rule)
             reason = reason or leak_checker.check(rule.text, [m.gold for m in batch])

@@ -36,7 +36,7 @@ from .rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits
 logger = logging.getLogger(__name__)
 
 EPS = 1e-9
-CHUNK_FRACTIONS = (0.3, 0.55, 0.8, 1.0)
+CHUNK_FRACTIONS = (0.15, 0.3, 0.5, 0.75, 1.0)
 MIN_FIRST_CHUNK = 6
 
 

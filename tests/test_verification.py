@@ -21,7 +21,8 @@ def test_racing_order_depends_on_seed_only():
 
 
 def test_chunk_bounds_grow_to_the_full_valset():
-    assert chunk_bounds(20) == [6, 11, 16, 20]
+    assert chunk_bounds(20) == [6, 10, 15, 20]
+    assert chunk_bounds(100) == [15, 30, 50, 75, 100]
     assert chunk_bounds(5) == [5]
     assert chunk_bounds(100)[-1] == 100
 
