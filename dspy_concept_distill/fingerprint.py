@@ -4,8 +4,9 @@ A ``Fingerprint`` hashes six parts: the program (its classes' code, each predict
 and descriptions, demos, the adapter and DSPy's version), the student LMs, the data, the metric (its code, default
 arguments and captured values), the teacher LM, and the settings that shape the run. Settings that only say how
 far or how fast a run may go (budgets, threads) are left out, so a run stopped by its budget resumes under a larger
-one. An LM is identified by its class, model, request settings and its engine's settings (public attributes, to a
-depth of two objects; call counters left out); an engine can say what identifies it with an ``identity()`` method.
+one. An LM is identified by its class, model, request settings and its engine's settings (public data attributes, to
+a depth of three objects; call counters and functions set on the instance left out); an engine can say what
+identifies it with an ``identity()`` method.
 """
 
 from __future__ import annotations
@@ -150,11 +151,12 @@ def _code_text(code: Any) -> str:
 
 @functools.lru_cache(maxsize=512)
 def _class_identity(cls: type) -> str:
-    """A class by name, plus its methods' code when it is not DSPy's own (DSPy's version covers those)."""
+    """A class by name, plus its methods (code, defaults, captured values) when it is not DSPy's own (DSPy's version
+    covers those)."""
     name = _qualname(cls)
     if cls.__module__.split(".")[0] in {"dspy", "builtins"}:
         return name
-    methods = {attr: _source(getattr(member, "__func__", member)) for attr, member in sorted(vars(cls).items())
+    methods = {attr: _callable(member, 1) for attr, member in sorted(vars(cls).items())
                if inspect.isfunction(member) or isinstance(member, (staticmethod, classmethod))}
     bases = [_class_identity(base) for base in cls.__bases__ if base is not object]
     return f"{name}:{_hash([methods, bases])}"
@@ -180,8 +182,8 @@ def _settings(value: Any, depth: int) -> Any:
         return [len(value), *sorted((_settings(v, depth - 1) for v in value), key=repr)[:_MAX_ITEMS]]
     if isinstance(value, dspy.BaseLM):
         return lm_identity(value)
-    if isinstance(value, type):
-        return _class_identity(value)
+    if isinstance(value, type):  # by name: a class's code counts where it is the program's or the metric's own
+        return _qualname(value)
     if depth <= 0:
         return {"class": _qualname(type(value))}
     identity = getattr(value, "identity", None)
@@ -200,7 +202,9 @@ def _attributes(obj: Any) -> list[tuple[str, Any]]:
             items = sorted(vars(obj).items())
         except TypeError:
             return []
-    return [(k, v) for k, v in items if not k.startswith("_") and k not in _COUNTERS and not inspect.ismodule(v)]
+    # functions set on an instance are hooks (e.g. a test's patched ``complete``), not settings
+    return [(k, v) for k, v in items if not k.startswith("_") and k not in _COUNTERS and not inspect.ismodule(v)
+            and not inspect.isroutine(v)]
 
 
 def _plain(value: Any) -> Any:

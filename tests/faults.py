@@ -18,7 +18,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -197,3 +198,18 @@ def faulty_lm(model: str, engine: FaultyEngine, **kwargs: Any) -> dspy.LM:
 def every(n: int, fault: Fault, *, start: int = 0) -> Callable[[int, Prompt], Fault | None]:
     """A fault plan: ``fault`` on every ``n``-th request from ``start``."""
     return lambda index, prompt: fault if index >= start and (index - start) % n == 0 else None
+
+
+@contextmanager
+def guarded_signals() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM handlers that record the signal instead of interrupting or killing pytest (so a library
+    that fails to install its own handlers fails a test, not the session); the old handlers come back after."""
+    received: list[int] = []
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in saved:
+        signal.signal(sig, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -248,19 +248,31 @@ def test_a_checkpoint_from_another_setup_is_not_reused(tmp_path, caplog, case):
 
 
 # -- the fingerprint, part by part ------------------------------------------------------------------------------------
-class Looped(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.step = dspy.Predict(SIGNATURE)
+def _init_step(self) -> None:
+    dspy.Module.__init__(self)
+    self.step = dspy.Predict(SIGNATURE)
 
+
+def _forward_once(self, question):
+    return self.step(question=question)
+
+
+def _forward_twice(self, question):
+    self.step(question=question)
+    return self.step(question=question + " (again)")
+
+
+def _forward_passes(passes: int):
     def forward(self, question):
-        return self.step(question=question)
+        for attempt in range(passes):
+            prediction = self.step(question=f"{question} (pass {attempt + 1})")
+        return prediction
+    return forward
 
 
-class LoopedTwice(Looped):
-    def forward(self, question):
-        self.step(question=question)
-        return self.step(question=question + " (again)")
+def _program(forward) -> dspy.Module:
+    """An instance of a class named ``Program`` (the same name and module every time) with this ``forward``."""
+    return type("Program", (dspy.Module,), {"__init__": _init_step, "forward": forward})()
 
 
 def _fp(program=None, metric=None, teacher=None, **params) -> str:
@@ -294,14 +306,15 @@ def _demos(program):
     lambda: _fp(program=_demos(dspy.Predict(SIGNATURE))),  # demos in the prompt
     lambda: _fp(program=dspy.Predict(dspy.Signature(SIGNATURE).with_updated_fields(
         "answer", desc="the total, a number"))),  # a field description
-    lambda: _fp(program=LoopedTwice()),  # the program's own code
+    lambda: _fp(program=_program(_forward_twice)),  # the program's own code
+    lambda: _fp(program=_program(_forward_passes(3))),  # a value the program's code captured
     lambda: _fp(seed=1),  # a setting that shapes the run
-], ids=["closure", "partial", "teacher", "demos", "field-desc", "program-code", "seed"])
+], ids=["closure", "partial", "teacher", "demos", "field-desc", "program-code", "program-closure", "seed"])
 def test_the_fingerprint_changes_with_anything_that_changes_a_reply_or_a_decision(change):
     dspy.configure(lm=SimulatedWorld().student_lm())
     base = {"closure": _fp(metric=_with_threshold(0.0)), "partial": _fp(metric=functools.partial(_scaled, 1.0))}
-    reference = _fp(program=Looped())
-    assert change() not in {_fp(), reference, *base.values()}
+    programs = {_fp(program=_program(_forward_once)), _fp(program=_program(_forward_passes(2)))}
+    assert change() not in {_fp(), *programs, *base.values()}
 
 
 def test_the_fingerprint_ignores_what_cannot_change_a_result():

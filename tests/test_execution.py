@@ -12,6 +12,7 @@ import dspy
 import pytest
 
 from dspy_concept_distill.execution import STOP_FILE, Executor, StopRequestedError, StopSignal
+from tests.faults import guarded_signals
 
 
 @pytest.mark.parametrize("threads", [1, 4])
@@ -73,16 +74,10 @@ def test_a_stop_file_is_a_stop_request(tmp_path):
         stop.check()
 
 
-@pytest.fixture
-def guarded_signals():
-    """Handlers that record a signal instead of killing or interrupting pytest, restored afterwards."""
-    received: list[int] = []
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in saved:
-        signal.signal(sig, lambda signum, frame: received.append(signum))
-    yield received
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
+@pytest.fixture(name="guarded_signals")
+def _guarded_signals():
+    with guarded_signals() as received:
+        yield received
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
