@@ -7,6 +7,7 @@ variant's LMs are metered copies (see ``budget.metered``), so the budget is exac
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -14,7 +15,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -60,7 +61,8 @@ class Outcome:
     calls: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict, containers copied (as ``dataclasses.asdict`` gives, without its generic walk)."""
+        return {name: _copied(getattr(self, name)) for name in _OUTCOME_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
@@ -70,6 +72,21 @@ class Outcome:
         if not isinstance(outcome.score, (int, float)) or not math.isfinite(outcome.score):
             raise ValueError(f"an outcome needs a finite score, got {outcome.score!r}")
         return outcome
+
+
+_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
+_SCALARS = (str, int, float, bool, type(None), ErrorKind)
+
+
+def _copied(value: Any) -> Any:
+    """A copy of plain data (dicts, lists and scalars, as outcomes hold) that shares no container with ``value``."""
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_copied(v) for v in value)
+    return copy.deepcopy(value)
 
 
 def example_key(example: dspy.Example) -> str:
@@ -162,6 +179,7 @@ class Evaluator:
         self._lms = {name: metered(p.lm or default_lm, budget, STUDENT) for name, p in program.named_predictors()}
         self._variants: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
         self._keys: dict[RuleSet, str] = {}
+        self._example_keys: dict[int, tuple[dspy.Example, str]] = {}  # by id; holding the example keeps its id unique
         self._lock = threading.Lock()
         self._warned_metric = False
 
@@ -178,7 +196,12 @@ class Evaluator:
 
     def variant(self, ruleset: RuleSet) -> tuple[dspy.Module, dict[int, str]]:
         """The runnable variant (metered LMs) and its predictors' names by ``id``."""
-        key = self.key(ruleset)
+        return self._variant(self.key(ruleset), ruleset)
+
+    def _variant(self, key: str, ruleset: RuleSet) -> tuple[dspy.Module, dict[int, str]]:
+        found = self._variants.get(key)
+        if found is not None:
+            return found
         with self._lock:
             if key not in self._variants:
                 program = ruleset.apply(self.program, self.base_instructions)
@@ -189,9 +212,16 @@ class Evaluator:
                 self._variants[key] = (program, names)
             return self._variants[key]
 
+    def example_key_of(self, example: dspy.Example) -> str:
+        """``example_key(example)``, hashed once per example object for the evaluator's life (one compile)."""
+        found = self._example_keys.get(id(example))
+        if found is None or found[0] is not example:
+            found = self._example_keys[id(example)] = (example, example_key(example))
+        return found[1]
+
     # -- cache ----------------------------------------------------------------------------------------------------
     def cached(self, ruleset: RuleSet, example: dspy.Example) -> Outcome | None:
-        return self.cache.get((self.key(ruleset), example_key(example)))
+        return self.cache.get((self.key(ruleset), self.example_key_of(example)))
 
     def scores(self, ruleset: RuleSet, examples: Sequence[dspy.Example]) -> list[float | None]:
         return [o.score if (o := self.cached(ruleset, ex)) is not None else None for ex in examples]
@@ -199,7 +229,10 @@ class Evaluator:
     # -- running --------------------------------------------------------------------------------------------------
     def submit(self, ruleset: RuleSet, example: dspy.Example, phase_name: str) -> Future[Outcome | _NotRun]:
         """Score one pair in the background (at once from the cache when it was run before)."""
-        key = (self.key(ruleset), example_key(example))
+        return self._submit((self.key(ruleset), self.example_key_of(example)), ruleset, example, phase_name)
+
+    def _submit(self, key: tuple[str, str], ruleset: RuleSet, example: dspy.Example,
+                phase_name: str) -> Future[Outcome | _NotRun]:
         hit = self.cache.get(key)
         if hit is not None:
             done: Future[Outcome | _NotRun] = Future()
@@ -215,26 +248,38 @@ class Evaluator:
         jobs could not run; every job that did finish is in the cache first, so no finished work is lost.
         """
         futures, seen = [], {}
+        last: tuple[RuleSet | None, str] = (None, "")  # jobs come in runs of one ruleset: hash it once per run
         for ruleset, example in jobs:
-            key = (self.key(ruleset), example_key(example))
+            if ruleset is not last[0]:
+                last = (ruleset, self.key(ruleset))
+            key = (last[1], self.example_key_of(example))
             if key not in seen:
-                seen[key] = self.submit(ruleset, example, phase)
+                seen[key] = self._submit(key, ruleset, example, phase)
             futures.append(seen[key])
+        results = self._collect(seen, desc)
+        raise_if_incomplete(list(results.values()), len(results))
+        return [f.result() for f in futures]  # type: ignore[misc]
+
+    @staticmethod
+    def _collect(seen: dict[tuple[str, str], Future], desc: str | None) -> dict[tuple[str, str], Any]:
+        """Wait for every job; with ``desc``, a progress bar whose running mean is refreshed about 100 times."""
         bar = progress(total=len(seen), desc=desc) if desc else None
-        results, scores = {}, []
+        every = max(1, -(-len(seen) // 100))  # ceil: at most 100 refreshes, plus the last
+        results, total, scored = {}, 0.0, 0
         try:
-            for key, future in seen.items():
+            for done, (key, future) in enumerate(seen.items(), 1):
                 results[key] = result = future.result()
-                if bar is not None:
-                    bar.update(1)
-                    if isinstance(result, Outcome):
-                        scores.append(result.score)
-                        bar.set_postfix(score=f"{sum(scores) / len(scores):.3f}")
+                if bar is None:
+                    continue
+                bar.update(1)
+                if isinstance(result, Outcome):
+                    total, scored = total + result.score, scored + 1
+                if scored and (done % every == 0 or done == len(seen)):
+                    bar.set_postfix(score=f"{total / scored:.3f}")
         finally:
             if bar is not None:
                 bar.close()
-        raise_if_incomplete(list(results.values()), len(results))
-        return [f.result() for f in futures]  # type: ignore[misc]
+        return results
 
     def _job(self, key: tuple[str, str], ruleset: RuleSet, example: dspy.Example,
              phase_name: str) -> Outcome | _NotRun | BaseException:
@@ -242,7 +287,7 @@ class Evaluator:
             return _NotRun(StopRequestedError(f"stopped on request: {self.stop.reason}"))
         if self.budget.remaining(STUDENT) == 0:
             return _NotRun(BudgetExhaustedError(STUDENT, self.budget.limits[STUDENT] or 0))
-        program, names = self.variant(ruleset)
+        program, names = self._variant(key[0], ruleset)
         with phase(phase_name), refusals() as refused:
             result = self._run_program(program, names, example)
         if refused or isinstance(result, BudgetExhaustedError):
@@ -329,12 +374,12 @@ def _short_error(exc: BaseException, limit: int = 600) -> str:
 
 def _plain(value: Any) -> Any:
     """JSON-friendly copy of trace values (pydantic models and other objects become strings or dicts)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:  # the common case first
+        return value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
     if hasattr(value, "model_dump"):
         try:
             return value.model_dump(mode="json")

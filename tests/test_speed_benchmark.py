@@ -1,19 +1,27 @@
 """The machinery of benchmarks/speed.py (not its timings): the latency-simulating scripted engines answer as the
 simulated world's student does and count, time and log every request from many threads; efficiency and the phase
-profile are computed as defined; one small run writes both measurements to JSON and Markdown."""
+profile are computed as defined; one small run writes both measurements to JSON and Markdown. And the shortcuts in
+evaluation.py's hot path keep its behaviour: ``Outcome.to_dict`` is ``asdict``, each example is hashed once per
+evaluator yet equal examples still share cached outcomes, and the progress bar ends on the true mean."""
 
 from __future__ import annotations
 
 import json
 import math
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 import dspy
 import pytest
 import speed
 
-from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.testing import SimulatedWorld
+from dspy_concept_distill import ConceptDistillation, evaluation
+from dspy_concept_distill.budget import Budget, Ledger
+from dspy_concept_distill.evaluation import ErrorKind, EvalCache, Evaluator, Outcome, example_key
+from dspy_concept_distill.execution import Executor, StopSignal
+from dspy_concept_distill.metric import MetricAdapter
+from dspy_concept_distill.rules import RuleSet
+from dspy_concept_distill.testing import SimulatedStudentEngine, SimulatedWorld
 
 
 def test_latency_engine_answers_as_the_world_and_counts_every_request_from_many_threads(world: SimulatedWorld):
@@ -95,3 +103,69 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     text = out.with_suffix(".md").read_text()
     assert saved["command"] in text and "efficiency" in text and "Accepted rules identical" in text
     assert text in capsys.readouterr().out
+
+
+# -- evaluation.py's hot path keeps its behaviour -----------------------------------------------------------------
+def make_evaluator(world: SimulatedWorld) -> tuple[Evaluator, SimulatedStudentEngine]:
+    program = dspy.Predict("question -> answer: float")
+    engine = SimulatedStudentEngine(world)
+    dspy.configure(lm=dspy.LM("simulated/student", engine=engine))
+    evaluator = Evaluator(program, {"self": program.signature.instructions}, MetricAdapter(world.metric),
+                          Budget(Ledger(), None, None), Executor(1), StopSignal(), EvalCache())
+    return evaluator, engine
+
+
+def test_outcome_to_dict_is_asdict_and_shares_no_container():
+    outcome = Outcome(score=0.5, feedback="f", steps=[{"predictor": "p", "inputs": {"q": "x", "l": [1, {"a": None}]},
+                                                       "outputs": {"answer": 4.0}}],
+                      error="e", error_kind=ErrorKind.PARSE, raw_text="r", failed_predictor="p", calls=2)
+    data = outcome.to_dict()
+    assert data == asdict(outcome) and list(data) == list(asdict(outcome))
+    assert data["error_kind"] is ErrorKind.PARSE
+    data["steps"][0]["inputs"]["l"][1]["a"] = "changed"
+    data["steps"].append({})
+    assert outcome.steps == [{"predictor": "p", "inputs": {"q": "x", "l": [1, {"a": None}]},
+                              "outputs": {"answer": 4.0}}]
+    assert Outcome.from_dict(outcome.to_dict()) == outcome
+
+
+def test_evaluator_hashes_each_example_once_and_still_finds_equal_examples(world: SimulatedWorld, monkeypatch):
+    evaluator, engine = make_evaluator(world)
+    train, _ = world.split(6, 5)
+    hashed = []
+    monkeypatch.setattr(evaluation, "example_key", lambda ex: hashed.append(ex) or example_key(ex))
+    first = evaluator.run([(RuleSet(), ex) for ex in train], phase="mistakes")
+    again = evaluator.run([(RuleSet(), ex) for ex in train + train], phase="mistakes")
+    assert len(hashed) == len(train) and engine.calls == len(train)  # one hash and one run per example
+    assert again == first + first
+    assert [evaluator.example_key_of(ex) for ex in train] == [example_key(ex) for ex in train]
+    copies = [dspy.Example(**ex.toDict()).with_inputs("question") for ex in train]  # equal content, new objects
+    assert evaluator.run([(RuleSet(), ex) for ex in copies], phase="mistakes") == first
+    assert engine.calls == len(train) and len(evaluator.cache) == len(train)  # the copies were cache hits
+
+
+def test_progress_shows_the_final_mean_and_is_refreshed_about_a_hundred_times(world: SimulatedWorld, monkeypatch):
+    evaluator, _ = make_evaluator(world)
+    train, _ = world.split(250, 5)
+    bars = []
+
+    class Recorder:
+        def __init__(self, total: int, desc: str | None = None) -> None:
+            self.total, self.n, self.postfixes = total, 0, []
+            bars.append(self)
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+        def set_postfix(self, **values: str) -> None:
+            self.postfixes.append(values)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(evaluation, "progress", Recorder)
+    outcomes = evaluator.run([(RuleSet(), ex) for ex in train], phase="mistakes", desc="trainset")
+    (bar,) = bars
+    assert bar.n == bar.total == len(train)
+    assert bar.postfixes[-1] == {"score": f"{sum(o.score for o in outcomes) / len(outcomes):.3f}"}
+    assert len(bar.postfixes) <= 101
