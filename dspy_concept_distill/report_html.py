@@ -43,7 +43,8 @@ TABLE_RULE_CHARS = 400  # a rule text in the table (longer texts were rejected a
 DIAGNOSIS_CHARS = 600
 FIELD_CHARS = 400  # one input, gold or output value of a mistake
 MAX_MISTAKES_SHOWN = 5  # source mistakes shown per rule
-RULE_TABLE_COLUMNS = ("#", "round", "predictor", "rule", "status", "gain", "valset examples", "evidence", "reason")
+RULE_TABLE_COLUMNS = {"#": 4, "round": 5, "predictor": 10, "rule": 24, "status": 8, "gain": 10, "valset examples": 8,
+                      "evidence": 15, "reason": 16}  # column -> width in % of the table
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2430;margin:0;background:#f6f7f9}
@@ -70,7 +71,8 @@ border-radius:4px}svg.plot{max-width:100%;height:auto;background:#fff}
 .barbox{display:inline-block;width:120px;height:9px;background:#eef1f5;vertical-align:middle}
 ol.legend li{margin:2px 0}table.compact{width:auto;min-width:50%}
 a{color:inherit;text-decoration:none}a:hover{text-decoration:underline}
-col.rule{width:30%}col.reason{width:22%}col.evidence{width:18%}
+table.rules{table-layout:fixed}td.num .small{white-space:normal}td{overflow-wrap:anywhere}
+.badge.flag{white-space:normal}
 """
 
 
@@ -113,7 +115,10 @@ def _head(result: DistillationResult) -> str:
 def _plot(result: DistillationResult) -> str:
     svg = trajectory_svg(result.trajectory)
     if not svg:
-        return "<h2>Score as rules are added</h2><p>No valset score was measured, so there is nothing to plot.</p>"
+        if result.baseline_score is None:
+            return "<h2>Score as rules are added</h2><p>No valset score was measured, so there is nothing to plot.</p>"
+        return (f"<h2>Score as rules are added</h2><p>No rule was kept: the valset score stayed at the baseline, "
+                f"{fmt_score(result.baseline_score)}.</p>")
     items = []
     for step in result.trajectory[1:]:
         ci = fmt_ci(step.get("ci"))
@@ -158,9 +163,9 @@ def _rules(result: DistillationResult) -> str:
         return "<h2>Rules</h2><p>The teacher proposed no rules.</p>"
     numbers, kept_ids = _numbers(result), {r.id for r in result.ruleset}
     head = "".join(f"<th>{h}</th>" for h in RULE_TABLE_COLUMNS)
-    cols = "".join(f'<col class="{c}">' if c in {"rule", "evidence", "reason"} else "<col>" for c in RULE_TABLE_COLUMNS)
+    cols = "".join(f'<col style="width:{w}%">' for w in RULE_TABLE_COLUMNS.values())
     rows = "".join(_rule_row(r, numbers.get(r.id), kept_ids, result.min_gain) for r in ordered_rules(result))
-    return (f"<h2>Rules</h2><table><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
+    return (f"<h2>Rules</h2><table class='rules'><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")
 
 

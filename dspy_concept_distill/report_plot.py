@@ -57,9 +57,16 @@ def _domain(steps: Sequence[dict[str, Any]]) -> tuple[float, float]:
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     first = math.ceil(low / step) * step
-    return [round(first + i * step, 10) for i in range(int((high - first) / step) + 1)]
+    return [round(first + i * step, 10) for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _decimals(ticks: Sequence[float]) -> int:
+    """Decimals that tell ticks apart (steps are 1, 2 or 5 times a power of ten)."""
+    if len(ticks) < 2:
+        return 2
+    return max(0, -math.floor(math.log10(ticks[1] - ticks[0]) + 1e-9))
 
 
 class _Axes:
@@ -79,10 +86,12 @@ class _Axes:
 
 def _frame(axes: _Axes, baseline: float) -> list[str]:
     out = []
-    for tick in _ticks(axes.low, axes.high):
+    ticks = _ticks(axes.low, axes.high)
+    places = _decimals(ticks)
+    for tick in ticks:
         y = axes.y(tick)
         out.append(f'<line class="grid" x1="{LEFT}" y1="{y:.1f}" x2="{WIDTH - RIGHT}" y2="{y:.1f}"/>'
-                   f'<text class="tick" x="{LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{tick:.2f}</text>')
+                   f'<text class="tick" x="{LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{tick:.{places}f}</text>')
     y0 = axes.y(baseline)
     out.append(f'<line class="baseline" x1="{LEFT}" y1="{y0:.1f}" x2="{WIDTH - RIGHT}" y2="{y0:.1f}"/>'
                f'<text class="note" x="{WIDTH - RIGHT - 4}" y="{y0 - 6:.1f}" text-anchor="end">'
@@ -122,9 +131,9 @@ def _step(axes: _Axes, k: int, prev: dict[str, Any], step: dict[str, Any]) -> li
 
 
 def trajectory_svg(trajectory: Sequence[dict[str, Any]]) -> str:
-    """The plot, or "" when there is no measured score to draw."""
+    """The plot, or "" when there is nothing to plot (no measured score, or no kept rule after the baseline)."""
     steps = [s for s in trajectory if _finite(s.get("score"))]
-    if not steps:
+    if len(steps) < 2:
         return ""
     axes = _Axes(steps)
     parts = _frame(axes, steps[0]["score"])

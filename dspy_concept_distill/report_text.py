@@ -192,7 +192,9 @@ def fmt_amount(value: float | int | None, *, usd: bool = False) -> str:
 def fmt_share(used: float | int | None, limit: float | int | None) -> str:
     if limit is None:
         return "no limit"
-    if used is None or not limit:
+    if not limit:
+        return "none allowed"
+    if used is None:
         return f"limit {limit:g}"
     return f"{100 * used / limit:.0f}%"
 

@@ -162,6 +162,25 @@ def test_plot_stops_a_whisker_at_the_top_of_a_0_1_score():
     assert len(caps) == 1 and top > min(cy)  # the open (clipped) end has no cap
 
 
+def test_plot_tick_labels_sit_where_their_values_are():
+    trajectory = [{"rules": 0, "score": 0.25, "ci": None}, {"rules": 1, "text": "r", "score": 0.26, "gain": 0.01}]
+    svg = _svg(make_result(trajectory=trajectory).to_html())
+    ticks = [(float(t.text), float(t.get("y"))) for t in svg.iter("text")
+             if t.get("class") == "tick" and re.fullmatch(r"-?[0-9.]+", t.text or "")]
+    assert len(ticks) >= 3
+    (v0, y0), (v1, y1) = ticks[0], ticks[1]
+    for value, y in ticks:  # every label is the value at its height (no 0.225 printed as 0.23)
+        assert y == pytest.approx(y0 + (value - v0) * (y1 - y0) / (v1 - v0), abs=0.5)
+
+
+def test_no_plot_when_no_rule_was_kept():
+    result = make_result(ruleset=RuleSet(), final_score=0.5,
+                         trajectory=[{"rules": 0, "rule_id": None, "text": None, "score": 0.5, "gain": None,
+                                      "ci": None}])
+    page = result.to_html()
+    assert "<svg" not in page and "No rule was kept: the valset score stayed at the baseline, 0.500" in page
+
+
 def _table_rows(page: str) -> list[str]:
     return re.findall(r"<tr[^>]*>.*?</tr>", _section(page, "Rules"), re.S)[1:]
 
@@ -227,6 +246,8 @@ def test_summary_shows_spend_against_each_budget():
     assert re.search(r"USD \(all LMs\): \$0\.\d{4} of \$1\.0000 \(\d+%\)", text)
     assert "projected before the run: $0.0010 to $0.0100" in text
     assert "nothing learned" not in text
+    verify = make_result(usage=Ledger(), budgets={"student_calls": 10, "teacher_calls": 0}).summary()
+    assert "teacher calls: 0 of 0 (none allowed)" in verify and "tokens (all LMs): 0 (no limit)" in verify
 
 
 def test_summary_says_why_nothing_was_learned():
