@@ -1,10 +1,12 @@
-"""Run Concept Distillation end to end on a task and print the report.
+"""Run Concept Distillation end to end on a task and print the report, or compare optimizers on a task.
 
 Default (the main job): the `reviews` task with the embedded SmolLM2-135M as both student and teacher, offline:
 
     python benchmarks/run.py
 
-Any litellm model string works for either role, by flag or environment variable, e.g.
+It compiles (the teacher's rules are screened and raced on the valset), then races the candidate rules shipped
+with the task, and any the teacher got accepted, on the valset through ``optimizer.verify()``, and prints both
+reports. Any litellm model string works for either role, by flag or environment variable, e.g.
 
     CD_TEACHER=openai/gpt-4o-mini python benchmarks/run.py --task multiarith --student ollama_chat/llama3.2:1b
 
@@ -12,6 +14,11 @@ Any litellm model string works for either role, by flag or environment variable,
 model in process. A student or teacher behind an OpenAI-compatible server takes --student-api-base /
 --teacher-api-base (or CD_STUDENT_API_BASE / CD_TEACHER_API_BASE); API keys come from the usual provider
 variables, or CD_API_KEY for a local server.
+
+Comparing optimizers on held-out test data (writes real_<task>.csv/.md/.png under --out, default runs/):
+
+    python benchmarks/run.py --task multiarith --optimizers baseline,cd-light,cd-medium,copro,miprov2,gepa,simba,\
+infer-rules --n-train 20 --n-val 20 --n-test 50 --seed 0 [--budget-matched 200]
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -27,31 +35,28 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: use litellm's bundled price table
 
 import dspy
+from real_optimizers import OPTIMIZER_KEYS
+from run_setup import TASK_SIZES, Setup, build
 
-from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill import ConceptDistillation, Rule, RuleSet
 
-TASK_SIZES = {"reviews": (12, 12), "multiarith": (20, 20), "gsm8k": (20, 20), "humaneval": (10, 10),
-              "simulated": (20, 20)}
-
-
-def make_lm(spec: str, *, api_base: str | None, max_tokens: int, temperature: float, n_ctx: int) -> dspy.LM:
-    """An LM from a flag value: 'local', a .gguf path, or a litellm model string."""
-    if spec == "local" or spec.endswith(".gguf"):
-        from dspy_concept_distill.lms import local_lm
-
-        return local_lm(None if spec == "local" else spec, max_tokens=max_tokens, temperature=temperature,
-                        n_ctx=n_ctx)
-    kwargs: dict = {"max_tokens": max_tokens, "temperature": temperature}
-    if api_base:
-        kwargs.update(api_base=api_base, api_key=os.environ.get("CD_API_KEY", "none"))
-    return dspy.LM(spec, **kwargs)
+# Candidate rules written by the project (not by a teacher) for tasks where a 135M teacher cannot write one;
+# the main job races them on the valset through optimizer.verify(), like any teacher's rule.
+SHIPPED_RULES = {
+    "reviews": [
+        "Answer with exactly one lowercase word: positive or negative.",
+        "A review that reports a defect, a breakage or a disappointment is negative.",
+    ],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="reviews", choices=sorted(TASK_SIZES))
-    parser.add_argument("--n-train", type=int, help="training examples (default depends on the task)")
-    parser.add_argument("--n-val", type=int, help="validation examples (default depends on the task)")
+    parser.add_argument("--n-train", type=_count, help="training examples (default depends on the task)")
+    parser.add_argument("--n-val", type=_count, help="validation examples (default depends on the task)")
+    parser.add_argument("--n-test", type=_count, default=0,
+                        help="held-out test examples (the end of the seeded shuffle; never seen while compiling)")
     parser.add_argument("--student", default=os.environ.get("CD_STUDENT", "local"),
                         help="student model: 'local', a .gguf path or a litellm model string (env CD_STUDENT)")
     parser.add_argument("--teacher", default=os.environ.get("CD_TEACHER", "local"),
@@ -67,65 +72,186 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data-dir", help="folder with multiarith/MultiArith.json and gsm8k/train.jsonl")
-    parser.add_argument("--hub", action="store_true", help="load multiarith/gsm8k from the Hugging Face hub")
-    parser.add_argument("--out", default="runs/latest", help="where rules, report and program are written")
+    parser.add_argument("--data-dir", help="read the math sets from another folder (DIR/multiarith/MultiArith.json, "
+                        "DIR/gsm8k/test.jsonl) instead of the checksummed copies shipped in benchmarks/data")
+    parser.add_argument("--hub", action="store_true",
+                        help="load multiarith/gsm8k from the Hugging Face hub (the shipped copy if unreachable)")
+    parser.add_argument("--allow-weak-sandbox", action="store_true",
+                        help="humaneval: run with resource limits only where the isolated sandbox is unavailable")
+    parser.add_argument("--no-shipped-rules", action="store_true",
+                        help="main job: do not race the candidate rules shipped with the task")
+    parser.add_argument("--optimizers", type=_optimizer_list,
+                        help=f"compare these optimizers (comma-separated: {','.join(OPTIMIZER_KEYS)}); needs --n-test")
+    parser.add_argument("--budget-matched", type=_positive, metavar="N",
+                        help="with --optimizers: give every optimizer a budget of N student calls per compile")
+    parser.add_argument("--title", help="with --optimizers: title of the Markdown report and plot")
+    parser.add_argument("--out", help="output folder (default runs/latest; runs/ with --optimizers)")
+    parser.add_argument("--log-dir", default="runs/logs",
+                        help="with --optimizers: each optimizer's own output goes to LOG_DIR/<task>_<optimizer>.log")
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.budget_matched is not None and not args.optimizers:
+        parser.error("--budget-matched needs --optimizers")
+    if args.optimizers and not args.n_test:
+        parser.error("--optimizers scores every optimizer on held-out test data: pass --n-test N (N > 0)")
+    if args.optimizers and args.task == "simulated" and set(args.optimizers) - {"baseline", "cd-light", "cd-medium",
+                                                                                "cd-heavy"}:
+        parser.error("--task simulated has a scripted teacher for ConceptDistillation only; compare DSPy's "
+                     "optimizers on the simulated task with benchmarks/compare_optimizers.py")
+    return args
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _optimizer_list(text: str) -> list[str]:
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in OPTIMIZER_KEYS]
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(f"unknown optimizer(s) {unknown or [text]}; choose from "
+                                         f"{', '.join(OPTIMIZER_KEYS)}")
+    if len(set(keys)) < len(keys):
+        raise argparse.ArgumentTypeError(f"an optimizer is listed twice: {text}")
+    return keys
+
+
+def command_line(argv: list[str] | None) -> str:
+    return shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("dspy_concept_distill").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    n_train, n_val = TASK_SIZES[args.task]
-    n_train, n_val = args.n_train or n_train, args.n_val or n_val
+    library_level = logging.INFO if (args.verbose or not args.optimizers) else logging.WARNING
+    logging.getLogger("dspy_concept_distill").setLevel(logging.DEBUG if args.verbose else library_level)
     started = time.monotonic()
+    setup = build(args)
+    print(f"task: {args.task} - {setup.description}; {len(setup.trainset)} train / {len(setup.valset)} validation"
+          f" / {len(setup.testset)} test examples")
+    print(f"student: {setup.student.model}   teacher: {setup.teacher.model}   seed={args.seed}", flush=True)
+    if args.optimizers:
+        return run_comparison(args, setup, command_line(argv), started)
+    return main_job(args, setup, started)
 
-    if args.task == "simulated":
-        from dspy_concept_distill.testing import SimulatedTask
 
-        sim = SimulatedTask.create(n_train, n_val, seed=args.seed)
-        student, teacher = sim.world.student_lm(), sim.world.teacher_lm()
-        trainset, valset, metric = sim.trainset, sim.valset, sim.world.metric
-        program = dspy.ChainOfThought("question -> answer: float")
-        description = "simulated world (scripted student and teacher; no real model)"
-    else:
-        from tasks import load_task
+def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started: float) -> int:
+    """Every optimizer of --optimizers on the task; real_<task>.csv/.md/.png under --out (default runs/)."""
+    from real_compare import compare
+    from real_report import metadata, write_all
 
-        task = load_task(args.task, n_train=n_train, n_val=n_val, seed=args.seed, data_dir=args.data_dir,
-                         hub=args.hub)
-        student = make_lm(args.student, api_base=args.student_api_base, max_tokens=args.student_max_tokens,
-                          temperature=0.0, n_ctx=args.n_ctx)
-        teacher = make_lm(args.teacher, api_base=args.teacher_api_base, max_tokens=args.teacher_max_tokens,
-                          temperature=0.0, n_ctx=args.n_ctx)
-        trainset, valset, metric, program = task.trainset, task.valset, task.metric, task.program()
-        description = task.description
-    embedded = args.task != "simulated" and (args.student == "local" or args.student.endswith(".gguf"))
-    use_json = (args.adapter or ("json" if embedded else "chat")) == "json"
-    adapter = dspy.JSONAdapter() if use_json else dspy.ChatAdapter()
-    dspy.configure(lm=student, adapter=adapter)
+    out = Path(args.out or "runs")
+    cpu = time.process_time()
+    rows = compare(setup, args.optimizers, budget=args.budget_matched, seed=args.seed, num_threads=args.threads,
+                   log_dir=_log_dir(args))
+    meta = metadata(command, student=setup.student.model, teacher=setup.teacher.model,
+                    splits=f"{len(setup.trainset)} train / {len(setup.valset)} validation / {len(setup.testset)} "
+                           f"test, disjoint, seed {args.seed}",
+                    budget="none (each optimizer's default settings)" if args.budget_matched is None else
+                    f"{args.budget_matched} student calls per compile",
+                    total=f"{time.monotonic() - started:.0f} s wall, {time.process_time() - cpu:.0f} s CPU "
+                          "(this process, all threads)")
+    title = args.title or f"Optimizers on {args.task}: test accuracy against student calls"
+    paths = write_all(rows, out, f"real_{args.task}", meta, title=title, notes=comparison_notes(setup, args))
+    print(f"\nfinished in {time.monotonic() - started:.0f} s; written: {', '.join(str(p) for p in paths)}")
+    return 0 if any(r.status == "ok" for r in rows) else 1
 
-    print(f"task: {args.task} - {description}; {len(trainset)} train / {len(valset)} validation examples")
-    print(f"student: {student.model}   teacher: {teacher.model}   auto={args.auto}   seed={args.seed}", flush=True)
-    optimizer = ConceptDistillation(metric=metric, teacher_lm=teacher, auto=args.auto, rounds=args.rounds,
-                                    num_threads=args.threads, seed=args.seed)
-    optimized = optimizer.compile(program, trainset=trainset, valset=valset)
+
+def _log_dir(args: argparse.Namespace) -> Path:
+    folder = Path(args.log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def comparison_notes(setup: Setup, args: argparse.Namespace) -> list[str]:
+    notes = [
+        "Student and teacher calls and tokens are counted at the LM (a callback on each LM, kept by the copies "
+        "optimizers make) with DSPy's caches off, while the optimizer compiles; scoring the returned program on the "
+        "valset and the test split is not counted. ConceptDistillation's own ledger is shown beside its count.",
+        "Test accuracy: mean metric on the held-out test split (never passed to an optimizer), with a 95% Wilson "
+        "score interval over test examples (a percentile bootstrap when the metric is not 0/1). A program with the "
+        "same instructions as one already scored is not scored again (temperature 0).",
+        "Wall and CPU seconds are for the compile alone, measured on the machine named above while other work "
+        "shared its cores.",
+    ]
+    if args.budget_matched is not None:
+        notes.append("Budget-matched: ConceptDistillation (max_student_calls) and GEPA (max_metric_calls) enforce the "
+                     "budget; COPRO, MIPROv2, SIMBA and InferRules get the settings whose planned calls are nearest "
+                     "it (planned in brackets). The counted calls are what each really spent.")
+    if setup.embedded and setup.teacher.model.startswith("local/"):
+        notes.insert(0, "**Tiny-model results.** The embedded SmolLM2-135M is both student and teacher. A 135M "
+                     "teacher writes nonsense instructions and rules, and the student is near chance, so these rows "
+                     "show the pipeline and its cost accounting on a real model, not which optimizer is better.")
+    notes += setup.notes
+    return notes
+
+
+def main_job(args: argparse.Namespace, setup: Setup, started: float) -> int:
+    """Compile, race the shipped rules through verify(), write the outputs and print the reports."""
+    dspy.configure(lm=setup.student, adapter=setup.adapter)
+    print(f"auto={args.auto}", flush=True)
+    optimizer = ConceptDistillation(metric=setup.metric, teacher_lm=setup.teacher, auto=args.auto,
+                                    rounds=args.rounds, num_threads=args.threads, seed=args.seed)
+    program = setup.program()
+    optimized = optimizer.compile(program, trainset=setup.trainset, valset=setup.valset)
     result = optimized.distillation
+    print("\n== Concept Distillation (rules written by the teacher) ==")
+    print(result.summary(), flush=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result.ruleset.to_json(out / "rules.json")
-    result.ruleset.to_markdown(out / "rules.md")
-    result.report().to_csv(out / "report.csv", index=False)
-    (out / "report.html").write_text(result.to_html(), encoding="utf-8")
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
-    optimized.save(str(out / "program.json"))
-
-    print()
-    print(result.summary())
-    print(f"\nfinished in {time.monotonic() - started:.0f} s; rules, report and program written to {out}/")
+    checked = None
+    shipped = [] if args.no_shipped_rules else SHIPPED_RULES.get(args.task, [])
+    if shipped:
+        rules = [Rule(text=t, predictor=name) for t in shipped for name, _ in program.named_predictors()]
+        rules += [Rule(text=r.text, predictor=r.predictor) for r in result.ruleset]
+        print(f"\n== Racing {len(shipped)} candidate rule(s) shipped with the task (written by the project, not the "
+              f"teacher) and {len(result.ruleset)} accepted teacher rule(s) on the valset: optimizer.verify() ==",
+              flush=True)
+        checked = optimizer.verify(program, RuleSet(rules), valset=setup.valset)
+        print(checked.distillation.summary(), flush=True)
+    best = optimized
+    if checked is not None and (checked.distillation.final_score or 0) > (result.final_score or 0):
+        best = checked
+    if setup.testset:
+        _print_test_scores(program, best, setup, args.threads)
+    out = Path(args.out or "runs/latest")
+    write_outputs(out, optimized, checked, best)
+    print(f"\nfinished in {time.monotonic() - started:.0f} s; rules, reports and program written to {out}/")
     return 0
+
+
+def _print_test_scores(program: dspy.Module, best: dspy.Module, setup: Setup, threads: int) -> None:
+    from real_compare import accuracy_ci, score_examples
+
+    for label, prog in (("original program", program), ("returned program", best)):
+        with dspy.context(lm=setup.student, adapter=setup.adapter):
+            mean, low, high, method = accuracy_ci(score_examples(prog, setup.testset, setup.metric, threads))
+        print(f"test score of the {label}: {mean:.3f} (95% {method} CI {low:.3f}-{high:.3f}, "
+              f"n={len(setup.testset)})")
+
+
+def write_outputs(out: Path, optimized: dspy.Module, checked: dspy.Module | None, best: dspy.Module) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for folder, prog in ((out, optimized), (out / "shipped_rules", checked)):
+        if prog is None:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        result = prog.distillation
+        result.ruleset.to_json(folder / "rules.json")
+        result.ruleset.to_markdown(folder / "rules.md")
+        result.report().to_csv(folder / "report.csv", index=False)
+        (folder / "report.html").write_text(result.to_html(), encoding="utf-8")
+        (folder / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
+    best.save(str(out / "program.json"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,123 @@
+"""Outputs of the real-task comparison: a CSV, a Markdown table and a PNG plot (test accuracy against student
+calls). Each file records the command that made it and the library revision (git short hash, ``+dirty`` when
+the library or benchmark code had uncommitted changes)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import platform
+import subprocess
+from dataclasses import asdict, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from real_compare import Row
+
+logger = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def revision(root: Path = ROOT) -> str:
+    """``git rev-parse --short HEAD``, plus ``+dirty`` when tracked files of the library or benchmarks changed."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "dspy_concept_distill", "benchmarks"], cwd=root, capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
+def metadata(command: str, **extra: Any) -> dict[str, Any]:
+    """Where and how a result was made."""
+    return {"command": command, "revision": revision(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
+            **extra}
+
+
+def write_csv(rows: list[Row], path: Path, meta: dict[str, Any]) -> None:
+    """Comment lines (``# key: value``) with the metadata, then one row per optimizer
+    (``pandas.read_csv(path, comment="#")`` reads it)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        for key, value in meta.items():
+            handle.write(f"# {key}: {value}\n")
+        writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(Row)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+
+
+def _num(value: float | None, fmt: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, fmt)
+
+
+def markdown(rows: list[Row], meta: dict[str, Any], *, title: str, notes: list[str]) -> str:
+    """The Markdown report: provenance, the table, notes, and what each optimizer returned."""
+    lines = [f"# {title}", ""]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += ["", "| optimizer | test accuracy (95% CI) | valset | student calls (planned) | teacher calls "
+              "| student tokens in / out | teacher tokens in / out | wall s | CPU s | settings |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        test = ("failed: " + (r.error or "")[:80]) if r.status != "ok" else (
+            f"{_num(r.test_score)} [{_num(r.ci_low)}, {_num(r.ci_high)}] ({r.ci_method}, n={r.n_test})")
+        planned = "" if r.planned_student_calls is None else f" ({r.planned_student_calls})"
+        ledger = "" if r.ledger_student_calls is None else f"; own ledger {r.ledger_student_calls}"
+        lines.append(f"| {r.optimizer} | {test} | {_num(r.val_score)} | {r.student_calls}{planned}{ledger} | "
+                     f"{r.teacher_calls} | {r.student_input_tokens} / {r.student_output_tokens} | "
+                     f"{r.teacher_input_tokens} / {r.teacher_output_tokens} | {r.wall_seconds:.0f} | "
+                     f"{r.cpu_seconds:.0f} | {r.settings} |")
+    lines += ["", *[f"- {note}" for note in notes], "", "## Instructions each optimizer returned", ""]
+    for r in rows:
+        text = (r.instructions or "(none: the run failed)").replace("\n", " ")
+        lines.append(f"- **{r.optimizer}**: {text[:600]}{' ...' if len(text) > 600 else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[Row], path: Path, meta: dict[str, Any], *, title: str) -> bool:
+    """Test accuracy (with its 95% interval) against student calls spent compiling; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning('no PNG plot: matplotlib is not installed (pip install -e ".[bench]")')
+        return False
+    done = [r for r in rows if r.status == "ok" and r.test_score is not None]
+    fig, ax = plt.subplots(figsize=(8, 5.2))
+    for r in done:
+        err = [[r.test_score - r.ci_low], [r.ci_high - r.test_score]]
+        ax.errorbar([r.student_calls], [r.test_score], yerr=err, fmt="o", capsize=4)
+        ax.annotate(r.optimizer, (r.student_calls, r.test_score), textcoords="offset points", xytext=(6, 4),
+                    fontsize=8)
+    ax.set_xlabel("student LM calls while compiling (counted at the LM)")
+    ax.set_ylabel("test accuracy (95% CI)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.margins(x=0.15)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.text(0.01, 0.01, f"{meta['command']}\nrevision {meta['revision']}, {meta['date']}", fontsize=6,
+             family="monospace", va="bottom")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_all(rows: list[Row], out_dir: Path, stem: str, meta: dict[str, Any], *, title: str,
+              notes: list[str]) -> list[Path]:
+    """``stem``.csv, .md and .png under ``out_dir``; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / f"{stem}.csv", out_dir / f"{stem}.md"]
+    write_csv(rows, written[0], meta)
+    written[1].write_text(markdown(rows, meta, title=title, notes=notes), encoding="utf-8")
+    if plot(rows, out_dir / f"{stem}.png", meta, title=title):
+        written.append(out_dir / f"{stem}.png")
+    return written
