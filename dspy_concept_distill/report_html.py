@@ -67,7 +67,7 @@ border-radius:4px}svg.plot{max-width:100%;height:auto;background:#fff}
 .grid{stroke:#e3e7ee}.baseline{stroke:#8a93a3;stroke-dasharray:5 4}.path{fill:none;stroke:#2563eb;stroke-width:2}
 .point{fill:#2563eb}.gain{fill:#86efac;opacity:.75}.ci line{stroke:#166534;stroke-width:1.6}
 .tick,.note,.label{font-size:12px;fill:#4b5563}.axis{font-size:13px;fill:#1d2430}.label{fill:#166534}
-.bar{display:inline-block;height:9px;background:#93c5fd;vertical-align:middle}
+.bar{display:block;height:9px;background:#93c5fd}
 .barbox{display:inline-block;width:120px;height:9px;background:#eef1f5;vertical-align:middle}
 ol.legend li{margin:2px 0}table.compact{width:auto;min-width:50%}
 a{color:inherit;text-decoration:none}a:hover{text-decoration:underline}
