@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,8 @@ class DistillationResult:
             "rules": [r.to_dict() for r in self.rules], "usage": self.usage.to_dict(),
             "rounds": [vars(r).copy() for r in self.rounds], "budgets": dict(self.budgets),
             "cost_estimate": dict(self.cost_estimate), "trajectory": [dict(s) for s in self.trajectory],
-            "mistakes": [asdict(m) for m in self.mistakes], "replies": [asdict(r) for r in self.replies],
+            "mistakes": [{**vars(m), "outcome": vars(m.outcome).copy()} for m in self.mistakes],
+            "replies": [vars(r).copy() for r in self.replies],
         }
 
     def save(self, directory: str | Path) -> dict[str, Path]:
