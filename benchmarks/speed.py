@@ -181,8 +181,19 @@ def measure_parallel(threads: int, *, latency: float, teacher_latency: float = 0
     work = student.calls * latency + teacher.calls * teacher_latency
     return {"threads": threads, "wall_s": wall, "student_requests": student.calls, "teacher_requests": teacher.calls,
             "efficiency": efficiency(work, threads, wall), "cpu_s": cpu,
+            "lm_s": student.busy_seconds + teacher.busy_seconds,
             "accepted": sorted(r.text for r in result.accepted_rules), "final_score": result.final_score,
             "phases": phase_profile(student.log + teacher.log, start, threads)}
+
+
+def add_net_efficiency(runs: list[dict[str, Any]], latency: float, teacher_latency: float) -> None:
+    """``net_efficiency``: efficiency counting only the requests of the 1-thread run (no speculation), so requests
+    that speculation adds and throws away do not count as useful work; None without a 1-thread run."""
+    single = next((r for r in runs if r["threads"] == 1), None)
+    for run in runs:
+        work = None if single is None else (single["student_requests"] * latency
+                                            + single["teacher_requests"] * teacher_latency)
+        run["net_efficiency"] = None if work is None else efficiency(work, run["threads"], run["wall_s"])
 
 
 def phase_profile(log: Sequence[tuple[str, float, float]], start: float, threads: int) -> list[dict[str, Any]]:
@@ -210,7 +221,8 @@ def phase_profile(log: Sequence[tuple[str, float, float]], start: float, threads
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Speed of the optimizer (scripted LMs, not real models)", "",
              f"Command: `{report['command']}`  ", f"dspy {report['versions']['dspy']}, library revision "
-             f"`{report['revision']}`, Python {report['python']}, {report['cpus']} CPUs.", ""]
+             f"`{report['revision']}`, Python {report['python']}, {report['cpus']} CPUs, load average at start "
+             f"{report['load_average_at_start']} (other work on the machine slows wall times).", ""]
     if (o := report.get("overhead")) is not None:
         c, e = o["compile"], o["evaluate"]
         lines += [f"## a. Overhead per LM call ({o['train']} train + {o['val']} val examples, instant LM, "
@@ -230,13 +242,14 @@ def markdown(report: dict[str, Any]) -> str:
         p = report["parallel_settings"]
         lines += [f"## b. Parallel efficiency ({p['train']} train / {p['val']} val, auto=medium, screen_size=0, "
                   f"student latency {p['latency'] * 1000:g} ms, teacher latency {p['teacher_latency'] * 1000:g} ms)",
-                  "", "efficiency = (requests x latency / threads) / wall time. CPU share = process CPU time / wall "
-                  "time: near 1 (one core; DSPy's Python work holds the GIL) the run is CPU-bound, not waiting.", "",
-                  "| threads | student requests | teacher requests | wall s | efficiency | CPU s | CPU share | "
-                  "final score | accepted |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "", "efficiency = (requests x latency / threads) / wall time; net efficiency counts only the "
+                  "requests of the 1-thread run (speculative requests thrown away are not useful work). CPU share = "
+                  "process CPU time / wall time (DSPy's Python work holds the GIL: near 1, the run is CPU-bound).", "",
+                  "| threads | student requests | teacher requests | wall s | efficiency | net efficiency | CPU s | "
+                  "CPU share | final score | accepted |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['threads']} | {r['student_requests']} | {r['teacher_requests']} | {r['wall_s']:.2f} | "
-                  f"{r['efficiency']:.2f} | {r['cpu_s']:.2f} | {r['cpu_s'] / r['wall_s']:.2f} | "
-                  f"{r['final_score']:.3f} | {len(r['accepted'])} |" for r in runs]
+                  f"{r['efficiency']:.2f} | {_fmt(r.get('net_efficiency'))} | {r['cpu_s']:.2f} | "
+                  f"{r['cpu_s'] / r['wall_s']:.2f} | {r['final_score']:.3f} | {len(r['accepted'])} |" for r in runs]
         same = len({tuple(r["accepted"]) for r in runs}) == 1
         lines += ["", f"Accepted rules identical at every thread count: {'yes' if same else 'NO'}. "
                   "Target: efficiency >= 0.85 at 16 threads.", ""]
@@ -247,6 +260,10 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"| {s['phase']} | {s['requests']} | {s['from_s']:.3f} | {s['span_s']:.3f} | {s['in_flight']} | "
                   f"{s['idle_thread_s']:.2f} |" for s in widest["phases"]]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _overhead_row(name: str, r: dict[str, Any]) -> str:
@@ -287,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "command": shlex.join(["python", "benchmarks/speed.py", *words]), "revision": library_revision(),
         "versions": package_versions("dspy", "litellm"), "python": platform.python_version(),
-        "cpus": os.cpu_count(), "note": "scripted LMs (not real models); see the module docstring for definitions",
+        "cpus": os.cpu_count(), "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
+        "note": "scripted LMs (not real models); see the module docstring for definitions",
     }
     if not args.skip_overhead:
         report["overhead"] = measure_overhead(args.train, args.val, threads=args.overhead_threads, seed=args.seed,
@@ -295,9 +313,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.skip_parallel:
         report["parallel_settings"] = {"train": args.parallel_train, "val": args.parallel_val,
                                        "latency": args.latency, "teacher_latency": args.teacher_latency}
-        report["parallel"] = [measure_parallel(int(t), latency=args.latency, teacher_latency=args.teacher_latency,
-                                               n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed)
-                              for t in args.threads.split(",")]
+        report["parallel"] = runs = [
+            measure_parallel(int(t), latency=args.latency, teacher_latency=args.teacher_latency,
+                             n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed)
+            for t in args.threads.split(",")]
+        add_net_efficiency(runs, args.latency, args.teacher_latency)
     write(report, args.out)
     print(markdown(report))
     return report

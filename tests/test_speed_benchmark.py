@@ -99,6 +99,9 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
         assert sum(s["requests"] for s in run["phases"]) == run["student_requests"] + run["teacher_requests"]
         assert {s["phase"] for s in run["phases"]} >= {"mistakes", "verification", "induction"}
     assert runs[0]["accepted"] == runs[1]["accepted"] and runs[0]["accepted"]
+    assert runs[0]["net_efficiency"] == pytest.approx(runs[0]["efficiency"])  # the 1-thread run is the reference
+    useful = runs[0]["student_requests"] * 0.002
+    assert runs[1]["net_efficiency"] == pytest.approx(speed.efficiency(useful, 2, runs[1]["wall_s"]))
 
     text = out.with_suffix(".md").read_text()
     assert saved["command"] in text and "efficiency" in text and "Accepted rules identical" in text
