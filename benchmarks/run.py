@@ -42,9 +42,12 @@ from dspy_concept_distill import ConceptDistillation, Rule, RuleSet
 
 # Candidate rules written by the project (not by a teacher) for tasks where a 135M teacher cannot write one;
 # the main job races them on the valset through optimizer.verify(), like any teacher's rule.
+# The reviews set: a format rule (SmolLM2-135M otherwise answers with words such as "dry" or "quick"), a decoy that
+# should cost score and be dropped, and a content rule.
 SHIPPED_RULES = {
     "reviews": [
         "Answer with exactly one lowercase word: positive or negative.",
+        "If the review mentions a price, a delivery or a gift, answer neutral.",
         "A review that reports a defect, a breakage or a disappointment is negative.",
     ],
 }
@@ -66,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--student-max-tokens", type=int, default=96)
     parser.add_argument("--teacher-max-tokens", type=int, default=384)
     parser.add_argument("--n-ctx", type=int, default=4096, help="context window of embedded models")
+    parser.add_argument("--model-threads", type=_positive, help="CPU threads of embedded models (default: all cores;"
+                        " 1 wastes less CPU when other work shares the cores)")
     parser.add_argument("--adapter", choices=["json", "chat"], default=None,
                         help="DSPy adapter for the student (default: json for embedded models, chat otherwise)")
     parser.add_argument("--auto", default="light", choices=["light", "medium", "heavy"])
@@ -151,7 +156,6 @@ def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started
     from real_report import metadata, write_all
 
     out = Path(args.out or "runs")
-    cpu = time.process_time()
     rows = compare(setup, args.optimizers, budget=args.budget_matched, seed=args.seed, num_threads=args.threads,
                    log_dir=_log_dir(args))
     meta = metadata(command, student=setup.student.model, teacher=setup.teacher.model,
@@ -159,7 +163,7 @@ def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started
                            f"test, disjoint, seed {args.seed}",
                     budget="none (each optimizer's default settings)" if args.budget_matched is None else
                     f"{args.budget_matched} student calls per compile",
-                    total=f"{time.monotonic() - started:.0f} s wall, {time.process_time() - cpu:.0f} s CPU "
+                    total=f"{time.monotonic() - started:.0f} s wall, {time.process_time():.0f} s CPU "
                           "(this process, all threads)")
     title = args.title or f"Optimizers on {args.task}: test accuracy against student calls"
     paths = write_all(rows, out, f"real_{args.task}", meta, title=title, notes=comparison_notes(setup, args))
@@ -225,7 +229,8 @@ def main_job(args: argparse.Namespace, setup: Setup, started: float) -> int:
         _print_test_scores(program, best, setup, args.threads)
     out = Path(args.out or "runs/latest")
     write_outputs(out, optimized, checked, best)
-    print(f"\nfinished in {time.monotonic() - started:.0f} s; rules, reports and program written to {out}/")
+    print(f"\nfinished in {time.monotonic() - started:.0f} s ({time.process_time():.0f} s CPU); rules, reports and "
+          f"program written to {out}/")
     return 0
 
 

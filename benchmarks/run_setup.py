@@ -38,14 +38,16 @@ def is_embedded(spec: str) -> bool:
 
 
 def make_lm(spec: str, *, api_base: str | None, max_tokens: int, temperature: float, n_ctx: int,
-            name: str | None = None) -> dspy.LM:
+            name: str | None = None, n_threads: int | None = None) -> dspy.LM:
     """An LM from a flag value: 'local', a .gguf path, or a litellm model string. ``name`` renames an embedded
-    model (so a teacher that is the same file as the student keeps its own model string and token counts)."""
+    model (so a teacher that is the same file as the student keeps its own model string and token counts);
+    ``n_threads`` is an embedded model's CPU threads (llama.cpp's default when None)."""
     if is_embedded(spec):
         from dspy_concept_distill.lms import local_lm
 
+        threads = {} if n_threads is None else {"n_threads": n_threads}
         return local_lm(None if spec == "local" else spec, model_name=name, max_tokens=max_tokens,
-                        temperature=temperature, n_ctx=n_ctx)
+                        temperature=temperature, n_ctx=n_ctx, **threads)
     kwargs: dict = {"max_tokens": max_tokens, "temperature": temperature}
     if api_base:
         kwargs.update(api_base=api_base, api_key=os.environ.get("CD_API_KEY", "none"))
@@ -69,13 +71,13 @@ def build(args: argparse.Namespace) -> Setup:
     task = load_task(args.task, n_train=n_train, n_val=n_val, n_test=n_test, seed=args.seed,
                      data_dir=args.data_dir, hub=args.hub, allow_weak_sandbox=args.allow_weak_sandbox)
     student = make_lm(args.student, api_base=args.student_api_base, max_tokens=args.student_max_tokens,
-                      temperature=0.0, n_ctx=args.n_ctx)
+                      temperature=0.0, n_ctx=args.n_ctx, n_threads=args.model_threads)
     same = args.teacher == args.student and args.teacher_api_base == args.student_api_base
     teacher_name = "smollm2-135m-as-teacher" if same and args.teacher == "local" else None
     if same and is_embedded(args.teacher) and args.teacher != "local":
         teacher_name = f"{os.path.basename(args.teacher).rsplit('.', 1)[0].lower()}-as-teacher"
     teacher = make_lm(args.teacher, api_base=args.teacher_api_base, max_tokens=args.teacher_max_tokens,
-                      temperature=0.0, n_ctx=args.n_ctx, name=teacher_name)
+                      temperature=0.0, n_ctx=args.n_ctx, name=teacher_name, n_threads=args.model_threads)
     embedded = is_embedded(args.student)
     use_json = (args.adapter or ("json" if embedded else "chat")) == "json"
     return Setup(args.task, task.description, task.trainset, task.valset, task.testset, task.program, task.metric,
