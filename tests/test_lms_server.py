@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -139,3 +144,40 @@ def test_a_router_over_two_real_servers_sends_parallel_calls_to_both() -> None:
     assert len(served[0]) + len(served[1]) == len(QUESTIONS)
     assert all("200 OK" in line for line in served[0] + served[1])
     assert len(lm.history) == len(QUESTIONS) and all(entry["usage"]["completion_tokens"] > 0 for entry in lm.history)
+
+
+PARENT_SCRIPT = """
+import sys
+from dspy_concept_distill.lms import start_server
+server = start_server(n_ctx=512, n_threads=1)
+print(server.process.pid, flush=True)
+sys.stdin.read()
+"""
+
+
+def process_is_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"  # exited, not yet reaped
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_SERVER or not sys.platform.startswith("linux"), reason="needs the local extra, Linux")
+def test_a_server_does_not_outlive_a_parent_killed_without_clean_up() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert not process_is_gone(server_pid)
+    finally:
+        parent.kill()  # SIGKILL: no finalizer runs in the parent
+        parent.wait(timeout=30)
+    deadline = time.monotonic() + 60
+    while not process_is_gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    gone = process_is_gone(server_pid)
+    if not gone:
+        os.kill(server_pid, signal.SIGKILL)
+    assert gone, "the server outlived the process that started it"

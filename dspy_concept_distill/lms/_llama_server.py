@@ -12,6 +12,10 @@ the server process needs only llama-cpp-python.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -77,9 +81,31 @@ class OpenAIJsonSchema:
         await self.app({**scope, "headers": headers}, replay, send)
 
 
+def exit_with_parent(interval: float = 1.0, grace: float = 10.0) -> threading.Thread:
+    """Stop this process once the process that started it is gone (killed before it could stop the server).
+
+    Returns the watching (daemon) thread. The server first gets SIGTERM (uvicorn finishes the request in
+    hand), then, ``grace`` seconds later, a hard exit.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     """Run llama-cpp-python's server command line with the middleware around its app."""
     import llama_cpp.server.__main__ as cli
+
+    exit_with_parent()
 
     create_app = cli.create_app
 
