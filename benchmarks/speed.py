@@ -15,7 +15,11 @@ b. Parallel efficiency (``--latency`` seconds per student request, 40 train / 40
    screen_size=0) at each of ``--threads``: efficiency = (requests x latency / threads) / wall time, i.e. the share
    of the thread pool's time spent waiting on the LM; 1.0 means no idle thread and no overhead. The teacher answers
    at once unless ``--teacher-latency`` is given (its requests then count in the numerator with their latency).
-   Each request is also logged with its phase and start/end times, to show where threads sit idle.
+   Each request is also logged with its phase and start/end times, to show where threads sit idle. With
+   ``--structure-latency`` (default 0.25 s; 0 turns it off) each multi-threaded run is repeated at that latency:
+   wall = waves x latency + fixed splits its wall time into sequential LM round trips (the critical path, set by
+   the optimizer's phase barriers and racing) and time that does not scale with latency (CPU work not hidden
+   behind waiting, late wake-ups on a busy machine).
 """
 
 from __future__ import annotations
@@ -182,6 +186,7 @@ def measure_parallel(threads: int, *, latency: float, teacher_latency: float = 0
     return {"threads": threads, "wall_s": wall, "student_requests": student.calls, "teacher_requests": teacher.calls,
             "efficiency": efficiency(work, threads, wall), "cpu_s": cpu,
             "lm_s": student.busy_seconds + teacher.busy_seconds,
+            "student_lm_s_per_request": student.busy_seconds / max(1, student.calls),
             "accepted": sorted(r.text for r in result.accepted_rules), "final_score": result.final_score,
             "phases": phase_profile(student.log + teacher.log, start, threads)}
 
@@ -224,42 +229,71 @@ def markdown(report: dict[str, Any]) -> str:
              f"`{report['revision']}`, Python {report['python']}, {report['cpus']} CPUs, load average at start "
              f"{report['load_average_at_start']} (other work on the machine slows wall times).", ""]
     if (o := report.get("overhead")) is not None:
-        c, e = o["compile"], o["evaluate"]
-        lines += [f"## a. Overhead per LM call ({o['train']} train + {o['val']} val examples, instant LM, "
-                  f"{o['threads']} thread)", "",
-                  "overhead = (time - time inside the LM engines) / requests, in wall time and in CPU time (the CPU "
-                  f"figure is steadier on a shared machine); best of {o['repeats']} runs of each, taken in turn "
-                  "(every run in the JSON).", "",
-                  "| run | requests | wall s | overhead ms/call | CPU s | CPU overhead ms/call |",
-                  "|---|---:|---:|---:|---:|---:|",
-                  _overhead_row("ConceptDistillation compile (light, teacher proposes nothing)", c),
-                  _overhead_row("dspy.Evaluate, same program and examples", e), "",
-                  f"Optimizer's own cost (compile - Evaluate): **{o['extra_ms_per_call']:.3f} ms per call** wall, "
-                  f"{o['cpu_extra_ms_per_call']:.3f} ms CPU; compile / Evaluate overhead ratio "
-                  f"{o['ratio_to_evaluate']:.2f} wall, {o['cpu_ratio_to_evaluate']:.2f} CPU. Target: under 1 ms per "
-                  "call.", ""]
-    if runs := report.get("parallel"):
-        p = report["parallel_settings"]
-        lines += [f"## b. Parallel efficiency ({p['train']} train / {p['val']} val, auto=medium, screen_size=0, "
-                  f"student latency {p['latency'] * 1000:g} ms, teacher latency {p['teacher_latency'] * 1000:g} ms)",
-                  "", "efficiency = (requests x latency / threads) / wall time; net efficiency counts only the "
-                  "requests of the 1-thread run (speculative requests thrown away are not useful work). CPU share = "
-                  "process CPU time / wall time (DSPy's Python work holds the GIL: near 1, the run is CPU-bound).", "",
-                  "| threads | student requests | teacher requests | wall s | efficiency | net efficiency | CPU s | "
-                  "CPU share | final score | accepted |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['threads']} | {r['student_requests']} | {r['teacher_requests']} | {r['wall_s']:.2f} | "
-                  f"{r['efficiency']:.2f} | {_fmt(r.get('net_efficiency'))} | {r['cpu_s']:.2f} | "
-                  f"{r['cpu_s'] / r['wall_s']:.2f} | {r['final_score']:.3f} | {len(r['accepted'])} |" for r in runs]
-        same = len({tuple(r["accepted"]) for r in runs}) == 1
-        lines += ["", f"Accepted rules identical at every thread count: {'yes' if same else 'NO'}. "
-                  "Target: efficiency >= 0.85 at 16 threads.", ""]
-        widest = max(runs, key=lambda r: r["threads"])
-        lines += [f"Where threads wait at {widest['threads']} threads (stretches of one phase, in time order):", "",
-                  "| phase | requests | from s | span s | requests in flight | idle thread-s |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        lines += [f"| {s['phase']} | {s['requests']} | {s['from_s']:.3f} | {s['span_s']:.3f} | {s['in_flight']} | "
-                  f"{s['idle_thread_s']:.2f} |" for s in widest["phases"]]
+        lines += _overhead_markdown(o)
+    if report.get("parallel"):
+        lines += _parallel_markdown(report)
     return "\n".join(lines) + "\n"
+
+
+def _overhead_markdown(o: dict[str, Any]) -> list[str]:
+    return [f"## a. Overhead per LM call ({o['train']} train + {o['val']} val examples, instant LM, "
+            f"{o['threads']} thread)", "",
+            "overhead = (time - time inside the LM engines) / requests, in wall time and in CPU time (the CPU "
+            f"figure is steadier on a shared machine); best of {o['repeats']} runs of each, taken in turn "
+            "(every run in the JSON).", "",
+            "| run | requests | wall s | overhead ms/call | CPU s | CPU overhead ms/call |",
+            "|---|---:|---:|---:|---:|---:|",
+            _overhead_row("ConceptDistillation compile (light, teacher proposes nothing)", o["compile"]),
+            _overhead_row("dspy.Evaluate, same program and examples", o["evaluate"]), "",
+            f"Optimizer's own cost (compile - Evaluate): **{o['extra_ms_per_call']:.3f} ms per call** wall, "
+            f"{o['cpu_extra_ms_per_call']:.3f} ms CPU; compile / Evaluate overhead ratio "
+            f"{o['ratio_to_evaluate']:.2f} wall, {o['cpu_ratio_to_evaluate']:.2f} CPU. Target: under 1 ms per "
+            "call.", ""]
+
+
+def _parallel_markdown(report: dict[str, Any]) -> list[str]:
+    p, runs = report["parallel_settings"], report["parallel"]
+    lines = [f"## b. Parallel efficiency ({p['train']} train / {p['val']} val, auto=medium, screen_size=0, "
+             f"student latency {p['latency'] * 1000:g} ms, teacher latency {p['teacher_latency'] * 1000:g} ms)", "",
+             "efficiency = (requests x latency / threads) / wall time; net efficiency counts only the requests of the "
+             "1-thread run (speculative requests thrown away are not useful work). LM ms/request: measured time "
+             "inside the student engine (the latency plus the scripted reply and any late wake-up). CPU share = "
+             "process CPU time / wall time (DSPy's Python work holds the GIL: near 1, the run is CPU-bound).", "",
+             "| threads | student requests | teacher requests | wall s | efficiency | net efficiency | LM ms/request "
+             "| CPU share | final score | accepted |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['threads']} | {r['student_requests']} | {r['teacher_requests']} | {r['wall_s']:.2f} | "
+              f"{r['efficiency']:.2f} | {_fmt(r.get('net_efficiency'))} | {1000 * r['student_lm_s_per_request']:.1f} "
+              f"| {r['cpu_s'] / r['wall_s']:.2f} | {r['final_score']:.3f} | {len(r['accepted'])} |" for r in runs]
+    same = len({tuple(r["accepted"]) for r in runs}) == 1
+    lines += ["", f"Accepted rules identical at every thread count: {'yes' if same else 'NO'}. "
+              "Target: efficiency >= 0.85 at 16 threads.", ""]
+    if structure := report.get("structure"):
+        lines += [f"Critical path, from a second run at {structure['latency'] * 1000:g} ms: waves = (wall at "
+                  f"{structure['latency'] * 1000:g} ms - wall at {p['latency'] * 1000:g} ms) / latency difference "
+                  "(sequential LM round trips), fixed = the rest of the wall time at "
+                  f"{p['latency'] * 1000:g} ms (CPU work not hidden behind waiting, late wake-ups); ideal waves = "
+                  "requests / threads. Structural efficiency = ideal / waves.", "",
+                  "| threads | waves | ideal waves | structural efficiency | fixed s |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['threads']} | {r['waves']:.1f} | {r['ideal_waves']:.1f} | {r['structural_efficiency']:.2f} | "
+                  f"{r['fixed_s']:.2f} |" for r in structure["runs"]]
+        lines.append("")
+    shown = next((r for r in runs if r["threads"] == 16), runs[-1])
+    lines += [f"Where threads wait at {shown['threads']} threads (stretches of one phase, in time order):", "",
+              "| phase | requests | from s | span s | requests in flight | idle thread-s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {s['phase']} | {s['requests']} | {s['from_s']:.3f} | {s['span_s']:.3f} | {s['in_flight']} | "
+              f"{s['idle_thread_s']:.2f} |" for s in shown["phases"]]
+    return lines
+
+
+def critical_path(first: dict[str, Any], second: dict[str, Any], latencies: tuple[float, float]) -> dict[str, Any]:
+    """Sequential LM round trips of a run (``waves``) and the wall time that does not scale with latency
+    (``fixed_s``), from the same run at two latencies: wall = waves x latency + fixed."""
+    (l1, l2), requests = latencies, (first["student_requests"] + second["student_requests"]) / 2
+    waves = (second["wall_s"] - first["wall_s"]) / (l2 - l1)
+    ideal = requests / first["threads"]
+    return {"threads": first["threads"], "waves": waves, "ideal_waves": ideal, "fixed_s": first["wall_s"] - waves * l1,
+            "structural_efficiency": ideal / waves if waves > 0 else 0.0}
 
 
 def _fmt(value: float | None) -> str:
@@ -286,6 +320,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="overhead runs of each kind; the best is reported")
     parser.add_argument("--threads", default="1,4,16,32", help="thread counts for the parallel case")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per student request (parallel case)")
+    parser.add_argument("--structure-latency", type=float, default=0.25,
+                        help="run the multi-threaded cases again at this latency to find their critical path (0: no)")
     parser.add_argument("--teacher-latency", type=float, default=0.0, help="seconds per teacher request")
     parser.add_argument("--parallel-train", type=int, default=40)
     parser.add_argument("--parallel-val", type=int, default=40)
@@ -295,6 +331,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", help="write cProfile stats of the overhead compile to this file")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix (.json/.md)")
     return parser.parse_args(argv)
+
+
+def measure_structure(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each multi-threaded run again at ``--structure-latency``, to split its wall time into waves and fixed time."""
+    out = []
+    for run in runs:
+        if run["threads"] == 1:
+            continue
+        again = measure_parallel(run["threads"], latency=args.structure_latency, teacher_latency=args.teacher_latency,
+                                 n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed)
+        out.append({**critical_path(run, again, (args.latency, args.structure_latency)), "second_run": again})
+    return {"latency": args.structure_latency, "runs": out}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -318,6 +366,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed)
             for t in args.threads.split(",")]
         add_net_efficiency(runs, args.latency, args.teacher_latency)
+        if args.structure_latency:
+            report["structure"] = measure_structure(args, runs)
     write(report, args.out)
     print(markdown(report))
     return report

@@ -62,6 +62,14 @@ def test_efficiency_is_lm_time_per_thread_over_wall_time():
     assert speed.efficiency(1.0, 4, 0.0) == 0.0
 
 
+def test_critical_path_splits_wall_time_into_waves_and_fixed_time():
+    first = {"threads": 4, "wall_s": 2.0, "student_requests": 40}
+    second = {"threads": 4, "wall_s": 6.0, "student_requests": 40}
+    found = speed.critical_path(first, second, (0.05, 0.25))
+    assert found["waves"] == pytest.approx(20.0) and found["fixed_s"] == pytest.approx(1.0)
+    assert found["ideal_waves"] == pytest.approx(10.0) and found["structural_efficiency"] == pytest.approx(0.5)
+
+
 def test_phase_profile_merges_consecutive_requests_of_a_phase_and_counts_idle_threads():
     log = [("b", 12.0, 13.0), ("a", 10.0, 11.0), ("a", 10.5, 11.5), ("a", 13.5, 14.0)]
     stretches = speed.phase_profile(log, start=10.0, threads=2)
@@ -76,7 +84,8 @@ def test_phase_profile_merges_consecutive_requests_of_a_phase_and_counts_idle_th
 def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     out = tmp_path / "speed"
     report = speed.main(["--train", "12", "--val", "6", "--repeats", "2", "--threads", "1,2", "--latency", "0.002",
-                         "--parallel-train", "10", "--parallel-val", "10", "--out", str(out)])
+                         "--parallel-train", "10", "--parallel-val", "10", "--structure-latency", "0.004",
+                         "--out", str(out)])
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["command"].startswith("python benchmarks/speed.py --train 12")
@@ -102,6 +111,10 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     assert runs[0]["net_efficiency"] == pytest.approx(runs[0]["efficiency"])  # the 1-thread run is the reference
     useful = runs[0]["student_requests"] * 0.002
     assert runs[1]["net_efficiency"] == pytest.approx(speed.efficiency(useful, 2, runs[1]["wall_s"]))
+
+    (structure,) = saved["structure"]["runs"]  # the 1-thread run is not repeated
+    assert structure["threads"] == 2 and structure["second_run"]["threads"] == 2
+    assert structure["waves"] == pytest.approx((structure["second_run"]["wall_s"] - runs[1]["wall_s"]) / 0.002)
 
     text = out.with_suffix(".md").read_text()
     assert saved["command"] in text and "efficiency" in text and "Accepted rules identical" in text
