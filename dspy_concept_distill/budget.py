@@ -300,9 +300,9 @@ class _Meter:
             try:
                 with dspy.context(usage_tracker=tracker):
                     result = send()
-            except Exception as exc:
+            except BaseException as exc:  # an interrupt too: the request was sent, so it is booked
                 self._settle(model, n, tracker.entries, failed=True)
-                if attempt >= self.retries or not is_retryable_lm_error(exc):
+                if attempt >= self.retries or not isinstance(exc, Exception) or not is_retryable_lm_error(exc):
                     raise
                 time.sleep(retry_delay(exc, attempt))
                 continue

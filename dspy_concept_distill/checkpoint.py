@@ -1,6 +1,7 @@
 """Run state on disk, written as it happens: every scored (variant, example) pair and every teacher reply is one
-line of an append-only JSON Lines journal, flushed at once (and synced to disk after each teacher reply and each
-evaluation batch). A compile killed at any point and started again with the same setup repeats no finished request.
+line of an append-only JSON Lines journal, handed to the operating system at once (so it survives the process being
+killed) and synced to disk after each teacher reply and at least every ``SYNC_SECONDS`` (so it survives the machine
+going down). A compile killed at any point and started again with the same setup repeats no finished request.
 
 The journal's first line holds a fingerprint of the setup (see ``fingerprint.py``). A journal from another setup,
 or one that is not a journal of this version, is ignored with a warning (naming what changed) and replaced; a
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ __all__ = ["Journal", "Resumed", "attach", "code_identity", "fingerprint", "lm_i
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 3
+SYNC_SECONDS = 1.0  # scored runs reach the disk at least this often; teacher replies at once
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Journal:
         self.path = Path(directory) / f"{name}.jsonl" if directory is not None else None
         self.fingerprint = fingerprint
         self._handle = None
+        self._synced = time.monotonic()
         self._lock = threading.Lock()
 
     def check_writable(self) -> None:
@@ -137,8 +141,9 @@ class Journal:
                 return
             self._handle.write(json.dumps(record, default=str) + "\n")
             self._handle.flush()  # in the kernel now: survives the process being killed
-            if sync:
-                os.fsync(self._handle.fileno())
+            if sync or time.monotonic() - self._synced > SYNC_SECONDS:
+                os.fsync(self._handle.fileno())  # on disk: survives the machine going down
+                self._synced = time.monotonic()
 
 
 def _parse_lines(lines: list[str], path: Path) -> list[tuple[int, dict[str, Any]]]:

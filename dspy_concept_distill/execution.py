@@ -74,8 +74,15 @@ class StopSignal:
         try:
             yield self
         finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
+            for sig, old in previous.items():  # None: a handler set outside Python, which cannot be put back
+                signal.signal(sig, signal.SIG_DFL if old is None else old)
+
+
+def _block_stop_signals() -> None:
+    """Keep Ctrl-C and SIGTERM away from worker threads, so the kernel delivers them to the main thread: its wait
+    on a job is then interrupted and the handler runs at once, instead of when that job happens to finish."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
 class Executor:
@@ -83,7 +90,8 @@ class Executor:
 
     def __init__(self, num_threads: int) -> None:
         self.num_threads = max(1, int(num_threads))
-        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="cd") if self.num_threads > 1 else None
+        self._pool = (ThreadPoolExecutor(self.num_threads, thread_name_prefix="cd", initializer=_block_stop_signals)
+                      if self.num_threads > 1 else None)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         if self._pool is None:

@@ -63,6 +63,17 @@ def test_retries_stop_at_the_budget(monkeypatch):
     assert engine.received == budget.ledger.calls(STUDENT) == 2
 
 
+def test_a_request_cut_short_by_ctrl_c_is_still_booked_and_its_permit_returned():
+    def interrupted(prompt, index):
+        raise KeyboardInterrupt
+
+    engine = FaultyEngine(reply=interrupted)
+    budget = Budget(Ledger(), max_student_calls=5, max_teacher_calls=None)
+    with pytest.raises(KeyboardInterrupt):
+        metered(dspy.LM("faulty/student", engine=engine), budget, STUDENT)("hello")
+    assert engine.received == budget.ledger.calls(STUDENT) == 1 and budget.remaining(STUDENT) == 4
+
+
 def test_a_retry_after_of_zero_means_retry_at_once():
     lm, engine = lm_with({0: Fault(RATE_LIMIT, retry_after=0.0)})
     start = time.monotonic()

@@ -45,6 +45,17 @@ def test_jobs_see_the_callers_dspy_context_in_worker_threads():
     assert all(lm is marker for lm in seen)
 
 
+def test_worker_threads_leave_ctrl_c_and_sigterm_to_the_main_thread():
+    """Blocked in workers, so the kernel hands them to the main thread, whose wait is interrupted at once."""
+    executor = Executor(3)
+    try:
+        masks = executor.map(lambda _: signal.pthread_sigmask(signal.SIG_BLOCK, []), range(3))
+    finally:
+        executor.close()
+    assert all({signal.SIGINT, signal.SIGTERM} <= set(mask) for mask in masks)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])  # the caller's thread is untouched
+
+
 def test_map_waits_for_every_job_before_raising_the_first_error():
     finished = []
 

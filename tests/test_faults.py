@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -252,13 +253,51 @@ def test_sigterm_or_ctrl_c_stops_at_the_next_safe_point_and_returns_what_was_ver
     assert {sig: signal.getsignal(sig) for sig in before} == before  # and gave the old handlers back
 
 
+@pytest.mark.parametrize("kind", [SIGTERM, SIGINT])
+def test_a_signal_is_handled_at_once_even_while_the_main_thread_waits_on_a_stalled_request(signals, kind):
+    """Signals go to the main thread, which may be waiting on a slow request; the other workers must not go on
+    starting new program runs meanwhile."""
+    setup = Setup(student_faults={0: Fault(STALL, seconds=2.0), 4: Fault(kind)})
+    _, result = setup.compile(num_threads=4)
+    assert result.stopped and "stopped on request" in result.stopped
+    assert setup.student.received <= 5 + 3  # the signal's request and at most one more per other worker
+    assert signals == []
+
+
+class _StopSeen(logging.Handler):
+    """Sets ``event`` when the optimizer logs that a stop was requested (its signal handler ran)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "stop requested" in record.getMessage():
+            self.event.set()
+
+
 @pytest.mark.parametrize("threads", [1, 4])
 def test_a_second_ctrl_c_interrupts(signals, threads):
     """The first Ctrl-C lets the program runs in flight finish; a second one, while a six-call run is still going,
-    interrupts at once."""
-    setup = Setup(student_faults={25: Fault(SIGINT), 27: Fault(SIGINT)})
-    with pytest.raises(KeyboardInterrupt):
-        setup.compile(SixCalls(), num_threads=threads)
+    interrupts at once. (The second is sent once the first was handled: two signals that arrive before the handler
+    runs are one signal to the operating system, as two fast key presses would not be.)"""
+    seen = _StopSeen()
+    logging.getLogger("dspy_concept_distill").addHandler(seen)
+
+    def plan(index, prompt):
+        if index == 25:
+            return Fault(SIGINT)
+        if index == 27 and seen.event.wait(5):
+            return Fault(SIGINT)
+        return None
+
+    setup = Setup(student_faults=plan)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            setup.compile(SixCalls(), num_threads=threads)
+    finally:
+        logging.getLogger("dspy_concept_distill").removeHandler(seen)
+    assert [kind for _, kind in setup.student.injected] == [SIGINT, SIGINT]
     assert setup.student.received < 30 + 6 * threads
     assert signals == []
 
