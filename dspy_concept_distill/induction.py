@@ -259,7 +259,9 @@ def rules_from_replies(
     known_rules: Sequence[Rule],
     round_index: int,
 ) -> list[Rule]:
-    """Turn teacher replies into candidate rules; invalid, leaking and duplicate ones come back rejected.
+    """Turn teacher replies into candidate rules, in the teacher's order of preference (the mean position of a
+    rule in the replies that proposed it, best first; then support); invalid, leaking and duplicate ones come back
+    rejected.
 
     ``known_rules`` are rules from earlier rounds (in force or rejected): a near-duplicate of one of them is
     rejected without spending calls on it again, unless it was rejected as a near miss (see ``_worth_retrying``).
@@ -267,18 +269,22 @@ def rules_from_replies(
     out: list[Rule] = []
     kept: list[Rule] = []
     merged_into: dict[str, Rule] = {}  # rule id -> the kept rule that carries it
+    ranks: dict[str, list[float]] = {}  # carrier id -> where each of its proposals stood in its reply (0 = first)
     in_force = [r for r in known_rules if r.status == ACCEPTED]
     for reply, batch in zip(replies, batches, strict=True):
-        for proposal in reply.rules:
+        for position, proposal in enumerate(reply.rules):
             proposed = _proposed_rule(proposal, batch, predictor_names, round_index, reply.batch)
             if proposed is None:
                 continue
             rule, reason = proposed
+            rank = position / max(1, len(reply.rules) - 1)
             same = merged_into.get(rule.id) or next((r for r in out if r.id == rule.id), None)
             if same is not None:
                 # the same text again: more support for the rule that carries it, not another row
                 same.source_mistakes = list(dict.fromkeys([*same.source_mistakes, *rule.source_mistakes]))
+                ranks.setdefault(same.id, []).append(rank)
                 continue
+            ranks.setdefault(rule.id, []).append(rank)
             out.append(rule)
             reason = reason or leak_checker.check(rule.text, [m.gold for m in batch])
             if reason:
@@ -286,6 +292,7 @@ def rules_from_replies(
                 continue
             original = _find_duplicate(rule, kept)
             if original is not None:
+                ranks.setdefault(original.id, []).append(rank)
                 original.duplicates.append(rule.text)
                 original.source_mistakes = list(dict.fromkeys([*original.source_mistakes, *rule.source_mistakes]))
                 merged_into[rule.id] = original
@@ -295,7 +302,7 @@ def rules_from_replies(
             if earlier is not None and _worth_retrying(earlier):
                 rule.attempts = earlier.attempts + 1  # proposed again after a near miss: one more, fresh measurement
             elif earlier is not None:
-                what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round}"
+                what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round + 1}"
                 rule.reject(f"near-duplicate of rule {earlier.id} ({what})")
                 continue
             if not fits_predictor_budget(in_force, rule):
@@ -303,6 +310,8 @@ def rules_from_replies(
                 continue
             kept.append(rule)
             merged_into[rule.id] = rule
+    # The teacher's order of preference: where it put the rule in its replies ("best first"), then support.
+    out.sort(key=lambda r: (sum(ranks[r.id]) / len(ranks[r.id]), -len(r.source_mistakes)))
     return out
 
 
@@ -345,6 +354,19 @@ def _worth_retrying(earlier: Rule) -> bool:
     good; a rule that lost, or was already measured twice, stays rejected."""
     return (earlier.status == REJECTED and earlier.gain is not None and earlier.gain >= 0
             and earlier.attempts < MAX_ATTEMPTS)
+
+
+def near_misses_to_retry(known_rules: Sequence[Rule], proposed: Sequence[Rule], round_index: int) -> list[Rule]:
+    """Near misses of earlier rounds (see ``_worth_retrying``) that the teacher did not propose again: each gets one
+    more, fresh measurement on top of the rules now in force, as a new candidate of this round."""
+    this_round = {r.id for r in proposed}
+    latest: dict[str, Rule] = {}
+    for rule in known_rules:
+        if rule.round < round_index:
+            latest[rule.id] = rule  # the last measurement of each rule
+    return [Rule(text=r.text, predictor=r.predictor, source_mistakes=list(r.source_mistakes), round=round_index,
+                 attempts=r.attempts + 1)
+            for r in latest.values() if r.id not in this_round and _worth_retrying(r)]
 
 
 def _find_duplicate(rule: Rule, pool: Sequence[Rule]) -> Rule | None:

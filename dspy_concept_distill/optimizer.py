@@ -28,6 +28,7 @@ from .induction import (
     describe_task,
     induce,
     make_batches,
+    near_misses_to_retry,
     rules_from_replies,
 )
 from .mistakes import Mistake, collect_mistakes
@@ -263,7 +264,7 @@ class ConceptDistillation(Teleprompter):
               estimate: dict[str, Any]) -> dspy.Module:
         optimized = finish(state, student, budgets, {k: v for k, v in estimate.items() if k != "bounds"})
         result = optimized.distillation
-        if self.log_dir is not None and hasattr(result, "save"):
+        if self.log_dir is not None:
             result.save(self.log_dir)
         try:
             from .tracking import log_to_mlflow
@@ -291,6 +292,9 @@ class ConceptDistillation(Teleprompter):
             logger.info("round %d: no mistakes left to learn from", number)
             return False
         candidates = self._induce(state, round_index, mistakes)
+        retries = near_misses_to_retry(state.rules, candidates, round_index)
+        candidates += retries
+        state.rules += retries
         pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], state.settings.max_candidates)
         before = _mean(state.val_scores)
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in mistakes})

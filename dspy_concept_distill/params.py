@@ -30,9 +30,11 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "light": Preset(rounds=1, num_batches=3, max_candidates=8, screen_size=0, confidence_z=1.5,
-                    train_passes=1, val_passes=6),
-    "medium": Preset(rounds=2, num_batches=5, max_candidates=16, screen_size=3, confidence_z=2.0,
+    # light: one round; enough teacher calls that a rule in the teacher's reach is proposed (5 batches); a student
+    # budget of train + 5 x val runs, at most 0.75x COPRO(4, 2)'s when train and val are the same size.
+    "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=1.5,
+                    train_passes=1, val_passes=5),
+    "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=2.0,
                      train_passes=2, val_passes=16),
     "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=2.5,
                     train_passes=3, val_passes=48),

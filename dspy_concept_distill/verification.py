@@ -252,7 +252,7 @@ class Verifier:
     # -- screening ------------------------------------------------------------------------------------------------
     def screen(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> list[Rule]:
         """Candidates ordered by evidence: the share of their own source mistakes they fix on the trainset (when
-        screening is on), then support (source mistakes), then the teacher's order. Nobody is dropped here."""
+        screening is on), then the order they came in (the teacher's preference). Nobody is dropped here."""
         k = self.settings.screen_size
         fixed: dict[str, float] = {}
         if k > 0:
@@ -271,7 +271,7 @@ class Verifier:
                 if pairs:
                     fixed[rule.id] = sum(new.score > old.score + EPS for new, old in pairs) / len(pairs)
         position = {r.id: i for i, r in enumerate(candidates)}
-        return sorted(candidates, key=lambda r: (-fixed.get(r.id, 0.0), -len(r.source_mistakes), position[r.id]))
+        return sorted(candidates, key=lambda r: (-fixed.get(r.id, 0.0), position[r.id]))
 
     # -- racing ---------------------------------------------------------------------------------------------------
     def run(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> VerificationResult:
@@ -350,11 +350,8 @@ class Verifier:
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
-    """At most ``limit`` candidates, the best supported (most source mistakes) first; the rest are rejected."""
-    if len(pending) <= limit:
-        return pending
-    ranked = sorted(pending, key=lambda r: -len(r.source_mistakes))  # stable: teacher order breaks ties
-    for rule in ranked[limit:]:
-        rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and less support")
-    keep = {r.id for r in ranked[:limit]}
-    return [r for r in pending if r.id in keep]
+    """The first ``limit`` candidates (they come in the teacher's order of preference); the rest are rejected."""
+    for rule in pending[limit:]:
+        rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and the teacher "
+                    "preferred the others")
+    return pending[:limit]

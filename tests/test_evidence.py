@@ -135,7 +135,7 @@ def test_log_dir_implies_checkpoints(world, tmp_path):
 def test_verbose_shows_progress_and_the_projection_on_stderr_and_removes_its_handler(world, capsys):
     compile_world(world, verbose=True)
     err = capsys.readouterr().err
-    assert "before the run: student 40-140 LM calls" in err
+    assert "before the run: student 40-120 LM calls" in err
     assert "concept distillation done" in err
     assert not logging.getLogger("dspy_concept_distill").handlers
 

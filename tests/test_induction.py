@@ -107,7 +107,7 @@ def test_rules_from_replies_validates_merges_and_links_sources():
     assert "gold answer" in by_text["The answer is 99."].reason
     assert "too long" in by_text[" ".join(["word"] * 70)].reason
     assert "too short" in by_text["mismakes"].reason
-    assert "rejected in round 0" in by_text["Check the plan for any missing steps."].reason
+    assert "rejected in round 1" in by_text["Check the plan for any missing steps."].reason
     assert len(rules) == 7  # the verbatim repeat in batch 1 is support for the first rule, not a new row
 
 
@@ -128,7 +128,7 @@ def test_near_misses_from_earlier_rounds_get_one_more_measurement():
                                leak_checker=LeakChecker([]), known_rules=[near_miss, loser, tried_twice],
                                round_index=1)
     assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1)]
-    assert "rejected in round 0" in rules[1].reason and "rejected in round 0" in rules[2].reason
+    assert "rejected in round 1" in rules[1].reason and "rejected in round 1" in rules[2].reason
 
 
 def ask(teacher: dspy.LM, batch: list[Mistake], *, max_rules: int, retries: int) -> BatchReply:
@@ -343,3 +343,25 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
     assert "3 rules" in caplog.text and "dropped" in caplog.text
     if adapter == "json":
         assert '"maxItems": 2' in engine.schemas[0]  # the caps still reach the LM
+
+
+def test_near_misses_not_proposed_again_get_one_more_measurement_in_the_next_round():
+    from dspy_concept_distill.induction import near_misses_to_retry
+
+    near = Rule("Near miss rule text here.", "p", status=REJECTED, gain=0.0, evaluated_on=20, round=0)
+    loser = Rule("Losing rule text here.", "p", status=REJECTED, gain=-0.1, evaluated_on=20, round=0)
+    twice = Rule("Twice measured rule text.", "p", status=REJECTED, gain=0.0, round=0, attempts=2)
+    again = Rule("Proposed again rule text.", "p", status=REJECTED, gain=0.0, round=0)
+    proposed_now = [Rule("Proposed again rule text.", "p", round=1, attempts=2)]
+    retries = near_misses_to_retry([near, loser, twice, again], proposed_now, round_index=1)
+    assert [(r.text, r.status, r.round, r.attempts) for r in retries] == [(near.text, CANDIDATE, 1, 2)]
+    assert near_misses_to_retry([near], [], round_index=0) == []  # only earlier rounds count
+
+
+def test_candidates_come_in_the_teachers_order_of_preference_then_support():
+    first = {"predictor": "p", "rule": "Always state the units of the answer.", "mistakes": [1]}
+    last = {"predictor": "p", "rule": "Re-read the question before you answer it.", "mistakes": [1, 2]}
+    replies = [reply(0, last, first), reply(1, first, last), reply(2, first, last)]
+    rules = rules_from_replies(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
+                               leak_checker=LeakChecker([]), known_rules=[], round_index=0)
+    assert [r.text for r in rules] == [first["rule"], last["rule"]]  # mean position 1/3 before 2/3

@@ -40,6 +40,11 @@ def setup(world: SimulatedWorld, n_train=20, n_val=20):
     return train, val, student, teacher
 
 
+def concepts_in(world: SimulatedWorld, texts) -> list[str]:
+    """The concepts whose phrase some text holds (a rule or its paraphrase: later teacher batches are sampled)."""
+    return sorted(c.name for c in world.concepts if any(c.phrase.lower() in t.lower() for t in texts))
+
+
 def independent_score(program, valset, metric) -> float:
     return dspy.Evaluate(devset=valset, metric=metric, num_threads=1, display_progress=False)(program).score / 100
 
@@ -51,8 +56,8 @@ def test_accepts_helpful_rejects_harmful_and_neutral_and_merges_duplicates(world
                                     max_rules_per_batch=8).compile(program, trainset=train, valset=val)
     result = optimized.distillation
     assert isinstance(result, DistillationResult)
-    accepted = {r.text for r in result.accepted_rules}
-    assert accepted == set(world.helpful_rules)
+    accepted = [r.text for r in result.accepted_rules]
+    assert len(accepted) == 3 and concepts_in(world, accepted) == ["groups", "leftover", "units"]
     rejected = {r.text for r in result.rejected_rules}
     assert set(world.harmful_rules) <= rejected and set(world.neutral_rules) <= rejected
     merged = [r for r in result.rules if "near-duplicate" in r.reason]
@@ -60,7 +65,7 @@ def test_accepts_helpful_rejects_harmful_and_neutral_and_merges_duplicates(world
     assert sum(len(r.duplicates) for r in result.accepted_rules) == len(merged)
     assert result.baseline_score == pytest.approx(0.4) and result.final_score == pytest.approx(1.0)
     instructions = optimized.predict.signature.instructions
-    assert all(rule in instructions for rule in world.helpful_rules)
+    assert all(rule in instructions for rule in accepted)
     assert not any(rule in instructions for rule in world.harmful_rules + world.neutral_rules)
     # the reported score is what an independent dspy.Evaluate measures on the returned program
     assert independent_score(optimized, val, world.metric) == pytest.approx(result.final_score)
@@ -71,10 +76,11 @@ def test_light_preset_costs_fewer_student_calls_than_the_cheapest_dspy_optimizer
     optimized = ConceptDistillation(metric=world.metric, teacher_lm=teacher, auto="light").compile(
         dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
     result = optimized.distillation
-    assert {r.text for r in result.accepted_rules} == set(world.helpful_rules)
+    accepted = [r.text for r in result.accepted_rules]
+    assert len(accepted) == 3 and concepts_in(world, accepted) == ["groups", "leftover", "units"]
     assert result.student_calls == student.engine.calls  # the ledger counts every call that reached the model
-    assert student.engine.calls < 160  # COPRO (breadth 4, depth 2) spends 160 on this 20/20 task
-    assert result.teacher_calls == teacher.engine.calls <= 3
+    assert student.engine.calls <= 120  # 0.75 x COPRO (breadth 4, depth 2), which spends 160 on this 20/20 task
+    assert result.teacher_calls == teacher.engine.calls <= 5
 
 
 def test_the_callers_program_is_never_changed(world):
