@@ -81,6 +81,7 @@ def run_one(task: str | FamilyTask, optimizer: str, seed: int, cd_kwargs: dict[s
     outcome = run_optimizer(spec, ctx)
     record = RunRecord(task_name, optimizer, seed, student_calls=student.engine.calls,
                        helper_calls=helper.engine.calls, wall_seconds=outcome.wall_seconds,
+                       cpu_seconds=outcome.cpu_seconds,
                        pool_helpful=sum(r.kind == "helpful" for r in inst.pool),
                        pool_harmful=sum(r.kind == "harmful" for r in inst.pool))
     if outcome.program is None:
@@ -106,12 +107,17 @@ def judge(record: RunRecord, program: dspy.Module, inst: TaskInstance, threads: 
 
 
 def cd_rule(rule: Any, inst: TaskInstance) -> dict[str, Any]:
-    """One candidate rule of a ConceptDistillation run, with the pool rule it is (by phrase) and that rule's kind."""
-    text = normalized(str(rule.text))
-    pool_rule = next((r for r in inst.pool if r.phrase.lower() in text), None)
-    return {"text": str(rule.text), "predictor": str(rule.predictor), "status": str(getattr(rule.status, "value",
-            rule.status)), "reason": str(rule.reason or ""), "gain": rule.gain, "evaluated_on": rule.evaluated_on,
-            "pool_rule": pool_rule.text if pool_rule else None, "kind": pool_rule.kind if pool_rule else "other"}
+    """One candidate rule of a ConceptDistillation run: the index of the pool rule it is (by phrase) and that rule's
+    kind, its status, reason, gain and how many valset examples it was scored on; its text when it is not the pool
+    rule's own wording."""
+    text = str(rule.text)
+    index = next((i for i, r in enumerate(inst.pool) if r.phrase.lower() in normalized(text)), None)
+    out = {"pool_rule": index, "kind": inst.pool[index].kind if index is not None else "other",
+           "status": str(getattr(rule.status, "value", rule.status)), "reason": str(rule.reason or ""),
+           "gain": rule.gain, "evaluated_on": rule.evaluated_on, "predictor": str(rule.predictor)}
+    if index is None or inst.pool[index].text != text:
+        out["text"] = text
+    return out
 
 
 def _run_job(job: tuple[str, str, int, dict[str, Any], int]) -> dict[str, Any]:
@@ -172,15 +178,14 @@ def reference_records(path: Path | None, wanted: set[tuple[str, str, int]],
     if path is None:
         return []
     payload = json.loads(path.read_text())
-    fingerprints = {name: t["fingerprint"] for name, t in payload["tasks"].items()}
     label = f"reference {payload['meta']['library_revision']}"
-    names = {f.name for f in fields(RunRecord)}
     out = []
-    for run in payload["runs"]:
-        key = (run["task"], run["optimizer"], run["seed"])
-        if key in wanted and not OPTIMIZERS[run["optimizer"]].is_cd and \
-                fingerprints.get(run["task"]) == tasks[run["task"]]["fingerprint"]:
-            out.append(RunRecord(**{**{k: v for k, v in run.items() if k in names}, "source": label}))
+    for record in records_from_json(payload["runs"], payload["tasks"]):
+        same_task = payload["tasks"][record.task]["fingerprint"] == tasks.get(record.task, {}).get("fingerprint")
+        if (record.task, record.optimizer, record.seed) in wanted and not OPTIMIZERS[record.optimizer].is_cd \
+                and same_task:
+            record.source = label
+            out.append(record)
     return out
 
 
@@ -194,6 +199,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=4, help="num_threads given to each optimizer (default 4)")
     parser.add_argument("--out", type=Path, help=f"output path without suffix (default {DEFAULT_OUT})")
     parser.add_argument("--reference", type=Path, help="earlier family JSON to take missing DSPy optimizer rows from")
+    parser.add_argument("--note", action="append", default=[], help="a note to add to the report (repeatable)")
+    parser.add_argument("--render", type=Path, help="summarize the runs stored in an earlier JSON again (no runs)")
     parser.add_argument("--list", action="store_true", help="print the tasks and optimizers and exit")
     return parser.parse_args(argv)
 
@@ -208,6 +215,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{task.name}: {task.summary}")
         print("optimizers: " + ", ".join(OPTIMIZERS))
         return 0
+    if args.render:
+        payload, base = rerender(args.render, argv), (args.out or args.render).with_suffix("")
+    else:
+        payload, base = measure(args, argv), args.out.with_suffix("") if args.out else DEFAULT_OUT
+    payload["meta"]["notes"] = [*payload["meta"]["notes"], *(n for n in args.note if n not in payload["meta"]["notes"])]
+    write(payload, base)
+    print("\n".join(targets_table(payload["targets"])))
+    print(f"\nwrote {base}.json, .md and .csv ({payload['meta']['wall_seconds']:.0f} s of runs)")
+    return 0
+
+
+def measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
+    """Run the jobs the arguments ask for and summarize them (plus reference rows)."""
     task_names = parse_list(args.tasks, list(TASKS_BY_NAME), "tasks")
     optimizers = parse_list(args.optimizers, list(OPTIMIZERS), "optimizers")
     seeds, cd_kwargs = parse_seeds(args.seeds), json.loads(args.cd_kwargs)
@@ -218,37 +238,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = run_all(jobs, processes=args.jobs, cd_kwargs=cd_kwargs, threads=args.threads)
     wanted = {(t, o, s) for t in task_names for o in OPTIMIZERS for s in seeds} - set(jobs)
     records += reference_records(args.reference, wanted, tasks)
-    payload = build_payload(records, tasks, argv, args, seeds, cd_kwargs, time.perf_counter() - started)
-    base = args.out.with_suffix("") if args.out else DEFAULT_OUT
-    base.parent.mkdir(parents=True, exist_ok=True)
-    base.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    base.with_suffix(".md").write_text(markdown(payload))
-    base.with_suffix(".csv").write_text(to_csv(payload["summary"]))
-    print("\n".join(targets_table(payload["targets"])))
-    print(f"\nwrote {base}.json, .md and .csv in {payload['meta']['wall_seconds']:.0f} s")
-    return 0
-
-
-def build_payload(records: list[RunRecord], tasks: dict[str, dict[str, Any]], argv: list[str],
-                  args: argparse.Namespace, seeds: list[int], cd_kwargs: dict[str, Any],
-                  wall: float) -> dict[str, Any]:
-    rows = summarize(records, tasks)
-    wall_by: dict[str, dict[str, float]] = {}
-    for r in (r for r in records if r.source == "this run"):
-        entry = wall_by.setdefault(r.optimizer, {"runs": 0, "total": 0.0})
-        entry["runs"] += 1
-        entry["total"] += r.wall_seconds
-    for entry in wall_by.values():
-        entry["mean"] = entry["total"] / entry["runs"]
     meta = {
         "command": "python benchmarks/family.py " + shlex.join(argv), "seeds": seeds,
         "seeds_label": args.seeds, "jobs": args.jobs, "threads": args.threads, "cd_kwargs": cd_kwargs,
-        "reference": str(args.reference) if args.reference else None, "wall_seconds": round(wall, 1),
+        "reference": str(args.reference) if args.reference else None,
+        "wall_seconds": round(time.perf_counter() - started, 1),
         "versions": package_versions("dspy", "gepa", "optuna"),
         "python": platform.python_version(), "library_revision": library_revision(), "notes": NOTES,
     }
+    return assemble(records, tasks, meta)
+
+
+def rerender(path: Path, argv: list[str]) -> dict[str, Any]:
+    """An earlier result's runs, summarized again by the current report code (the runs are not repeated)."""
+    old = json.loads(path.read_text())
+    meta = {**old["meta"], "rendered": f"summaries recomputed from the stored runs by `python benchmarks/family.py "
+            f"{shlex.join(argv)}` at {library_revision()}"}
+    return assemble(records_from_json(old["runs"], old["tasks"]), old["tasks"], meta)
+
+
+def records_from_json(runs: list[dict[str, Any]], tasks: dict[str, dict[str, Any]]) -> list[RunRecord]:
+    """``RunRecord``s from stored runs (earlier files named a CD rule's pool rule by its text: now its index)."""
+    names = {f.name for f in fields(RunRecord)}
+    records = []
+    for run in runs:
+        record = RunRecord(**{k: v for k, v in run.items() if k in names})
+        pool = [entry["rule"] for entry in tasks[record.task]["pool"]]
+        for rule in record.cd_rules:
+            if isinstance(rule.get("pool_rule"), str):
+                rule["pool_rule"] = pool.index(rule["pool_rule"])
+            if rule.get("pool_rule") is not None and rule.get("text") == pool[rule["pool_rule"]]:
+                del rule["text"]
+        records.append(record)
+    return records
+
+
+def assemble(records: list[RunRecord], tasks: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[str, Any]:
+    rows = summarize(records, tasks)
+    wall_by: dict[str, dict[str, Any]] = {}
+    for r in (r for r in records if r.source == "this run"):
+        entry = wall_by.setdefault(r.optimizer, {"runs": 0, "total": 0.0, "cpu_total": 0.0})
+        entry["runs"] += 1
+        entry["total"] += r.wall_seconds
+        entry["cpu_total"] = None if r.cpu_seconds is None or entry["cpu_total"] is None else \
+            entry["cpu_total"] + r.cpu_seconds
+    for entry in wall_by.values():
+        entry["mean"] = entry["total"] / entry["runs"]
     return {"meta": meta, "tasks": tasks, "summary": rows, "targets": targets(rows, tasks),
             "wall_by_optimizer": wall_by, "runs": [asdict(r) for r in records]}
+
+
+def write(payload: dict[str, Any], base: Path) -> None:
+    """``base``.json (one run per line), .md and .csv."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    head = json.dumps({**payload, "runs": "RUNS"}, indent=1, default=str)
+    runs = ",\n".join(json.dumps(r, default=str, separators=(",", ":")) for r in payload["runs"])
+    base.with_suffix(".json").write_text(head.replace('"RUNS"', "[\n" + runs + "\n]") + "\n")
+    base.with_suffix(".md").write_text(markdown(payload))
+    base.with_suffix(".csv").write_text(to_csv(payload["summary"]))
 
 
 if __name__ == "__main__":

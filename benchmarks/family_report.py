@@ -43,6 +43,7 @@ class RunRecord:
     pool_harmful: int = 0
     demos: int = 0
     wall_seconds: float = 0.0
+    cpu_seconds: float | None = None
     cd_rules: list[dict[str, Any]] = field(default_factory=list)  # every candidate rule: text, kind, status, reason
     source: str = "this run"
 
@@ -104,29 +105,31 @@ def summarize(records: Sequence[RunRecord], tasks: dict[str, dict[str, Any]]) ->
             "student_calls": _mean(calls), "student_calls_min": min(calls, default=None),
             "student_calls_max": max(calls, default=None), "helper_calls": _mean([r.helper_calls for r in ok]),
             "wall_seconds": _mean([r.wall_seconds for r in runs]),
+            "cpu_seconds": _mean([r.cpu_seconds for r in runs]),
             "wall_seconds_total": round(sum(r.wall_seconds for r in runs), 2),
-            "missed_helpful": missed_helpful(ok) if optimizer in CD_KEYS or (ok and ok[0].cd_rules) else {},
+            "missed_helpful": (missed_helpful(ok, tasks.get(task, {}).get("pool", []))
+                               if optimizer in CD_KEYS or (ok and ok[0].cd_rules) else {}),
         })
     return rows
 
 
-def missed_helpful(runs: Sequence[RunRecord]) -> dict[str, int]:
-    """Why helpful pool rules are not in force at the end of CD runs: counts over runs and rules, by the reason
-    of the rule's last candidate, or 'never proposed'."""
+def missed_helpful(runs: Sequence[RunRecord], pool: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Why helpful pool rules are not in force at the end of CD runs, counted over (run, rule): the reason a
+    candidate of that rule was turned down (a measured reason over "duplicate", the later one when there are
+    several), or "never proposed". ``pool`` is the task's pool as in ``FamilyTask.describe()``."""
     counts: Counter[str] = Counter()
     for run in runs:
-        helpful = [r for r in run.cd_rules if r["kind"] == "helpful"]
-        missing = run.pool_helpful - len(run.helpful_in_force)
-        proposed_missing: dict[str, str] = {}
-        for rule in helpful:
-            if rule["status"] != "accepted":
-                proposed_missing[rule["pool_rule"]] = reason_kind(rule.get("reason"))
-        for pool_rule, kind in proposed_missing.items():
-            if pool_rule not in run.helpful_in_force:
-                counts[kind] += 1
-                missing -= 1
-        if missing > 0:
-            counts["never proposed"] += missing
+        reasons: dict[int, list[str]] = {}
+        for rule in run.cd_rules:
+            index = rule.get("pool_rule")
+            if index is not None and rule["kind"] == "helpful" and rule["status"] != "accepted":
+                reasons.setdefault(index, []).append(reason_kind(rule.get("reason")))
+        for index, entry in enumerate(pool):
+            if entry["kind"] != "helpful" or entry["rule"] in run.helpful_in_force:
+                continue
+            kinds = reasons.get(index, [])
+            measured = [k for k in kinds if k != "duplicate"]
+            counts[(measured or kinds or ["never proposed"])[-1]] += 1
     return dict(counts.most_common())
 
 
@@ -232,7 +235,8 @@ def markdown(payload: dict[str, Any]) -> str:
            f"{meta['seeds_label']}; {meta['jobs']} process(es) x {meta['threads']} threads; total wall "
            f"{meta['wall_seconds']:.0f} s. Scripted LMs (not real models), caches off; calls counted at the engines "
            "during compile. *Oracle acc.*: the analytic expected accuracy of the returned program from the rules in "
-           "its instructions; *test acc.*: measured on the task's separate test split with a fresh student.",
+           "its instructions; *test acc.*: measured on the task's separate test split with a fresh student."
+           + (f" ({meta['rendered']}.)" if meta.get("rendered") else ""),
            "", "## Tasks", "", *task_table(tasks), "",
            "Effects are expected-accuracy changes of each pool rule added alone (`p`: acts in the plan predictor). "
            "Descriptions:", "", *[f"- **{t['name']}**: {t['summary']}" for t in tasks.values()],
@@ -244,9 +248,13 @@ def markdown(payload: dict[str, Any]) -> str:
         if missed:
             out += ["", "Helpful rules not in force at the end, by reason (runs x rules): " + "; ".join(
                 f"{k}: " + ", ".join(f"{reason} {n}" for reason, n in m.items()) for k, m in missed)]
-    out += ["", "## Wall time per optimizer", "", "| optimizer | runs | mean s/run | total s |", "|---|---:|---:|---:|"]
+    out += ["", "## Time per optimizer (compile only; this run's processes)", "",
+            "| optimizer | runs | wall s/run | wall s total | CPU s/run | CPU s total |",
+            "|---|---:|---:|---:|---:|---:|"]
     for key, w in payload["wall_by_optimizer"].items():
-        out.append(f"| {key} | {w['runs']} | {w['mean']:.2f} | {w['total']:.1f} |")
+        cpu = (f"{w['cpu_total'] / w['runs']:.2f} | {w['cpu_total']:.1f}" if w.get("cpu_total") is not None
+               else "— | —")
+        out.append(f"| {key} | {w['runs']} | {w['mean']:.2f} | {w['total']:.1f} | {cpu} |")
     out += ["", "## Notes", "", *[f"- {note}" for note in meta["notes"]]]
     return "\n".join(out) + "\n"
 

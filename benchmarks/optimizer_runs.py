@@ -140,11 +140,12 @@ class Outcome:
     wall_seconds: float
     output: str
     traceback: str | None = None
+    cpu_seconds: float = 0.0  # CPU time of this process (all its threads) during the run
 
 
 def run_optimizer(spec: OptimizerSpec, ctx: RunContext) -> Outcome:
     """Run ``spec`` on ``ctx`` with the student as the default LM; a failure is recorded, not raised."""
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     program, error, trace = None, None, None
     with captured_output() as output:
         try:
@@ -152,7 +153,8 @@ def run_optimizer(spec: OptimizerSpec, ctx: RunContext) -> Outcome:
                 program = spec.run(ctx)
         except Exception as exc:  # one optimizer failing must not end the benchmark
             error, trace = f"{type(exc).__name__}: {exc}", traceback.format_exc()
-    return Outcome(program, error, round(time.perf_counter() - start, 3), output.getvalue(), trace)
+    return Outcome(program, error, round(time.perf_counter() - start, 3), output.getvalue(), trace,
+                   round(time.process_time() - cpu, 3))
 
 
 def instructions_of(program: dspy.Module) -> str:

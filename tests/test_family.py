@@ -15,7 +15,7 @@ from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
 from dspy.teleprompt.simba_utils import OfferFeedback
 
 from dspy_concept_distill.induction import InduceConcepts, induction_signature
-from dspy_concept_distill.testing import SimulatedTask, normalized
+from dspy_concept_distill.testing import SimulatedTask
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
 
@@ -271,13 +271,36 @@ def test_runner_reports_every_field_on_a_tiny_subset(tmp_path):
     rows = {r["optimizer"]: r for r in payload["summary"]}
     assert set(rows) == {"cd-light", "copro"} and rows["copro"]["student_calls"] == 160  # COPRO (4, 2): 8 x 20
     for key in ("oracle_accuracy", "test_accuracy", "test_ci95", "helpful_recall", "harmful_acceptance",
-                "helper_calls", "wall_seconds"):
+                "helper_calls", "wall_seconds", "cpu_seconds"):
         assert rows["cd-light"][key] is not None
     assert rows["cd-light"]["runs_ok"] == 2 and rows["cd-light"]["helper_calls"] <= 6
     assert set(payload["targets"]["diffuse-issue"]) == {"light_vs_dspy", "harmful", "medium_vs_oracle"}
     assert all(r["cd_rules"] for r in payload["runs"] if r["optimizer"] == "cd-light")
     md = out.with_suffix(".md").read_text()
     assert "## Targets" in md and "| cd-light |" in md and out.with_suffix(".csv").read_text().startswith("task,")
+
+
+def test_missed_helpful_rules_are_explained_by_their_measured_reason():
+    pool = [{"kind": "helpful", "rule": "A"}, {"kind": "helpful", "rule": "B"}, {"kind": "helpful", "rule": "C"},
+            {"kind": "neutral", "rule": "N"}]
+    run = report.RunRecord("t", "cd-medium", 0, helpful_in_force=["C"], pool_helpful=3, cd_rules=[
+        {"pool_rule": 0, "kind": "helpful", "status": "rejected", "reason": "fixed none of the 1 training mistake(s)"},
+        {"pool_rule": 0, "kind": "helpful", "status": "rejected", "reason": "near-duplicate of rule r1 (rejected)"},
+        {"pool_rule": 2, "kind": "helpful", "status": "accepted", "reason": "raised the valset score"},
+        {"pool_rule": 3, "kind": "neutral", "status": "rejected", "reason": "below min_gain"}])
+    assert report.missed_helpful([run], pool) == {"screen": 1, "never proposed": 1}
+
+
+def test_stored_runs_render_to_the_same_summary(tmp_path):
+    out = tmp_path / "fam"
+    family.main(["--tasks", "today-blind", "--optimizers", "cd-light", "--seeds", "3", "--out", str(out)])
+    first = json.loads(out.with_suffix(".json").read_text())
+    family.main(["--render", str(out.with_suffix(".json")), "--out", str(tmp_path / "again")])
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["summary"] == first["summary"] and again["targets"] == first["targets"]
+    assert again["meta"]["command"] == first["meta"]["command"] and "recomputed" in again["meta"]["rendered"]
+    assert all(r.get("pool_rule") is None or "text" not in r or r["text"] != first["tasks"]["today-blind"]["pool"][
+        r["pool_rule"]]["rule"] for r in first["runs"][0]["cd_rules"])
 
 
 def test_cd_kwargs_reach_concept_distillation_and_reference_rows_fill_in(tmp_path):
@@ -298,7 +321,9 @@ def test_parallel_runs_match_sequential_ones():
     jobs = [("diffuse-issue", "cd-light", 1), ("today-blind", "cd-light", 2)]
     sequential = family.run_all(jobs, processes=1, cd_kwargs={}, threads=2)
     parallel = family.run_all(jobs, processes=2, cd_kwargs={}, threads=2)
-    strip = [(r.task, r.seed, r.student_calls, r.helper_calls, r.oracle_accuracy, r.test_accuracy,
-              [normalized(x["text"]) for x in r.cd_rules]) for r in sequential]
-    assert strip == [(r.task, r.seed, r.student_calls, r.helper_calls, r.oracle_accuracy, r.test_accuracy,
-                      [normalized(x["text"]) for x in r.cd_rules]) for r in parallel]
+    def essence(records: list) -> list:
+        return [(r.task, r.seed, r.student_calls, r.helper_calls, r.oracle_accuracy, r.test_accuracy,
+                 [(x["pool_rule"], x.get("text"), x["status"], x["reason"]) for x in r.cd_rules]) for r in records]
+
+    assert essence(sequential) == essence(parallel)
+    assert all(r.cd_rules for r in sequential)
