@@ -216,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("optimizers: " + ", ".join(OPTIMIZERS))
         return 0
     if args.render:
-        payload, base = rerender(args.render, argv), (args.out or args.render).with_suffix("")
+        payload, base = rerender(args.render), (args.out or args.render).with_suffix("")
     else:
         payload, base = measure(args, argv), args.out.with_suffix("") if args.out else DEFAULT_OUT
     payload["meta"]["notes"] = [*payload["meta"]["notes"], *(n for n in args.note if n not in payload["meta"]["notes"])]
@@ -249,11 +249,11 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return assemble(records, tasks, meta)
 
 
-def rerender(path: Path, argv: list[str]) -> dict[str, Any]:
+def rerender(path: Path) -> dict[str, Any]:
     """An earlier result's runs, summarized again by the current report code (the runs are not repeated)."""
     old = json.loads(path.read_text())
     meta = {**old["meta"], "rendered": f"summaries recomputed from the stored runs by `python benchmarks/family.py "
-            f"{shlex.join(argv)}` at {library_revision()}"}
+            f"--render {shlex.quote(str(path))}`"}
     return assemble(records_from_json(old["runs"], old["tasks"]), old["tasks"], meta)
 
 
