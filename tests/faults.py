@@ -99,6 +99,7 @@ class FaultyEngine:
         self._log_path = Path(log_path) if log_path is not None else None
         self._digests: list[str] = []
         self._injected: list[tuple[int, str]] = []
+        self._received_at_fault: list[int] = []
         self._in_flight = self._max_in_flight = 0
         self._lock = threading.Lock()
 
@@ -117,6 +118,13 @@ class FaultyEngine:
         """(request index, fault kind) of every fault applied."""
         with self._lock:
             return list(self._injected)
+
+    @property
+    def received_at_fault(self) -> list[int]:
+        """How many requests had arrived when each fault of ``injected`` was applied (requests can arrive from other
+        threads between a request's arrival and its fault)."""
+        with self._lock:
+            return list(self._received_at_fault)
 
     @property
     def max_in_flight(self) -> int:
@@ -154,6 +162,7 @@ class FaultyEngine:
         if fault is not None:
             with self._lock:
                 self._injected.append((index, fault.kind))
+                self._received_at_fault.append(len(self._digests))
         if self.latency:
             time.sleep(self.latency)
         kind = fault.kind if fault is not None else None
@@ -198,6 +207,22 @@ def faulty_lm(model: str, engine: FaultyEngine, **kwargs: Any) -> dspy.LM:
 def every(n: int, fault: Fault, *, start: int = 0) -> Callable[[int, Prompt], Fault | None]:
     """A fault plan: ``fault`` on every ``n``-th request from ``start``."""
     return lambda index, prompt: fault if index >= start and (index - start) % n == 0 else None
+
+
+def first_tries(n: int, fault: Fault) -> Callable[[int, Prompt], Fault | None]:
+    """A fault plan: ``fault`` on the first arrival of every ``n``-th distinct request, never on its retries (as a
+    rate limit that clears), whatever the order in which threads send them."""
+    seen: set[tuple[Any, ...]] = set()
+    lock = threading.Lock()
+
+    def plan(index: int, prompt: Prompt) -> Fault | None:
+        key = (prompt.system, prompt.turns, prompt.temperature)
+        with lock:
+            if key in seen:
+                return None
+            seen.add(key)
+            return fault if len(seen) % n == 1 % n else None
+    return plan
 
 
 @contextmanager

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 SIGNATURE = "question -> answer: float"
 THREADS = 2
 N = 10  # training and validation examples: requests 0-9 run the trainset, 10-19 the baseline, 20-22 the teacher
+# (three teacher batches), then racing
 STATE = "compile_state.jsonl"
 
 # The same world, data and LMs in the child process and here: SimulatedWorld() draws its examples from seed 0.
@@ -49,7 +50,8 @@ student = dspy.LM("simulated/student", engine=FaultyEngine(SimulatedStudentEngin
 teacher = dspy.LM("simulated/teacher", engine=FaultyEngine(ScriptedTeacherEngine(world), faults=plan,
                                                            counter=counter, log_path=log))
 dspy.configure(lm=student)
-ConceptDistillation(metric=world.metric, teacher_lm=teacher, num_threads=%d, checkpoint_dir=checkpoint_dir).compile(
+ConceptDistillation(metric=world.metric, teacher_lm=teacher, num_threads=%d, num_batches=3,
+                    checkpoint_dir=checkpoint_dir).compile(
     dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
 print("finished without being killed")
 """.replace("%d", str(THREADS)).replace("%N", str(N))
@@ -67,7 +69,7 @@ class Run:
         dspy.configure(lm=dspy.LM("simulated/student", engine=self.student))
         self.optimizer = ConceptDistillation(
             metric=metric or self.world.metric, teacher_lm=dspy.LM("simulated/teacher", engine=self.teacher),
-            num_threads=params.pop("num_threads", THREADS),
+            num_threads=params.pop("num_threads", THREADS), num_batches=params.pop("num_batches", 3),
             checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, **params)
         self.signature = signature
 
