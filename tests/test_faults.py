@@ -167,7 +167,10 @@ def test_budgets_cap_retried_requests_too(no_backoff):
     setup = Setup(student_faults=first_tries(3, Fault(RATE_LIMIT)), teacher_faults=every(1, Fault(RATE_LIMIT)))
     optimized, result = setup.compile(max_student_calls=40, max_teacher_calls=2, num_threads=4)
     assert setup.student.received == result.student_calls <= 40
-    assert len(setup.student.injected) >= 5  # retried 429s took part of the budget
+    assert len(setup.student.injected) >= 5  # retried 429s took part of the budget ...
+    retried = sum(n - 1 for n in Counter(setup.student.digests).values())
+    assert retried >= len(setup.student.injected) - 4  # ... each sent again (bar those cut off by the budget)
+    assert not any(m.error_kind == "exception" for m in result.mistakes)
     assert setup.teacher.received == result.teacher_calls <= 2
     assert result.stopped and "budget" in result.stopped
     assert setup.clean_score(optimized) >= setup.clean_score(dspy.ChainOfThought(SIGNATURE))
