@@ -110,7 +110,7 @@ def _trap_metric(bad: float):
     def metric(example, prediction, trace=None):
         if SimulatedWorld.metric(example, prediction):
             return 1.0
-        return bad if _is_plain(example) or "same unit" in example.question or "cups" in example.question else 0.0
+        return bad if _is_plain(example) or "cups" in example.question else 0.0
     return metric
 
 
