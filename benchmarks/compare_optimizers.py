@@ -32,43 +32,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import dspy
+from bench_meta import library_revision, package_versions
+from compare_report import NOTES, OURS, markdown, summarize
+from optimizer_runs import (
+    NUM_THREADS,
+    RunContext,
+    instructions_of,
+    run_cd,
+    run_copro,
+    run_gepa,
+    run_infer_rules,
+    run_mipro,
+    run_optimizer,
+    run_simba,
+    score_with,
+)
+from simulated_proposer import SimulatedProposerEngine, proposer_lm, world_pool
 
 from dspy_concept_distill.testing import Prompt, SimExample, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
-
-try:  # run as a script: benchmarks/ is on sys.path
-    from bench_meta import library_revision, package_versions
-    from compare_report import NOTES, OURS, markdown, summarize
-    from optimizer_runs import (
-        NUM_THREADS,
-        RunContext,
-        instructions_of,
-        run_cd,
-        run_copro,
-        run_gepa,
-        run_infer_rules,
-        run_mipro,
-        run_optimizer,
-        run_simba,
-        score_with,
-    )
-    from simulated_proposer import SimulatedProposerEngine, proposer_lm, world_pool
-except ModuleNotFoundError:  # imported as benchmarks.compare_optimizers from the repository root
-    from benchmarks.bench_meta import library_revision, package_versions
-    from benchmarks.compare_report import NOTES, OURS, markdown, summarize
-    from benchmarks.optimizer_runs import (
-        NUM_THREADS,
-        RunContext,
-        instructions_of,
-        run_cd,
-        run_copro,
-        run_gepa,
-        run_infer_rules,
-        run_mipro,
-        run_optimizer,
-        run_simba,
-        score_with,
-    )
-    from benchmarks.simulated_proposer import SimulatedProposerEngine, proposer_lm, world_pool
 
 logger = logging.getLogger("compare_optimizers")
 

@@ -187,6 +187,19 @@ def _rule(text: str, phrase: str, kind: str, effect: float, target: str = "answe
     return PoolRule(text, phrase, kind, target, effect)
 
 
+def _same_unit(effect: float) -> PoolRule:
+    return _rule("Convert every quantity to the same unit before combining them.", "same unit", "helpful", effect)
+
+
+def _given_away(effect: float) -> PoolRule:
+    return _rule("Subtract what was given away, eaten or sold before answering.", "subtract what was given",
+                 "helpful", effect)
+
+
+def _in_words(effect: float) -> PoolRule:
+    return _rule("Answer with the number written out in words.", "written out in words", "harmful", effect)
+
+
 NEUTRAL = [
     _rule("Read the problem carefully before answering.", "read the problem carefully", "neutral", 0.0),
     _rule("Take your time and double-check your reasoning.", "double-check your reasoning", "neutral", 0.0),
@@ -220,16 +233,10 @@ TASKS: list[FamilyTask] = [
     FamilyTask("diffuse-issue", "Issue 6's diffuse task: baseline 0.40, two helpful rules of +20 (oracle 0.80), "
                "one harmful (-20), three neutral; any prompt change re-draws 30% of the answers.",
                "diffuse", "blind", 20, 20, baseline=0.40, redraw=0.3,
-               rules=(_rule("Convert every quantity to the same unit before combining them.", "same unit",
-                            "helpful", 0.20),
-                      _rule("Subtract what was given away, eaten or sold before answering.", "subtract what was given",
-                            "helpful", 0.20),
-                      _rule("Answer with the number written out in words.", "written out in words", "harmful", -0.20),
-                      *NEUTRAL)),
+               rules=(_same_unit(0.20), _given_away(0.20), _in_words(-0.20), *NEUTRAL)),
     FamilyTask("diffuse-small", "Small diffuse effects (+5, +10, harmful -10) that only a 100-example valset can "
                "resolve; baseline 0.50.", "diffuse", "blind", 100, 100, baseline=0.50, redraw=0.3,
-               rules=(_rule("Convert every quantity to the same unit before combining them.", "same unit",
-                            "helpful", 0.05),
+               rules=(_same_unit(0.05),
                       _rule("Round up partial groups to a whole group when packing items.", "round up partial groups",
                             "helpful", 0.10),
                       _rule("Always round the final answer up to the next whole number.", "round the final answer up",
@@ -237,19 +244,13 @@ TASKS: list[FamilyTask] = [
                       *NEUTRAL)),
     FamilyTask("diffuse-noisy", "Diffuse effects +15 and +25 under heavy noise (20% of answers flipped per prompt), "
                "40/40.", "diffuse", "blind", 40, 40, flip_rate=0.2, baseline=0.45, redraw=0.3,
-               rules=(_rule("Convert every quantity to the same unit before combining them.", "same unit",
-                            "helpful", 0.15),
-                      _rule("Subtract what was given away, eaten or sold before answering.", "subtract what was given",
-                            "helpful", 0.25),
-                      _rule("Answer with the number written out in words.", "written out in words", "harmful", -0.15),
-                      *NEUTRAL[:2])),
+               rules=(_same_unit(0.15), _given_away(0.25), _in_words(-0.15), *NEUTRAL[:2])),
     FamilyTask("diffuse-2pred", "Two predictors (plan -> answer): a +20 rule that only helps in the plan, a +15 one "
                "that only helps in the answer, a harmful plan rule (-15); flip 0.05, 40/40.",
                "diffuse", "blind", 40, 40, predictors=2, flip_rate=0.05, baseline=0.35, redraw=0.3,
                rules=(_rule("When planning, list every quantity with its unit first.", "list every quantity",
                             "helpful", 0.20, "plan"),
-                      _rule("Subtract what was given away, eaten or sold before answering.", "subtract what was given",
-                            "helpful", 0.15),
+                      _given_away(0.15),
                       _rule("When planning, skip the quantities that look small.", "skip the quantities", "harmful",
                             -0.15, "plan"),
                       _rule("Keep the plan to at most three short steps.", "at most three short steps", "neutral",

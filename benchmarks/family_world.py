@@ -31,13 +31,21 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dspy
 from simulated_proposer import PoolRule
 
-from dspy_concept_distill.testing import PLAIN, Prompt, ScriptedEngine, SimulatedWorld, format_reply, normalized
+from dspy_concept_distill.testing import (
+    PLAIN,
+    Prompt,
+    ScriptedEngine,
+    SimulatedWorld,
+    format_reply,
+    normalized,
+    student_values,
+)
 from dspy_concept_distill.testing import unit_hash as _hash
 
 Stage = tuple[str, tuple[str, ...]]  # (normalized instructions, output field names) of one predictor, in order
@@ -177,23 +185,16 @@ class DiffuseStudentEngine(ScriptedEngine):
             indices = {int(i) for i in upstream.group(2).split(",") if i}
             active += [r for i, r in enumerate(self.world.rules) if i in indices and r not in active]
         variant = f"{_hash(normalized(prompt.context)):.15f}|{upstream.group(1) if upstream else ''}"
-        values: dict[str, object] = {}
-        for name in fields:
-            if name == "plan":
-                indices = ",".join(str(self.world.rules.index(r)) for r in active)
-                values[name] = f"plan-variant {int(_hash(variant) * 16**12):012x} rules [{indices}]"
-            elif name == "answer":
-                ok = self.world.correct(example, variant, active)
-                values[name] = example.answer if ok else example.answer + 7
-            elif name == "reasoning":
-                values[name] = "Let me work through the quantities."
-            else:
-                values[name] = "n/a"
-        return format_reply(values, json_mode=prompt.json_mode)
+        indices = ",".join(str(self.world.rules.index(r)) for r in active)
+        plan = f"plan-variant {int(_hash(variant) * 16**12):012x} rules [{indices}]"
+        answer = example.answer if "answer" not in fields or self.world.correct(example, variant, active) \
+            else example.answer + 7
+        return format_reply(student_values(fields, answer, plan), json_mode=prompt.json_mode)
 
 
 # -- both modes -----------------------------------------------------------------------------------------------------
-def best_rule_set(pool: Sequence[PoolRule], accuracy_of: callable, names: Mapping[str, str]) -> tuple[float, list]:
+def best_rule_set(pool: Sequence[PoolRule], accuracy_of: Callable[[list[Stage]], float],
+                  names: Mapping[str, str]) -> tuple[float, list[PoolRule]]:
     """The highest expected accuracy any subset of ``pool`` reaches (each rule in its own predictor), and the
     smallest subset that reaches it. ``accuracy_of(stages)`` is the world's expected accuracy."""
     best: tuple[float, list[PoolRule]] = (-1.0, [])

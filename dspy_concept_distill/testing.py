@@ -28,7 +28,7 @@ ALL = "*"
 _QID = re.compile(r"\bQ(\d+)\b")
 __all__ = ["ALL", "PLAIN", "Concept", "Distractor", "OutputSpec", "Prompt", "ScriptedEngine", "ScriptedTeacherEngine",
            "SimExample", "SimulatedStudentEngine", "SimulatedTask", "SimulatedWorld", "default_concepts",
-           "default_distractors", "format_reply", "normalized", "predictor_for", "unit_hash"]
+           "default_distractors", "format_reply", "normalized", "predictor_for", "student_values", "unit_hash"]
 
 
 # -- the world ----------------------------------------------------------------------------------------------------
@@ -211,6 +211,12 @@ class SimulatedWorld:
             return False
 
 
+def student_values(fields: Sequence[str], answer: object, plan: str) -> dict[str, object]:
+    """A scripted student's output values: ``answer``, ``plan``, a fixed ``reasoning``, "n/a" for anything else."""
+    fixed = {"answer": answer, "plan": plan, "reasoning": "Let me work through the quantities."}
+    return {name: fixed.get(name, "n/a") for name in fields}
+
+
 class SimulatedStudentEngine(ScriptedEngine):
     """Scripted student (not a real model). A ``plan`` output says ``plan-ok`` or ``plan-bad``; an answer given
     with a ``plan-bad`` plan in its inputs is wrong. With ``world.flip_rate`` > 0, each new prompt flips that share
@@ -228,17 +234,9 @@ class SimulatedStudentEngine(ScriptedEngine):
         ok = self.correct(prompt, example, fields)
         if not ok and example.category in self.world.parse_failure_categories:
             return f"I think it is around {example.answer + 7} or so."
-        values: dict[str, object] = {}
-        for name in fields:
-            if name == "reasoning":
-                values[name] = "Let me work through the quantities."
-            elif name == "answer":
-                values[name] = example.answer if ok else example.answer + 7
-            elif name == "plan":
-                values[name] = "plan-ok: combine the quantities correctly" if ok else "plan-bad: add the numbers"
-            else:
-                values[name] = "n/a"
-        return format_reply(values, json_mode=prompt.json_mode)
+        plan = "plan-ok: combine the quantities correctly" if ok else "plan-bad: add the numbers"
+        return format_reply(student_values(fields, example.answer if ok else example.answer + 7, plan),
+                            json_mode=prompt.json_mode)
 
     def correct(self, prompt: Prompt, example: SimExample, fields: list[str]) -> bool:
         system = normalized(prompt.system)

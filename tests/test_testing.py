@@ -3,21 +3,18 @@ asks for, inputs read with DSPy's own parser, and a teacher that does not depend
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import dspy
 import pytest
 
 from dspy_concept_distill.induction import InduceConcepts, describe_task, induction_signature
 from dspy_concept_distill.testing import PLAIN, Concept, SimulatedWorld, predictor_for
 
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
 
-class TwoStep(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.plan = dspy.Predict("question -> plan")
-        self.solve = dspy.ChainOfThought("question, plan -> answer: float")
-
-    def forward(self, question):
-        return self.solve(question=question, plan=self.plan(question=question).plan)
+from family_world import PlanThenAnswer  # plan -> answer: predictors "plan" and "answer.predict"
 
 
 def ask_teacher(world: SimulatedWorld, mistakes: str, *, adapter: dspy.Adapter | None = None, max_rules: int = 8,
@@ -65,19 +62,19 @@ def test_teacher_respects_max_rules_and_the_uncapped_signature(world):
 def test_teacher_names_the_predictor_that_produces_the_concepts_field():
     world = SimulatedWorld([Concept("units", "same unit", "When planning, convert units first.", field="plan"),
                             Concept("leftover", "subtract", "Subtract what was given away first.")], [])
-    program = TwoStep()
+    program = PlanThenAnswer()
     task = describe_task(program, {n: p.signature.instructions for n, p in program.named_predictors()})
-    assert predictor_for(task, "plan") == "plan" and predictor_for(task, "answer") == "solve.predict"
+    assert predictor_for(task, "plan") == "plan" and predictor_for(task, "answer") == "answer.predict"
     exs = world.make_examples({"units": 1, "leftover": 1})
     analysis = ask_teacher(world, "\n".join(e.question for e in exs), task=task).analysis
     assert {r.rule: r.predictor for r in analysis.rules} == {"When planning, convert units first.": "plan",
-                                                             "Subtract what was given away first.": "solve.predict"}
+                                                             "Subtract what was given away first.": "answer.predict"}
 
 
 def test_two_predictor_student_passes_a_bad_plan_on_to_the_answer():
     world = SimulatedWorld([Concept("units", "same unit", "When planning, use the same unit.", field="plan")], [])
     train = world.make_examples({"units": 3, PLAIN: 3})
-    program = TwoStep()
+    program = PlanThenAnswer()
     with dspy.context(lm=world.student_lm()):
         before = [world.metric(ex, program(**ex.inputs())) for ex in train]
         program.plan.signature = program.plan.signature.with_instructions("Plan. When planning, use the same unit.")
