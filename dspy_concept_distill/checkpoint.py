@@ -118,7 +118,9 @@ class Journal:
         self._write({"type": "outcome", "variant": key[0], "example": key[1], "outcome": outcome.to_dict()})
 
     def reply(self, reply: BatchReply) -> None:
-        if reply.error is None:
+        """Journal a teacher reply, a failed one too (a resume would get the same unusable reply), unless the
+        teacher LM itself failed (``transient``): that batch is asked again on resume."""
+        if not reply.transient:
             self._write({"type": "reply", **asdict(reply)}, sync=True)
 
     def sync(self) -> None:
@@ -210,6 +212,8 @@ def checked_reply(data: dict[str, Any]) -> BatchReply:
     reply = BatchReply(**data)
     for name in ("round", "batch", "attempts"):
         _check_int(getattr(reply, name), name)
+    if not isinstance(reply.transient, bool):
+        raise ValueError("transient must be true or false")
     for name in ("mistake_ids", "diagnoses"):
         value = getattr(reply, name)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):

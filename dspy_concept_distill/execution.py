@@ -49,7 +49,8 @@ class StopSignal:
     @property
     def requested(self) -> bool:
         if not self._event.is_set() and self.stop_file is not None and self.stop_file.exists():
-            self.request(f"stop file {self.stop_file} found")
+            self.request(f"stop file {self.stop_file} found (removed, so the next run goes on)")
+            self.stop_file.unlink(missing_ok=True)
         return self._event.is_set()
 
     def check(self) -> None:

@@ -153,6 +153,7 @@ class BatchReply:
     rules: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     attempts: int = 0
+    transient: bool = False  # the teacher LM itself failed (network, quota): ask again on resume
 
 
 def make_batches(
@@ -216,6 +217,7 @@ def ask_teacher(
             reply.error = f"{type(exc).__name__}: {exc}"[:500]
             if is_lm_infrastructure_error(exc):
                 logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, brief.round_index, exc)
+                reply.transient = True
                 return reply
             if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):
                 predict = dspy.Predict(induction_signature(brief.max_rules, max(1, len(batch)), schema_caps=False))

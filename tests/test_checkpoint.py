@@ -338,3 +338,37 @@ def test_an_unwritable_directory_fails_before_anything_runs(tmp_path):
     blocker.write_text("")
     with pytest.raises(ValueError, match="not writable"):
         Journal(blocker / "sub", "compile_state", "fp").check_writable()
+
+
+def test_a_teacher_batch_that_never_parsed_is_not_asked_again_on_resume(tmp_path):
+    # Batch 0's two attempts (each with DSPy's JSON fallback) get unparseable replies: a property of the reply,
+    # so the failure is journaled and a resume does not pay for it again. (A transport failure would be retried.)
+    world = SimulatedWorld(bad_teacher_calls=[0, 1, 2, 3])
+    train, val = world.split(20, 20)
+    student, teacher = world.student_lm(), world.teacher_lm()
+    dspy.configure(lm=student)
+
+    def run():
+        return ConceptDistillation(metric=world.metric, teacher_lm=teacher, num_threads=1,
+                                   checkpoint_dir=str(tmp_path)).compile(
+            dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val).distillation
+
+    first = run()
+    assert first.replies[0].error is not None
+    asked = teacher.engine.calls
+    second = run()
+    assert teacher.engine.calls == asked  # nothing asked again, the failed batch included
+    assert second.replies[0].error == first.replies[0].error
+    assert [r.text for r in second.accepted_rules] == [r.text for r in first.accepted_rules]
+
+
+def test_a_stop_file_is_removed_once_it_stopped_a_run(tmp_path):
+    world = SimulatedWorld()
+    train, val = world.split(20, 20)
+    dspy.configure(lm=world.student_lm())
+    (tmp_path / "STOP").write_text("")
+    result = ConceptDistillation(metric=world.metric, teacher_lm=world.teacher_lm(),
+                                 checkpoint_dir=str(tmp_path)).compile(
+        dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val).distillation
+    assert "stop file" in result.stopped
+    assert not (tmp_path / "STOP").exists()

@@ -425,22 +425,6 @@ def test_optimized_program_deep_copies_cleanly(world, caplog):
     assert copied.predict.signature.instructions == optimized.predict.signature.instructions
 
 
-def test_usage_is_priced_where_the_model_has_a_known_price():
-    from dspy_concept_distill.budget import Ledger
-
-    ledger = Ledger()
-    ledger.record("teacher", "induction", "openai/gpt-4o-mini", {"prompt_tokens": 1000, "completion_tokens": 100})
-    ledger.record("student", "mistakes", "local/smollm2-135m", {"prompt_tokens": 1000, "completion_tokens": 100})
-    from dspy.clients.model_metadata import model_info, rate
-
-    info = model_info("openai", "gpt-4o-mini")  # DSPy's own price snapshot
-    expected = 1000 * rate(info, "input_cost_per_token") + 100 * rate(info, "output_cost_per_token")
-    costs = {row.model: row.cost for row in ledger.rows()}
-    assert expected > 0 and costs["openai/gpt-4o-mini"] == pytest.approx(expected)
-    assert costs["local/smollm2-135m"] is None
-    assert ledger.totals()["teacher"]["cost"] == pytest.approx(costs["openai/gpt-4o-mini"])
-
-
 def test_a_custom_metric_threshold_changes_what_counts_as_a_mistake_not_the_score_scale(world):
     train, val, _, teacher = setup(world)
 
