@@ -181,6 +181,7 @@ class Evaluator:
         self._keys: dict[RuleSet, str] = {}
         self._example_keys: dict[int, tuple[dspy.Example, str]] = {}  # by id; holding the example keeps its id unique
         self._lock = threading.Lock()
+        self._in_flight: dict[tuple[str, str], Future[Outcome | _NotRun]] = {}
         self._warned_metric = False
 
     # -- variants -------------------------------------------------------------------------------------------------
@@ -238,7 +239,23 @@ class Evaluator:
             done: Future[Outcome | _NotRun] = Future()
             done.set_result(hit)
             return done
-        return self.executor.submit(self._job, key, ruleset, example, phase_name)
+        with self._lock:
+            running = self._in_flight.get(key)  # asked for again while it runs: share the run, never repeat it
+            if running is not None:
+                return running
+            shared: Future[Outcome | _NotRun] = Future()
+            self._in_flight[key] = shared
+
+        def settle(job: Future) -> None:
+            with self._lock:
+                self._in_flight.pop(key, None)
+            if job.exception() is not None:
+                shared.set_exception(job.exception())
+            else:
+                shared.set_result(job.result())
+
+        self.executor.submit(self._job, key, ruleset, example, phase_name).add_done_callback(settle)
+        return shared
 
     def run(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str, desc: str | None = None) -> list[Outcome]:
         """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel; ``desc`` shows a

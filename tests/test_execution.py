@@ -127,3 +127,38 @@ def test_signal_handlers_are_left_alone_outside_the_main_thread(guarded_signals)
     thread.start()
     thread.join()
     assert inside == [before]
+
+
+def test_a_pair_asked_for_again_while_it_runs_shares_the_run():
+    import threading
+
+    from dspy_concept_distill.budget import Budget, Ledger
+    from dspy_concept_distill.evaluation import EvalCache, Evaluator
+    from dspy_concept_distill.execution import Executor, StopSignal
+    from dspy_concept_distill.metric import MetricAdapter
+    from dspy_concept_distill.rules import RuleSet
+    from dspy_concept_distill.testing import SimulatedWorld
+
+    world = SimulatedWorld()
+    _, val = world.split(2, 5)
+    student = world.student_lm()
+    gate = threading.Event()
+    original = student.engine.complete
+
+    def slow(request):
+        gate.wait(5)
+        return original(request)
+
+    student.engine.complete = slow
+    dspy.configure(lm=student)
+    program = dspy.ChainOfThought("question -> answer: float")
+    base = {n: p.signature.instructions for n, p in program.named_predictors()}
+    executor = Executor(4)
+    evaluator = Evaluator(program, base, MetricAdapter(world.metric), Budget(Ledger(), None, None), executor,
+                          StopSignal(), EvalCache())
+    first = evaluator.submit(RuleSet(), val[0], "t")
+    second = evaluator.submit(RuleSet(), val[0], "t")
+    gate.set()
+    assert first.result(5).score == second.result(5).score
+    executor.close()
+    assert student.engine.calls == 1
