@@ -278,9 +278,6 @@ class ConceptDistillation(Teleprompter):
     def _round(self, state: CompileState, round_index: int, bounds: CallBounds) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
-        if state.baseline_scores is None and state.settings.num_threads > 1:
-            for example in state.valset:  # the valset baseline runs beside the trainset run: no idle threads
-                state.evaluator.submit(state.current, example, "verification")
         mistakes, outcomes, state.threshold = collect_mistakes(
             state.evaluator, state.current, state.trainset, threshold=state.settings.metric_threshold,
             round_index=round_index)
