@@ -1,13 +1,20 @@
 """How often does a tiny local model break DSPy's output format, with and without constrained decoding?
 
-Runs SmolLM2-135M-Instruct (embedded llama.cpp, temperature 0) through ``dspy.Predict("question -> answer: float")``
-on the first N MultiArith questions, under three set-ups:
+Runs SmolLM2-135M-Instruct (llama.cpp, temperature 0) through ``dspy.Predict("question -> answer: float")`` on the
+first N MultiArith questions, under these set-ups (the first three in process, the others over HTTP):
 
 * ``chat``          ChatAdapter, unconstrained engine, ChatAdapter's own retry through JSONAdapter on a parse failure
                     (DSPy's default behaviour; the retry is unconstrained too, because the engine declares no
                     response-format support).
 * ``chat-no-retry`` the same without the JSONAdapter retry: how often the model follows ChatAdapter's format at all.
 * ``json-grammar``  JSONAdapter, whose JSON schema for the signature reaches llama.cpp as a grammar.
+* ``http-json-object`` JSONAdapter through LiteLLM to llama-cpp-python's OpenAI-compatible server, with the plain
+                    ``openai/<name>`` LM: DSPy asks only for ``{"type": "json_object"}`` (any JSON). The state before
+                    ``openai_compatible_lm``.
+* ``http-json-schema`` the same with ``server.lm()``, which declares schema support: the signature's JSON schema goes
+                    over the wire and the server's grammar follows it.
+* ``http-chat``, ``http-chat-schema`` DSPy's default ChatAdapter over HTTP with each of those two LMs: its first try is
+                    free text, and its JSONAdapter retry asks for ``json_object`` or sends the schema.
 
 Predict, not ChainOfThought: the question here is format adherence, and a reasoning field would need far more
 tokens before the answer, so small budgets would turn truncation into parse failures and blur the comparison.
@@ -21,6 +28,7 @@ committed results) and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -33,7 +41,7 @@ from typing import Any
 
 import dspy
 
-from dspy_concept_distill.lms import LlamaCppEngine, default_model_path
+from dspy_concept_distill.lms import LlamaCppEngine, OpenAIServer, default_model_path, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / "benchmarks" / "data" / "multiarith" / "MultiArith.json"  # the copy shipped in the repo
@@ -43,6 +51,10 @@ SETUPS: dict[str, dict[str, Any]] = {
     "chat": {"adapter": "ChatAdapter", "json_fallback": True, "constrained": False},
     "chat-no-retry": {"adapter": "ChatAdapter", "json_fallback": False, "constrained": False},
     "json-grammar": {"adapter": "JSONAdapter", "json_fallback": None, "constrained": True},
+    "http-json-object": {"adapter": "JSONAdapter", "json_fallback": None, "constrained": False, "transport": "http"},
+    "http-json-schema": {"adapter": "JSONAdapter", "json_fallback": None, "constrained": True, "transport": "http"},
+    "http-chat": {"adapter": "ChatAdapter", "json_fallback": True, "constrained": False, "transport": "http"},
+    "http-chat-schema": {"adapter": "ChatAdapter", "json_fallback": True, "constrained": True, "transport": "http"},
 }
 
 
@@ -65,11 +77,22 @@ def is_correct(predicted: Any, gold: float) -> bool:
         return False
 
 
-def run_setup(name: str, examples: list[dspy.Example], *, max_tokens: int, model_path: Path) -> dict[str, Any]:
-    """Run one set-up over the examples; return counts and per-example records."""
+def make_lm(name: str, *, max_tokens: int, model_path: Path, server: OpenAIServer | None,
+            threads: int | None) -> dspy.LM:
+    """The set-up's LM: an in-process engine, or LiteLLM to the server (schema declared or not)."""
     setup = SETUPS[name]
-    engine = LlamaCppEngine(model_path, n_ctx=2048, constrained=setup["constrained"])
-    lm = dspy.LM(f"local/smollm2-135m-{name}", engine=engine, temperature=0.0, max_tokens=max_tokens, cache=False)
+    if setup.get("transport") == "http":
+        assert server is not None, "HTTP set-ups need a running server"
+        return server.lm(structured_outputs=setup["constrained"], temperature=0.0, max_tokens=max_tokens, cache=False)
+    engine = LlamaCppEngine(model_path, n_ctx=2048, n_threads=threads, constrained=setup["constrained"])
+    return dspy.LM(f"local/smollm2-135m-{name}", engine=engine, temperature=0.0, max_tokens=max_tokens, cache=False)
+
+
+def run_setup(name: str, examples: list[dspy.Example], *, max_tokens: int, model_path: Path,
+              server: OpenAIServer | None = None, threads: int | None = None) -> dict[str, Any]:
+    """Run one set-up over the examples; return counts and per-example records."""
+    setup = {"transport": "in-process", **SETUPS[name]}
+    lm = make_lm(name, max_tokens=max_tokens, model_path=model_path, server=server, threads=threads)
     if setup["adapter"] == "JSONAdapter":
         adapter = dspy.JSONAdapter()
     else:
@@ -95,6 +118,7 @@ def run_setup(name: str, examples: list[dspy.Example], *, max_tokens: int, model
     usage = [entry["usage"] for entry in lm.history]
     return {
         **setup,
+        "model_string": lm.model,
         "examples": len(examples),
         "parse_failures": failures,
         "correct": correct,
@@ -113,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="path to MultiArith.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llama.cpp threads, in process and in the server (default: every core; 1 on a crowded "
+                             "machine, where spinning threads wait on each other)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("dspy").setLevel(logging.ERROR)  # one truncation/parse warning per example is noise here
@@ -120,8 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
     examples = load_multiarith(args.data, args.n)
     model_path = default_model_path()
-    results = {name: run_setup(name, examples, max_tokens=args.max_tokens, model_path=model_path)
-               for name in args.setups}
+    over_http = any(SETUPS[name].get("transport") == "http" for name in args.setups)
+    serving = start_server(model_path, n_ctx=2048, n_threads=args.threads) if over_http else None
+    with serving or contextlib.nullcontext() as server:
+        results = {name: run_setup(name, examples, max_tokens=args.max_tokens, model_path=model_path, server=server,
+                                   threads=args.threads) for name in args.setups}
 
     report = {
         "task": "MultiArith (first N problems)",
@@ -129,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": model_path.name,
         "temperature": 0.0,
         "max_tokens": args.max_tokens,
+        "threads": args.threads,
         "n": len(examples),
         "dspy": dspy.__version__,
         "python": platform.python_version(),
@@ -140,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"SmolLM2-135M on the first {len(examples)} MultiArith problems, Predict('question -> answer: float'), "
           f"temperature 0, max_tokens {args.max_tokens}")
-    print(f"{'set-up':<15} {'adapter':<12} {'grammar':<8} {'parse failures':>15} {'correct':>8} {'LM calls':>9} "
-          f"{'seconds':>8}")
+    print(f"{'set-up':<17} {'transport':<11} {'adapter':<12} {'schema':<7} {'parse failures':>15} {'correct':>8} "
+          f"{'LM calls':>9} {'seconds':>8}")
     for name, r in results.items():
-        print(f"{name:<15} {r['adapter']:<12} {'yes' if r['constrained'] else 'no':<8} "
+        print(f"{name:<17} {r['transport']:<11} {r['adapter']:<12} {'yes' if r['constrained'] else 'no':<7} "
               f"{r['parse_failures']:>9}/{r['examples']:<5} {r['correct']:>8} {r['lm_calls']:>9} {r['seconds']:>8}")
     print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
     return 0

@@ -6,9 +6,10 @@ Nothing here imports ``llama_cpp`` until a model is actually loaded or a server 
 
 from dspy_concept_distill.lms.llama_cpp import LlamaCppEngine, default_model_path, local_lm
 from dspy_concept_distill.lms.openai_compatible import openai_compatible_lm
+from dspy_concept_distill.lms.router import router_lm
 from dspy_concept_distill.lms.server import OpenAIServer, ServerStartError, start_server
 
 __all__ = [
     "LlamaCppEngine", "OpenAIServer", "ServerStartError", "default_model_path", "local_lm", "openai_compatible_lm",
-    "start_server",
+    "router_lm", "start_server",
 ]
