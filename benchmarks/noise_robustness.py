@@ -14,7 +14,11 @@ import argparse
 import dataclasses
 import json
 import logging
+import shlex
+import sys
 from pathlib import Path
+
+from bench_meta import library_revision, package_versions
 
 from family import run_one
 from family_tasks import TASKS_BY_NAME
@@ -43,7 +47,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     rows = [run_once(auto, seed, args.flip_rate) for auto in args.presets for seed in args.seeds]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    meta = {"command": "python " + shlex.join(sys.argv), "library_revision": library_revision(),
+            "versions": package_versions("dspy"), "flip_rate": args.flip_rate, "seeds": args.seeds}
+    Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n", encoding="utf-8")
     print(f"flip rate {args.flip_rate}, seeds {args.seeds}")
     print("| preset | all concepts kept | harmful kept | student calls | oracle accuracy (mean) |")
     print("|---|---|---|---|---|")
