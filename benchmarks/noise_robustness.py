@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from bench_meta import library_revision, package_versions
-
 from family import run_one
 from family_tasks import TASKS_BY_NAME
 
