@@ -55,6 +55,22 @@ class Usage:
                      self.output_tokens - other.output_tokens)
 
 
+class SharedUsageTracker(UsageTracker):
+    """DSPy's usage tracker, kept whole across threads: DSPy's ParallelExecutor deep-copies the tracker into each
+    worker thread (for per-prediction usage), which would drop every token counted there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        with self._lock:
+            super().add_usage(lm, usage_entry)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedUsageTracker:
+        return self
+
+
 class CallMeter:
     """Calls and tokens per role (e.g. ``student``, ``teacher``) for LMs registered with :meth:`attach`.
 
@@ -64,7 +80,7 @@ class CallMeter:
     def __init__(self) -> None:
         self.counters: dict[str, CallCounter] = {}
         self.models: dict[str, str] = {}
-        self.tracker = UsageTracker()
+        self.tracker = SharedUsageTracker()
 
     def attach(self, role: str, lm: dspy.LM) -> dspy.LM:
         counter = self.counters.setdefault(role, CallCounter())

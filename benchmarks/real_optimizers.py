@@ -96,11 +96,12 @@ def _mipro(runs: int | None, n_train: int, n_val: int) -> Plan:
     zero_shot = {"max_bootstrapped_demos": 0, "max_labeled_demos": 0}
     if runs is None:
         return Plan("miprov2", {"auto": "light", **zero_shot}, {}, None, "auto='light', 0-shot")
-    # Without minibatches MIPROv2 scores the default program, then one candidate per trial, on the whole valset.
-    trials = max(1, round(runs / n_val) - 1)
+    # MIPROv2 first runs the program on the trainset to bootstrap examples for its proposer (even 0-shot); without
+    # minibatches it then scores the default program, and one candidate per trial, on the whole valset.
+    trials = max(1, round((runs - n_train) / n_val) - 1)
     candidates = max(2, min(trials, 6))
     return Plan("miprov2", {"auto": None, "num_candidates": candidates, **zero_shot},
-                {"num_trials": trials, "minibatch": False}, (trials + 1) * n_val,
+                {"num_trials": trials, "minibatch": False}, n_train + (trials + 1) * n_val,
                 f"auto=None, num_candidates={candidates}, num_trials={trials}, minibatch=False, 0-shot")
 
 

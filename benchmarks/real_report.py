@@ -33,9 +33,9 @@ def revision(root: Path = ROOT) -> str:
     return f"{head}+dirty" if dirty else head
 
 
-def metadata(command: str, **extra: Any) -> dict[str, Any]:
-    """Where and how a result was made."""
-    return {"command": command, "revision": revision(),
+def metadata(command: str, *, revision_at_start: str | None = None, **extra: Any) -> dict[str, Any]:
+    """Where and how a result was made (``revision_at_start``: the revision read when the run began)."""
+    return {"command": command, "revision": revision_at_start or revision(),
             "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
             **extra}
@@ -93,7 +93,7 @@ def plot(rows: list[Row], path: Path, meta: dict[str, Any], *, title: str) -> bo
     done = [r for r in rows if r.status == "ok" and r.test_score is not None]
     fig, ax = plt.subplots(figsize=(8, 5.2))
     for r in done:
-        err = [[r.test_score - r.ci_low], [r.ci_high - r.test_score]]
+        err = [[max(0.0, r.test_score - r.ci_low)], [max(0.0, r.ci_high - r.test_score)]]
         ax.errorbar([r.student_calls], [r.test_score], yerr=err, fmt="o", capsize=4)
         ax.annotate(r.optimizer, (r.student_calls, r.test_score), textcoords="offset points", xytext=(6, 4),
                     fontsize=8)

@@ -153,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
 def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started: float) -> int:
     """Every optimizer of --optimizers on the task; real_<task>.csv/.md/.png under --out (default runs/)."""
     from real_compare import compare
-    from real_report import metadata, write_all
+    from real_report import metadata, revision, write_all
 
     out = Path(args.out or "runs")
+    at_start = revision()  # the code measured; others may commit while a long run goes on
     rows = compare(setup, args.optimizers, budget=args.budget_matched, seed=args.seed, num_threads=args.threads,
                    log_dir=_log_dir(args))
-    meta = metadata(command, student=setup.student.model, teacher=setup.teacher.model,
+    meta = metadata(command, revision_at_start=at_start, student=setup.student.model, teacher=setup.teacher.model,
                     splits=f"{len(setup.trainset)} train / {len(setup.valset)} validation / {len(setup.testset)} "
                            f"test, disjoint, seed {args.seed}",
                     budget="none (each optimizer's default settings)" if args.budget_matched is None else

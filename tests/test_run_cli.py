@@ -108,6 +108,19 @@ def test_wilson_interval_matches_the_textbook_values():
     assert low == 0.0 and math.isclose(high, 0.1611, abs_tol=1e-4)
 
 
+def test_an_interval_always_holds_its_own_estimate_and_the_plot_takes_it(tmp_path):
+    pytest.importorskip("matplotlib")
+    from real_report import plot
+
+    for successes, n in [(0, 24), (24, 24), (4, 24), (1, 3)]:
+        low, high = wilson_interval(successes, n)
+        assert 0.0 <= low <= successes / n <= high <= 1.0
+    rows = [real_compare.Row("t", "a", "s", test_score=0.0, ci_low=1e-17, ci_high=0.1, student_calls=3),
+            real_compare.Row("t", "b", "s", test_score=0.5, ci_low=0.3, ci_high=0.7, student_calls=9)]
+    assert plot(rows, tmp_path / "p.png", {"command": "c", "revision": "r", "date": "d"}, title="t")
+    assert (tmp_path / "p.png").stat().st_size > 0
+
+
 def test_accuracy_ci_uses_wilson_for_0_1_scores_and_bootstrap_otherwise():
     assert accuracy_ci([1.0, 0.0, 1.0, 1.0])[3] == "wilson"
     mean, low, high, method = accuracy_ci([0.5, 0.25, 1.0, 0.75])
@@ -265,6 +278,8 @@ def test_each_dspy_optimizer_runs_budget_matched_and_its_calls_are_counted_at_th
     # SIMBA asks for a rule only where samples of one example differ; the scripted student never varies
     assert row.teacher_calls > 0 or key == "simba"
     assert row.student_calls <= 3 * 40  # settings chosen near the budget, not the optimizer's defaults
+    # tokens of calls made in DSPy's worker threads (which get a deep copy of the usage tracker) are kept
+    assert row.student_input_tokens > 0 and row.student_output_tokens > 0
 
 
 def test_budget_plans_come_near_the_budget_and_defaults_do_not_depend_on_it():
