@@ -229,7 +229,10 @@ def test_files_written_vanish_with_the_run_and_the_code_is_unprivileged(isolated
         for folder in ("/tmp", "/var/tmp", "/dev/shm", os.getcwd()):
             open(os.path.join(folder, "{marker}"), "w").write("x")
         print("uid", os.getuid())
-        print("repository", os.listdir({str(BENCHMARKS.parent)!r}))
+        try:  # hidden under an empty mount, or gone with /tmp when the clone lives there
+            print("repository", "hidden" if not os.listdir({str(BENCHMARKS.parent)!r}) else "visible")
+        except FileNotFoundError:
+            print("repository hidden")
         try:
             open("/etc/shadow").read()
             print("read /etc/shadow")
@@ -238,7 +241,7 @@ def test_files_written_vanish_with_the_run_and_the_code_is_unprivileged(isolated
     """)
     result = sandbox.run_python(code)
     assert result.passed, result.error
-    assert "uid 0" not in result.stdout and "repository []" in result.stdout
+    assert "uid 0" not in result.stdout and "repository hidden" in result.stdout
     assert "read /etc/shadow" not in result.stdout
     for folder in ("/tmp", "/var/tmp", "/dev/shm"):
         assert not (Path(folder) / marker).exists()
