@@ -4,11 +4,15 @@ the library or benchmark code had uncommitted changes)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import logging
 import os
 import platform
 import subprocess
+import sys
+import textwrap
+from collections import defaultdict
 from dataclasses import asdict, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +64,8 @@ def _num(value: float | None, fmt: str = ".3f") -> str:
 def markdown(rows: list[Row], meta: dict[str, Any], *, title: str, notes: list[str]) -> str:
     """The Markdown report: provenance, the table, notes, and what each optimizer returned."""
     lines = [f"# {title}", ""]
-    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()]
+    lines += [f"- {key}: `{value}`" if key == "command" else f"- {key}: {value}" for key, value in meta.items()
+              if key != "title"]
     lines += ["", "| optimizer | test accuracy (95% CI) | valset | student calls (planned) | teacher calls "
               "| student tokens in / out | teacher tokens in / out | wall s | CPU s | settings |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -81,7 +86,8 @@ def markdown(rows: list[Row], meta: dict[str, Any], *, title: str, notes: list[s
 
 
 def plot(rows: list[Row], path: Path, meta: dict[str, Any], *, title: str) -> bool:
-    """Test accuracy (with its 95% interval) against student calls spent compiling; False without matplotlib."""
+    """Test accuracy (with its 95% interval) against student calls spent compiling; False without matplotlib.
+    Optimizers that land on the same point share one legend entry."""
     try:
         import matplotlib
 
@@ -90,25 +96,51 @@ def plot(rows: list[Row], path: Path, meta: dict[str, Any], *, title: str) -> bo
     except ImportError:
         logger.warning('no PNG plot: matplotlib is not installed (pip install -e ".[bench]")')
         return False
-    done = [r for r in rows if r.status == "ok" and r.test_score is not None]
-    fig, ax = plt.subplots(figsize=(8, 5.2))
-    for r in done:
-        err = [[max(0.0, r.test_score - r.ci_low)], [max(0.0, r.ci_high - r.test_score)]]
-        ax.errorbar([r.student_calls], [r.test_score], yerr=err, fmt="o", capsize=4)
-        ax.annotate(r.optimizer, (r.student_calls, r.test_score), textcoords="offset points", xytext=(6, 4),
-                    fontsize=8)
+    points: dict[tuple[int, float], list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.status == "ok" and r.test_score is not None:
+            points[(r.student_calls, round(r.test_score, 6))].append(r)
+    fig, ax = plt.subplots(figsize=(8.5, 5.6))
+    for (calls, score), group in points.items():
+        r = group[0]
+        err = [[max(0.0, score - r.ci_low)], [max(0.0, r.ci_high - score)]]
+        label = f"{', '.join(g.optimizer for g in group)} ({calls} calls, {score:.3f})"
+        ax.errorbar([calls], [score], yerr=err, fmt="o", capsize=4, label=label)
     ax.set_xlabel("student LM calls while compiling (counted at the LM)")
     ax.set_ylabel("test accuracy (95% CI)")
     ax.set_ylim(-0.05, 1.05)
-    ax.margins(x=0.15)
+    ax.margins(x=0.2)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, f"{meta['command']}\nrevision {meta['revision']}, {meta['date']}", fontsize=6,
-             family="monospace", va="bottom")
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    footer = [*textwrap.wrap(meta["command"], 150), f"revision {meta['revision']}, {meta['date']}"]
+    fig.text(0.01, 0.01, "\n".join(footer), fontsize=6, family="monospace", va="bottom")
+    fig.tight_layout(rect=(0, 0.03 + 0.022 * len(footer), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def read_csv(path: Path) -> tuple[dict[str, str], list[Row]]:
+    """The metadata and rows of a CSV written by :func:`write_csv`."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    meta = dict(line[2:].split(": ", 1) for line in lines if line.startswith("# "))
+    types = {f.name: f.type for f in fields(Row)}
+    rows = []
+    for record in csv.DictReader([line for line in lines if not line.startswith("# ")]):
+        values: dict[str, Any] = {}
+        for name, text in record.items():
+            kind = str(types[name])
+            if text == "" and "None" in kind:
+                values[name] = None
+            elif kind.startswith("int"):
+                values[name] = int(text)
+            elif kind.startswith("float"):
+                values[name] = float(text)
+            else:
+                values[name] = text
+        rows.append(Row(**values))
+    return meta, rows
 
 
 def write_all(rows: list[Row], out_dir: Path, stem: str, meta: dict[str, Any], *, title: str,
@@ -121,3 +153,20 @@ def write_all(rows: list[Row], out_dir: Path, stem: str, meta: dict[str, Any], *
     if plot(rows, out_dir / f"{stem}.png", meta, title=title):
         written.append(out_dir / f"{stem}.png")
     return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the PNG of a comparison from its CSV: ``python benchmarks/real_report.py runs/real_reviews.csv``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--title", help="plot title (default: the title recorded in the CSV)")
+    args = parser.parse_args(argv)
+    meta, rows = read_csv(args.csv)
+    title = args.title or meta.get("title") or args.csv.stem
+    ok = plot(rows, args.csv.with_suffix(".png"), meta, title=title)
+    print(f"wrote {args.csv.with_suffix('.png')}" if ok else "matplotlib is not installed")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -159,14 +159,15 @@ def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started
     at_start = revision()  # the code measured; others may commit while a long run goes on
     rows = compare(setup, args.optimizers, budget=args.budget_matched, seed=args.seed, num_threads=args.threads,
                    log_dir=_log_dir(args))
-    meta = metadata(command, revision_at_start=at_start, student=setup.student.model, teacher=setup.teacher.model,
+    title = args.title or f"Optimizers on {args.task}: test accuracy against student calls"
+    meta = metadata(command, revision_at_start=at_start, title=title, student=setup.student.model,
+                    teacher=setup.teacher.model,
                     splits=f"{len(setup.trainset)} train / {len(setup.valset)} validation / {len(setup.testset)} "
                            f"test, disjoint, seed {args.seed}",
                     budget="none (each optimizer's default settings)" if args.budget_matched is None else
                     f"{args.budget_matched} student calls per compile",
                     total=f"{time.monotonic() - started:.0f} s wall, {time.process_time():.0f} s CPU "
                           "(this process, all threads)")
-    title = args.title or f"Optimizers on {args.task}: test accuracy against student calls"
     paths = write_all(rows, out, f"real_{args.task}", meta, title=title, notes=comparison_notes(setup, args))
     print(f"\nfinished in {time.monotonic() - started:.0f} s; written: {', '.join(str(p) for p in paths)}")
     return 0 if any(r.status == "ok" for r in rows) else 1

@@ -14,6 +14,7 @@ import dspy
 import pytest
 import real_compare
 import real_optimizers
+import real_report
 import run
 import run_setup
 from call_meter import CallMeter
@@ -205,8 +206,15 @@ def test_comparison_writes_csv_markdown_and_plot_with_command_revision_and_count
     markdown = (tmp_path / "real_simulated.md").read_text(encoding="utf-8")
     assert meta["revision"] in markdown and "--optimizers baseline,cd-light" in markdown
     assert "| cd-light |" in markdown
+    _, parsed = real_report.read_csv(tmp_path / "real_simulated.csv")  # the CSV reads back into rows
+    assert [r.student_calls for r in parsed] == [int(r["student_calls"]) for r in rows]
+    assert parsed[0].ledger_student_calls is None and parsed[1].test_score == float(cd["test_score"])
     pytest.importorskip("matplotlib")
-    assert (tmp_path / "real_simulated.png").read_bytes()[:4] == b"\x89PNG"
+    png = tmp_path / "real_simulated.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    png.unlink()
+    assert real_report.main([str(tmp_path / "real_simulated.csv")]) == 0  # redrawn from the CSV alone
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_budget_matched_comparison_holds_concept_distillation_to_the_budget(tmp_path):
