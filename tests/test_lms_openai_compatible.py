@@ -17,10 +17,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import dspy
 import pytest
-from dspy.lm15 import Config, Message, Request, UnsupportedFeatureError
+from dspy.lm15 import Config, Message, Request, UnsupportedFeatureError, registered_providers, unregister_provider
 
 from dspy_concept_distill.lms import OpenAIServer, openai_compatible_lm
 from dspy_concept_distill.lms._llama_server import OpenAIJsonSchema, translate_body
+from dspy_concept_distill.lms.openai_compatible import PROVIDER, declare_provider
 from dspy_concept_distill.lms.router import LiteLLMRouterEngine, router_lm
 
 SCHEMA = {"type": "object", "properties": {"answer": {"type": "number"}}, "required": ["answer"]}
@@ -123,6 +124,16 @@ def test_server_lm_is_the_structured_lm_at_the_server_address(scripted) -> None:
     assert lm.model == "openai-compatible/smollm2-135m" and lm.kwargs["api_base"] == fake.api_base
     ask(lm)
     assert fake.bodies[0]["response_format"]["type"] == "json_schema"
+
+
+def test_the_declaration_is_idempotent_and_comes_back_after_an_unregister(scripted) -> None:
+    declare_provider()
+    declare_provider()
+    assert [p.id for p in registered_providers()].count(PROVIDER) == 1
+    unregister_provider(PROVIDER)
+    server = scripted()
+    ask(openai_compatible_lm("smollm2", server.api_base, cache=False))
+    assert server.bodies[0]["response_format"]["type"] == "json_schema"
 
 
 def test_bad_arguments_are_refused_before_any_call() -> None:

@@ -17,7 +17,6 @@ once (or :func:`declare_provider`) before loading it elsewhere.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 from dspy_concept_distill.lms._offline import use_bundled_price_maps
@@ -34,9 +33,11 @@ _PLACEHOLDER_KEY = "none"
 _DEFAULT_BASE = "http://127.0.0.1:8000/v1"
 
 
-@functools.cache
 def declare_provider() -> None:
-    """Declare ``openai-compatible/<model>`` to DSPy: OpenAI chat wire, ``max_tokens``, JSON schemas honoured."""
+    """Declare ``openai-compatible/<model>`` to DSPy: OpenAI chat wire, ``max_tokens``, JSON schemas honoured.
+
+    Idempotent: DSPy treats registering the same declaration again as a no-op.
+    """
     from dspy.lm15 import (
         AccessPolicy,
         EndpointSupport,
