@@ -276,6 +276,8 @@ def _simulated_setup(n: int = 8, teacher: dspy.LM | None = None) -> Setup:
 
 @pytest.mark.parametrize("key", ["copro", "miprov2", "gepa", "simba", "infer-rules"])
 def test_each_dspy_optimizer_runs_budget_matched_and_its_calls_are_counted_at_the_lm(key, tmp_path):
+    if key == "miprov2":
+        pytest.importorskip("optuna", reason='MIPROv2 needs optuna (pip install -e ".[bench]")')
     teacher = dspy.LM("scripted/proposer", engine=AnyInstructionEngine())
     setup = _simulated_setup(teacher=teacher)
     [row] = compare(setup, [key], budget=40, seed=0, num_threads=2, log_dir=tmp_path, echo=lambda _: None)
