@@ -75,3 +75,5 @@ def test_full_compile_through_litellm_against_a_local_openai_server(reviews):
     result = optimized.distillation
     check_result(result, "openai-compatible/smollm2-135m", "openai-compatible/smollm2-135m")
     assert all(entry.get("usage") for entry in student.history)  # token counts came back over HTTP
+    # the teacher's JSON schema reached the server's grammar, so even this tiny teacher's reply parses
+    assert result.mistakes and any(reply.error is None for reply in result.replies)
