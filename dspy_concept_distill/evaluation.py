@@ -257,9 +257,16 @@ class Evaluator:
         self.executor.submit(self._job, key, ruleset, example, phase_name).add_done_callback(settle)
         return shared
 
-    def run(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str, desc: str | None = None) -> list[Outcome]:
+    def prefetch(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase_name: str) -> None:
+        """Start jobs in the background without waiting; a later ``run`` of the same pairs shares them."""
+        for ruleset, example in jobs:
+            self.submit(ruleset, example, phase_name)
+
+    def run(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase: str, desc: str | None = None,
+            on_usable: Callable[[], None] | None = None) -> list[Outcome]:
         """Outcomes for (ruleset, example) jobs, running only those not cached, in parallel; ``desc`` shows a
-        progress bar with the running mean score.
+        progress bar with the running mean score. ``on_usable`` is called once, from whichever thread finished
+        the job, as soon as the outcomes show that neither the metric nor the program fails on every example.
 
         Raises ``BudgetExhaustedError``, ``StopRequestedError`` or ``StudentLMError`` once the batch is over if some
         jobs could not run; every job that did finish is in the cache first, so no finished work is lost.
@@ -273,6 +280,8 @@ class Evaluator:
             if key not in seen:
                 seen[key] = self._submit(key, ruleset, example, phase)
             futures.append(seen[key])
+        if on_usable is not None:
+            _call_once_usable(list(seen.values()), on_usable)
         results = self._collect(seen, desc)
         raise_if_incomplete(list(results.values()), len(results))
         return [f.result() for f in futures]  # type: ignore[misc]
@@ -349,6 +358,26 @@ class Evaluator:
     def _failure(self, trace, names, kind, exc, *, raw=None, failed=None) -> Outcome:
         return Outcome(score=self.failure_score, steps=_steps(trace, names), error=_short_error(exc), error_kind=kind,
                        raw_text=raw, failed_predictor=failed, calls=len(trace))
+
+
+def _call_once_usable(futures: Sequence[Future], callback: Callable[[], None]) -> None:
+    """Call ``callback`` once some outcome is not a metric error and some outcome is not a program exception: the
+    run cannot then fail fast (see ``mistakes.collect_mistakes``)."""
+    lock, seen, called = threading.Lock(), set(), [False]
+
+    def check(future: Future) -> None:
+        outcome = None if future.exception() is not None else future.result()
+        if not isinstance(outcome, Outcome):
+            return
+        with lock:
+            seen.update({METRIC_ERROR, EXCEPTION} - {outcome.error_kind})
+            if called[0] or len(seen) < 2:
+                return
+            called[0] = True
+        callback()
+
+    for future in futures:
+        future.add_done_callback(check)
 
 
 def raise_if_incomplete(results: Sequence[Any], total: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,14 +102,15 @@ def collect_mistakes(
     *,
     threshold: float | None,
     round_index: int,
+    on_usable: Callable[[], None] | None = None,
 ) -> tuple[list[Mistake], list[Outcome], float]:
     """Run the current variant on the trainset; return (mistakes, outcomes, threshold used).
 
     With no explicit ``threshold`` a mistake is a score below the metric's maximum, taken as 1.0 or the largest
-    score seen if that is larger.
+    score seen if that is larger. ``on_usable`` is called as soon as the run cannot fail fast any more.
     """
     outcomes = evaluator.run([(ruleset, ex) for ex in trainset], phase="mistakes",
-                             desc=f"Round {round_index + 1}: student on trainset")
+                             desc=f"Round {round_index + 1}: student on trainset", on_usable=on_usable)
     if threshold is None:
         threshold = metric_max(outcomes)
     mistakes = [

@@ -11,6 +11,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import dspy
@@ -47,7 +48,7 @@ from .projection import CallBounds, project, refine
 from .report import RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .state import CompileState, RunSettings, open_state
-from .verification import MIN_FIRST_CHUNK, VerificationSettings, Verifier, limit_candidates
+from .verification import VerificationSettings, Verifier, limit_candidates
 
 logger = logging.getLogger(__name__)
 
@@ -278,20 +279,27 @@ class ConceptDistillation(Teleprompter):
     def _round(self, state: CompileState, round_index: int, bounds: CallBounds) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
+        first = state.baseline_scores is None
+        baseline = None  # the valset baseline starts beside the trainset once that cannot fail fast
+        if first and state.settings.num_threads > 1:
+            baseline = partial(state.evaluator.prefetch, [(state.current, ex) for ex in state.valset], "verification")
         mistakes, outcomes, state.threshold = collect_mistakes(
             state.evaluator, state.current, state.trainset, threshold=state.settings.metric_threshold,
-            round_index=round_index)
+            round_index=round_index, on_usable=baseline)
         state.mistakes += mistakes
-        if state.baseline_scores is None:
-            state.baseline_scores = state.val_scores = self._scores(state)
+        if first:
             refine(state, bounds)
         train_score = sum(o.score for o in outcomes) / len(outcomes)
         logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
                     len(mistakes))
         if not mistakes:
             logger.info("round %d: no mistakes left to learn from", number)
+            if first:
+                state.baseline_scores = state.val_scores = self._scores(state)
             return False
-        candidates = self._induce(state, round_index, mistakes)
+        candidates = self._induce(state, round_index, mistakes)  # the baseline keeps running meanwhile
+        if first:
+            state.baseline_scores = state.val_scores = self._scores(state)
         retries = near_misses_to_retry(state.rules, candidates, round_index)
         candidates += retries
         state.rules += retries
@@ -348,7 +356,7 @@ class ConceptDistillation(Teleprompter):
         s = state.settings
         settings = VerificationSettings(
             min_gain=state.min_gain, confidence_z=s.confidence_z, screen_size=s.screen_size if screen else 0,
-            max_score=state.max_score, lookahead=max(0, (s.num_threads - MIN_FIRST_CHUNK) // MIN_FIRST_CHUNK),
+            max_score=state.max_score,
         )
         return Verifier(state.evaluator, state.valset, state.trainset, settings, state.rng, progress=progress)
 

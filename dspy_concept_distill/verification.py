@@ -22,13 +22,14 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import dspy
 
+from .budget import STUDENT
 from .evaluation import STOPPING_ERRORS, Evaluator, Outcome, example_key, raise_if_incomplete
 from .mistakes import Mistake
 from .rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
@@ -46,7 +47,6 @@ class VerificationSettings:
     confidence_z: float  # width of the confidence bound used to drop clear losers early
     screen_size: int  # source mistakes each candidate is screened on (0: no screening)
     max_score: float  # the metric's maximum per example
-    lookahead: int = 0  # candidates whose first chunk runs speculatively beside the current race
 
 
 class Verdict(StrEnum):
@@ -193,44 +193,105 @@ def decide(diffs: Mapping[int, float], base: Sequence[float], settings: Verifica
 
 
 class _Race:
-    """One candidate's race against one set of rules in force."""
+    """One candidate's race against one set of rules in force.
 
-    def __init__(self, verifier: Verifier, rule: Rule, current: RuleSet, base: list[float]) -> None:
-        self.verifier, self.rule, self.current, self.base = verifier, rule, current, base
+    ``base`` is the valset scores of the rules in force, or, for a speculative race, the race whose candidate
+    is predicted to be in force at this one's turn: its scores are known once that race is accepted (it then
+    saw the whole valset), and this race decides nothing until then, so it runs one chunk at most meanwhile.
+    """
+
+    def __init__(self, verifier: Verifier, rule: Rule, current: RuleSet, base: list[float] | _Race) -> None:
+        self.verifier, self.rule, self.current, self.base_source = verifier, rule, current, base
         self.candidate = current.with_rule(rule)
-        self.diffs: dict[int, float] = {}
-        self.bounds = iter(chunk_bounds(len(base)))
-        self.pending: list[tuple[int, Future]] = []
-        first = decide(self.diffs, base, verifier.settings)  # the rules in force may leave no room to gain at all
-        self.decision: Decision | None = first if first.verdict is not Verdict.CONTINUE else None
+        self.own: dict[int, float] = {}  # this candidate's valset scores so far, by example index
+        self.bounds = chunk_bounds(len(verifier.valset))
+        self.chunk = 0  # chunks finished
+        self.pending: list[list[tuple[int, Future]]] = []  # chunks in flight, oldest first
+        self.decision: Decision | None = None
+        self.update()
 
-    def start_chunk(self, *, speculative: bool = False) -> None:
-        """Submit the next chunk; a speculative race (ahead of its turn) runs its first chunk only."""
-        if self.pending or self.decision is not None or (speculative and self.diffs):
-            return
-        bound = next(self.bounds)
-        todo = [i for i in self.verifier.order[:bound] if i not in self.diffs]
+    @property
+    def base(self) -> list[float] | None:
+        source = self.base_source
+        if isinstance(source, _Race):
+            return source.scores() if source.decision is not None and source.decision.verdict is Verdict.ACCEPT \
+                else None
+        return source
+
+    @property
+    def diffs(self) -> dict[int, float]:
+        base = self.base
+        return {} if base is None else {i: score - base[i] for i, score in self.own.items()}
+
+    def update(self) -> None:
+        """Decide on the chunks finished so far, once the base scores are known (the decision a 1-thread run
+        takes at the same chunk boundary)."""
+        base = self.base
+        if self.decision is None and base is not None:
+            decision = decide(self.diffs, base, self.verifier.settings)
+            if decision.verdict is not Verdict.CONTINUE:
+                self.decision = decision
+
+    @property
+    def submitted(self) -> int:
+        """Chunks finished or in flight."""
+        return self.chunk + len(self.pending)
+
+    def can_start(self) -> bool:
+        """Undecided with a chunk left to submit; before its base is known, one chunk at most."""
+        if self.decision is not None or self.submitted >= len(self.bounds):
+            return False
+        return self.base is not None or self.submitted == 0
+
+    def next_chunk(self) -> list[int]:
+        k = self.submitted
+        return self.verifier.order[self.bounds[k - 1] if k else 0:self.bounds[k]]
+
+    def start_chunk(self) -> int:
+        """Submit the next chunk (behind any still in flight); returns its size."""
+        todo = self.next_chunk()
         ev = self.verifier.evaluator
-        self.pending = [(i, ev.submit(self.candidate, self.verifier.valset[i], "verification")) for i in todo]
+        self.pending.append([(i, ev.submit(self.candidate, self.verifier.valset[i], "verification")) for i in todo])
+        return len(todo)
 
-    def chunk_done(self) -> bool:
-        return all(f.done() for _, f in self.pending)
+    def in_flight(self) -> list[Future]:
+        return [f for chunk in self.pending for _, f in chunk if not f.done()]
 
-    def finish_chunk(self) -> Decision:
-        """Wait for the chunk in flight, then decide (and start the next chunk if the race goes on)."""
-        results = [(i, f.result()) for i, f in self.pending]
-        self.pending = []
-        raise_if_incomplete([r for _, r in results], len(results))
+    def chunk_ready(self) -> bool:
+        return bool(self.pending) and all(f.done() for _, f in self.pending[0])
+
+    def finish_chunk(self) -> None:
+        """Take the oldest finished chunk's results and decide if the base is known; once decided, later chunks
+        are not looked at (a decision only ever sees the chunks before it, as in a 1-thread run). A chunk some of
+        whose jobs did not run (budget, stop, student LM failure) raises why; its finished results stay cached,
+        and the chunk runs again, from the cache, when the race is next asked for."""
+        chunk = self.pending[0]
+        results = [(i, f.result()) for i, f in chunk]
+        try:
+            raise_if_incomplete([r for _, r in results], len(results))
+        except STOPPING_ERRORS:
+            self.pending = []
+            raise
+        self.pending.pop(0)
         for i, outcome in results:
             assert isinstance(outcome, Outcome)
-            self.diffs[i] = outcome.score - self.base[i]
-        decision = decide(self.diffs, self.base, self.verifier.settings)
-        if decision.verdict is not Verdict.CONTINUE:
-            self.decision = decision
-        return decision
+            self.own[i] = outcome.score
+        self.chunk += 1
+        self.update()
+        if self.decision is not None:
+            self.pending = []
+
+    def predicts_accept(self, min_gain: float) -> bool:
+        """Whether this rule is likely to be in force after its turn: accepted, or undecided with a gain of at
+        least ``min_gain`` so far."""
+        if self.decision is not None:
+            return self.decision.verdict is Verdict.ACCEPT
+        diffs = self.diffs
+        return bool(diffs) and sum(diffs.values()) / len(diffs) >= min_gain - EPS
 
     def scores(self) -> list[float]:
-        return [self.base[i] + self.diffs[i] for i in range(len(self.base))]
+        """The candidate's valset scores, once it has seen the whole valset."""
+        return [self.own[i] for i in range(len(self.verifier.valset))]
 
 
 class Verifier:
@@ -244,9 +305,11 @@ class Verifier:
         self.rng = rng
         self.progress = progress
         self.order: list[int] = []
+        self.calls_per_run = 1  # the most LM calls one program run took on the valset baseline
 
     def base_scores(self, ruleset: RuleSet) -> list[float]:
         outcomes = self.evaluator.run([(ruleset, ex) for ex in self.valset], phase="verification")
+        self.calls_per_run = max([1, *(o.calls for o in outcomes)])
         return [o.score for o in outcomes]
 
     # -- screening ------------------------------------------------------------------------------------------------
@@ -280,7 +343,7 @@ class Verifier:
         stands: every accepted rule was verified on the whole valset."""
         result = VerificationResult(current, None)
         bar = None
-        races: dict[str, _Race] = {}
+        races: dict[tuple[str, RuleSet], _Race] = {}
         try:
             result.scores = self.base_scores(current)
             queue = self.screen(current, candidates, mistakes)
@@ -291,13 +354,14 @@ class Verifier:
                     rule.reject(f"not verified: predictor {rule.predictor!r} already holds the most rule text allowed "
                                 f"({MAX_RULES_CHARS_PER_PREDICTOR} characters)")
                     continue
-                for ahead in queue[position: position + 1 + self.settings.lookahead]:
-                    race = races.get(ahead.id)
-                    if race is None or race.current != result.ruleset:
-                        races[ahead.id] = race = _Race(self, ahead, result.ruleset, result.scores)
-                    race.start_chunk(speculative=ahead is not rule)
-                decision = self._finish(races, rule.id)
-                self._apply(rule, races.pop(rule.id), decision, result, mistakes)
+                race = self._race(races, rule, result)
+                while race.decision is None:
+                    if not race.pending and race.can_start():
+                        race.start_chunk()
+                    if not race.chunk_ready():  # only while it waits (a run resumed from the cache never does)
+                        self._speculate(races, queue, position, race, result)
+                    self._advance(races, race)
+                self._apply(rule, race, race.decision, result, mistakes)
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(score=f"{sum(result.scores) / len(result.scores):.3f}", rules=len(result.ruleset))
@@ -312,6 +376,86 @@ class Verifier:
                 bar.close()
         return result
 
+    def _race(self, races: dict[tuple[str, RuleSet], _Race], rule: Rule, result: VerificationResult) -> _Race:
+        """The race of ``rule`` against ``result.ruleset`` (one started speculatively, or a new one)."""
+        key = (rule.id, result.ruleset)
+        if key not in races or races[key].base is None:  # (a speculative race's base is known by its turn)
+            races[key] = _Race(self, rule, result.ruleset, result.scores)
+        races[key].update()
+        return races[key]
+
+    def _speculate(self, races: dict[tuple[str, RuleSet], _Race], queue: Sequence[Rule], position: int,
+                   head: _Race, result: VerificationResult) -> None:
+        """Use spare threads and budget: first the later chunks of the race in front if it is on course to be
+        accepted, then the candidates behind it, in order.
+
+        Each candidate behind runs against the rules in force it is predicted to meet at its turn: those in
+        force now plus every candidate before it whose race predicts acceptance. It starts only once the one
+        before it has evidence (a decision or a finished chunk), and runs ahead by more than one chunk only when
+        it too predicts acceptance, so a wrong prediction wastes little. Budget: speculation only spends what is
+        left after every candidate from the one in front onwards could still be raced over the whole valset, so
+        the in-order decisions of the round are never short of calls.
+        """
+        threads = self.evaluator.executor.num_threads
+        if threads <= head.bounds[0]:
+            return  # a first chunk keeps every thread busy: speculation would add calls for little time
+        in_flight = sum(len(r.in_flight()) for r in races.values())
+        room = [threads - in_flight, self._spare_calls(queue, position, in_flight)]  # threads, calls
+        self._feed(head, room, deep=head.predicts_accept(self.settings.min_gain))
+        in_force, base, before = result.ruleset, result.scores, head
+        for rule in queue[position + 1:]:
+            if room[0] <= 0 or room[1] <= 0:
+                return
+            if before.decision is None and not before.own:
+                return  # no evidence yet on the candidate in front of this one
+            if before.predicts_accept(self.settings.min_gain):
+                in_force, base = before.candidate, before
+            if rule.status != CANDIDATE or not fits_predictor_budget(list(in_force), rule):
+                continue
+            race = races.get((rule.id, in_force))
+            if race is None:
+                race = races[(rule.id, in_force)] = _Race(self, rule, in_force, base)
+            race.update()
+            self._feed(race, room, deep=race.predicts_accept(self.settings.min_gain))
+            before = race
+
+    def _feed(self, race: _Race, room: list[float], *, deep: bool) -> None:
+        """Start ``race``'s next chunk (all its remaining chunks if ``deep``) while ``room`` (threads, calls)
+        allows; ``room`` is updated in place."""
+        while room[0] > 0 and race.can_start() and (deep or not race.pending):
+            cost = len(race.next_chunk()) * self.calls_per_run
+            if cost > room[1]:
+                return
+            started = race.start_chunk()
+            room[0] -= started
+            room[1] -= started * self.calls_per_run
+
+    def _spare_calls(self, queue: Sequence[Rule], position: int, in_flight: int) -> float:
+        """Student calls speculation may spend: the budget left, less the runs in flight and a whole valset for
+        each candidate still to decide in order, the one in front included."""
+        remaining = self.evaluator.budget.remaining(STUDENT)
+        if remaining is None:
+            return math.inf
+        undecided = 1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE)
+        return remaining - (in_flight + len(self.valset) * undecided) * self.calls_per_run
+
+    @staticmethod
+    def _advance(races: dict[tuple[str, RuleSet], _Race], head: _Race) -> None:
+        """Wait until a job finishes, then take every finished chunk, oldest first. The race in front raises why
+        its chunk could not run; a speculative race's failure is left for its turn."""
+        waiting = [f for r in races.values() for f in r.in_flight()]
+        if waiting:
+            wait(waiting, return_when=FIRST_COMPLETED)
+        for race in races.values():
+            while race.chunk_ready():
+                if race is head:
+                    race.finish_chunk()
+                    continue
+                try:
+                    race.finish_chunk()
+                except STOPPING_ERRORS:
+                    break
+
     def _adherence(self, rule: Rule, race: _Race, mistakes: Mapping[str, Mistake]) -> dict[str, Any] | None:
         """On the training mistakes the rule was written for when they were run (the screen), else on the valset
         examples the rules in force got wrong."""
@@ -322,18 +466,6 @@ class Verifier:
             failing = [self.valset[i] for i, s in enumerate(race.base) if s < self.settings.max_score - EPS]
             found = adherence(self.evaluator, race.current, race.candidate, failing, "valset failures")
         return found
-
-    @staticmethod
-    def _finish(races: dict[str, _Race], head: str) -> Decision:
-        """Drive the head race to a decision, advancing speculative races whose chunks are done meanwhile."""
-        race = races[head]
-        while race.decision is None:
-            race.start_chunk()
-            for other in races.values():
-                if other is not race and other.pending and other.chunk_done():
-                    other.finish_chunk()
-            race.finish_chunk()
-        return race.decision
 
     def _apply(self, rule: Rule, race: _Race, decision: Decision, result: VerificationResult,
                mistakes: Mapping[str, Mistake]) -> None:

@@ -1,0 +1,140 @@
+"""Parallel racing: with threads to spare, several candidates race at once (each against the rules in force it
+would meet at its turn, predicted from the evidence so far), yet every decision is the one a 1-thread run takes,
+and speculation never spends budget that the in-order races of the round could still need."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import dspy
+import pytest
+
+from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill.scripted import Prompt
+from dspy_concept_distill.testing import SimulatedStudentEngine, SimulatedTask
+
+
+class SlowStudent(SimulatedStudentEngine):
+    """The simulated world's scripted student (not a real model), answering after ``latency`` seconds; it records
+    the most distinct prompts (program variants) it was serving at one moment."""
+
+    def __init__(self, world, latency: float) -> None:
+        super().__init__(world)
+        self.latency = latency
+        self.active: Counter[str] = Counter()
+        self.most_variants = 0
+        self._active_lock = threading.Lock()
+
+    def complete(self, request):
+        variant = Prompt.of(request).system
+        with self._active_lock:
+            self.active[variant] += 1
+            self.most_variants = max(self.most_variants, len(self.active))
+        try:
+            time.sleep(self.latency)
+            return super().complete(request)
+        finally:
+            with self._active_lock:
+                self.active[variant] -= 1
+                if not self.active[variant]:
+                    del self.active[variant]
+
+
+def _compile(task: SimulatedTask, threads: int, **kwargs):
+    engine = SlowStudent(task.world, latency=0.004)
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), auto="medium",
+                                    screen_size=0, num_threads=threads, seed=0, **kwargs)
+    with dspy.context(lm=dspy.LM("simulated/student", engine=engine, cache=False)):
+        result = optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=task.trainset,
+                                   valset=task.valset).distillation
+    decisions = [(r.text, r.status, r.reason, r.evaluated_on, round(r.gain or 0.0, 9)) for r in result.rules]
+    return result, decisions, engine
+
+
+@pytest.fixture(scope="module")
+def noisy_task() -> SimulatedTask:
+    return SimulatedTask.create(30, 30, seed=3, flip_rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def one_thread(noisy_task):
+    return _compile(noisy_task, 1)
+
+
+def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_does(noisy_task, one_thread):
+    result_1, decisions_1, engine_1 = one_thread
+    result_16, decisions_16, engine_16 = _compile(noisy_task, 16)
+    assert any(status == "accepted" for _, status, *_ in decisions_1)
+    assert any(status == "rejected" for _, status, *_ in decisions_1)
+    assert decisions_16 == decisions_1  # every rule: same status, reason, examples seen and gain
+    assert result_16.final_score == result_1.final_score
+    assert engine_1.most_variants == 1
+    assert engine_16.most_variants >= 3  # the race in front and at least two candidates behind it
+
+
+def test_speculation_leaves_the_budget_the_in_order_races_need(noisy_task, one_thread):
+    result_1, decisions_1, _ = one_thread
+    limit = result_1.student_calls  # exactly what the 1-thread run spent: no room for any wasted request
+    _, decisions_16, engine = _compile(noisy_task, 16, max_student_calls=limit)
+    assert engine.calls <= limit
+    round_1 = [d for d, rule in zip(decisions_1, result_1.rules, strict=True) if rule.round == 0]
+    assert decisions_16[:len(round_1)] == round_1
+
+
+class Recording(SlowStudent):
+    """SlowStudent that also logs (question, start, end) per request."""
+
+    def __init__(self, world, latency: float) -> None:
+        super().__init__(world, latency)
+        self.log: list[tuple[str, float, float]] = []
+
+    def complete(self, request):
+        start = time.perf_counter()
+        try:
+            return super().complete(request)
+        finally:
+            with self._active_lock:
+                self.log.append((Prompt.of(request).user, start, time.perf_counter()))
+
+
+def test_the_valset_baseline_runs_beside_the_trainset_at_many_threads():
+    task = SimulatedTask.create(24, 24, seed=1)
+    engine = Recording(task.world, latency=0.01)
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), auto="light",
+                                    num_threads=8, seed=0)
+    with dspy.context(lm=dspy.LM("simulated/student", engine=engine, cache=False)):
+        optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=task.trainset,
+                          valset=task.valset)
+    val_questions = {ex.question for ex in task.valset}
+    train_questions = {ex.question for ex in task.trainset}
+    is_val = [any(q in user for q in val_questions) for user, _, _ in engine.log]
+    last_train_end = max(end for (user, _, end), v in zip(engine.log, is_val, strict=True)
+                         if not v and any(q in user for q in train_questions))
+    first_val_start = min(start for (_, start, _), v in zip(engine.log, is_val, strict=True) if v)
+    assert first_val_start < last_train_end
+
+
+SEEN: list[str] = []  # questions AlwaysRaises was run on (module level: the optimizer runs copies of the program)
+
+
+class AlwaysRaises(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.predict = dspy.Predict("question -> answer: float")
+
+    def forward(self, question):
+        SEEN.append(question)
+        time.sleep(0.005)
+        raise RuntimeError("broken program")
+
+
+def test_a_program_that_always_raises_fails_fast_without_running_the_valset_at_many_threads():
+    task = SimulatedTask.create(16, 16, seed=1)
+    program = AlwaysRaises()
+    SEEN.clear()
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), num_threads=8)
+    with dspy.context(lm=task.world.student_lm()), pytest.raises(ValueError, match="the program raised on every"):
+        optimizer.compile(program, trainset=task.trainset, valset=task.valset)
+    assert set(SEEN) == {ex.question for ex in task.trainset}  # every training example, no valset one
