@@ -20,6 +20,7 @@ from dspy.teleprompt import Teleprompter
 from .assemble import ablate, finish
 from .budget import TEACHER
 from .checkpoint import fingerprint
+from .decisions import VerificationSettings
 from .evaluation import STOPPING_ERRORS
 from .guards import LeakChecker
 from .induction import (
@@ -48,7 +49,7 @@ from .projection import CallBounds, project, refine
 from .report import RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .state import CompileState, RunSettings, open_state
-from .verification import VerificationSettings, Verifier, limit_candidates
+from .verification import Verifier, limit_candidates
 
 logger = logging.getLogger(__name__)
 

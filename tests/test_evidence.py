@@ -8,9 +8,10 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill.decisions import paired_ci
 from dspy_concept_distill.rules import Rule, RuleSet
 from dspy_concept_distill.testing import Distractor, SimulatedWorld
-from dspy_concept_distill.verification import adherence, paired_ci
+from dspy_concept_distill.verification import adherence
 
 
 def setup(world: SimulatedWorld, n_train=20, n_val=20):
