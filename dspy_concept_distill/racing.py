@@ -5,8 +5,10 @@ decided at the chunk boundaries by ``decisions.decide``, so it stops as soon as 
 reach ``min_gain`` or is a clear loser.
 
 ``Racer`` decides the candidates one after another, each against the rules in force at its turn: greedy forward
-selection. It runs in waves: it plans a wave (the next chunk of the candidate in front, then, with threads to
-spare, work ahead), starts it, waits for all of it, and takes the chunks that finished. Work ahead is:
+selection. Work is submitted in units (a chunk or part of one) and taken strictly in the order it was submitted:
+the racer waits for the oldest unit, takes it, plans, and submits more while fewer jobs than threads are
+submitted and not yet taken. The next chunk of the candidate in front always runs; with threads to spare, so does
+work ahead:
 
 - the later chunks of the candidate in front, if it is on course to be accepted (its gain so far is at least
   ``min_gain``);
@@ -16,16 +18,17 @@ spare, work ahead), starts it, waits for all of it, and takes the chunks that fi
   acceptance, so a wrong prediction wastes little.
 
 A decision only ever sees the chunks before its boundary, against the rules in force at its turn, so every
-decision is the one a 1-thread run takes. A wave's plan depends only on outcomes already taken (never on which
-job happened to finish first), so a run makes the same requests every time at a given thread count: a rerun
-answered by DSPy's cache or resumed from a checkpoint pays nothing twice. Speculation only uses threads a chunk of
-the candidate in front leaves idle, and only budget left after every candidate still to decide could be raced
-over the whole valset, so it never starves the in-order decisions of the round.
+decision is the one a 1-thread run takes. Each plan depends only on units already taken, in submission order
+(never on which job happened to finish first), so a run makes the same requests every time at a given thread
+count: a rerun answered by DSPy's cache or resumed from a checkpoint pays nothing twice. Racing ahead only uses
+threads the chunk in front leaves idle, and only budget left after every candidate still to decide could be
+raced over the whole valset, so it never starves the in-order decisions of the round.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, wait
 from contextlib import suppress
@@ -50,6 +53,15 @@ class Track:
     calls_per_run: int = 1  # the most LM calls one program run took on the valset baseline
 
 
+@dataclass
+class Unit:
+    """Examples of one race submitted together."""
+
+    race: Race
+    examples: list[int]
+    futures: list[Future]
+
+
 class Race:
     """One candidate's race against one set of rules in force.
 
@@ -66,6 +78,7 @@ class Race:
         self.chunk = 0  # chunks taken
         self.sent = 0  # examples submitted, in racing order
         self.pending: dict[int, Future] = {}
+        self.arrived: set[int] = set()  # examples of pending whose unit was taken
         self.decision: Decision | None = None
         self.update()
 
@@ -91,53 +104,70 @@ class Race:
                 self.decision = decision
 
     def predicts_accept(self) -> bool:
-        """Accepted, or undecided with a gain of at least ``min_gain`` so far."""
+        """Accepted, or undecided with a gain of at least ``min_gain`` so far (before the base is known: over the
+        examples its base race has taken too)."""
         if self.decision is not None:
             return self.decision.verdict is Verdict.ACCEPT
-        diffs = self.diffs
+        source = self.base_source
+        if self.base is None and isinstance(source, Race):
+            diffs = {i: score - source.own[i] for i, score in self.own.items() if i in source.own}
+        else:
+            diffs = self.diffs
         return bool(diffs) and sum(diffs.values()) / len(diffs) >= self.track.settings.min_gain - EPS
 
     def wanted(self, *, deep: bool) -> int:
         """Examples to submit to reach the next chunk boundary (the end of the valset if ``deep``); before the
-        base is known, the first chunk at most."""
+        base is known, the first chunk at most, unless the race the base waits for predicts acceptance."""
         if self.decision is not None:
             return 0
-        limit = len(self.track.order) if self.base is not None else self.bounds[0]
+        source = self.base_source
+        known = self.base is not None or (isinstance(source, Race) and source.predicts_accept())
+        limit = len(self.track.order) if known else self.bounds[0]
         target = limit if deep else min(limit, self.bounds[self.chunk])
         return max(0, target - self.sent)
 
-    def submit(self, count: int) -> list[Future]:
+    def submit(self, count: int) -> Unit | None:
         """Start the next ``count`` examples in racing order."""
         todo = self.track.order[self.sent:self.sent + count]
+        if not todo:
+            return None
         self.sent += len(todo)
         ev, valset = self.track.evaluator, self.track.valset
         for i in todo:
             self.pending[i] = ev.submit(self.candidate, valset[i], "verification")
-        return [self.pending[i] for i in todo]
+        return Unit(self, todo, [self.pending[i] for i in todo])
 
-    def take(self) -> None:
-        """Take every chunk whose jobs are all done, in order, deciding after each as a 1-thread run does; after a
-        decision, later results are not looked at. A chunk some of whose jobs did not run (budget, stop, student
-        LM failure) raises why; its finished results stay cached, and it is submitted again on the next ask."""
+    @property
+    def busy(self) -> bool:
+        """Some submitted examples are not taken yet."""
+        return len(self.pending) > len(self.arrived)
+
+    def take(self, arrived: Sequence[int]) -> None:
+        """Mark the examples of a taken unit, then take every chunk whose examples have all arrived, in order,
+        deciding after each as a 1-thread run does; after a decision, later results are not looked at. A chunk
+        some of whose jobs did not run (budget, stop, student LM failure) raises why; its finished results stay
+        cached, and it is submitted again on the next ask."""
+        self.arrived.update(i for i in arrived if i in self.pending)
         while self.decision is None and self.chunk < len(self.bounds) and self.bounds[self.chunk] <= self.sent:
             first = self.bounds[self.chunk - 1] if self.chunk else 0
             chunk = self.track.order[first:self.bounds[self.chunk]]
-            if not all(self.pending[i].done() for i in chunk):
+            if not self.arrived.issuperset(chunk):
                 return
             results = [self.pending[i].result() for i in chunk]
             try:
                 raise_if_incomplete(results, len(results))
             except STOPPING_ERRORS:
-                self.pending, self.sent = {}, first
+                self.pending, self.arrived, self.sent = {}, set(), first
                 raise
             for i, outcome in zip(chunk, results, strict=True):
                 assert isinstance(outcome, Outcome)
                 self.own[i] = outcome.score
                 del self.pending[i]
+            self.arrived.difference_update(chunk)
             self.chunk += 1
             self.update()
         if self.decision is not None:
-            self.pending = {}
+            self.pending, self.arrived = {}, set()
 
     def scores(self) -> list[float]:
         """The candidate's valset scores, once it has seen the whole valset."""
@@ -145,24 +175,36 @@ class Race:
 
 
 class Racer:
-    """Decides candidates in queue order, racing ahead in waves (see the module docstring)."""
+    """Decides candidates in queue order, racing ahead (see the module docstring)."""
 
     def __init__(self, track: Track) -> None:
         self.track = track
         self.races: dict[tuple[str, RuleSet], Race] = {}
+        self.units: deque[Unit] = deque()  # submitted and not yet taken, oldest first
+        self.budget_left = self._budget_left()  # program runs this racer may still start (inf: no budget)
 
     def decide(self, queue: Sequence[Rule], position: int, in_force: RuleSet, scores: list[float]) -> Race:
         """Race ``queue[position]`` against ``in_force`` (valset ``scores``) to a decision."""
         head = self._race(queue[position], in_force, scores)
         while head.decision is None:
-            wave = self._plan(queue, position, head, in_force, scores)
-            wait(wave)
-            head.take()  # raises why the chunk in front could not run
-            for race in self.races.values():
-                if race is not head and race.pending:
-                    with suppress(*STOPPING_ERRORS):  # left for its turn
-                        race.take()
+            if not head.busy:
+                self._submit(head.submit(head.wanted(deep=False)))  # the chunk in front, whole, at any thread count
+            self._plan(queue, position, head, scores)
+            unit = self.units.popleft()
+            wait(unit.futures)
+            if unit.race is head:
+                head.take(unit.examples)  # raises why the chunk in front could not run
+            else:
+                with suppress(*STOPPING_ERRORS):  # left for its turn
+                    unit.race.take(unit.examples)
         return head
+
+    def _submit(self, unit: Unit | None) -> int:
+        if unit is None:
+            return 0
+        self.units.append(unit)
+        self.budget_left -= len(unit.examples)
+        return len(unit.examples)
 
     def _race(self, rule: Rule, in_force: RuleSet, base: list[float] | Race) -> Race:
         race = self.races.get((rule.id, in_force))
@@ -171,42 +213,34 @@ class Racer:
         race.update()
         return race
 
-    def _plan(self, queue: Sequence[Rule], position: int, head: Race, in_force: RuleSet,
-              scores: list[float]) -> list[Future]:
-        """Start one wave: the next chunk of the race in front, whole (at any thread count), then work ahead while
-        threads and spare budget allow."""
-        wave = head.submit(head.wanted(deep=False))
+    def _plan(self, queue: Sequence[Rule], position: int, head: Race, scores: list[float]) -> None:
+        """Submit work ahead while fewer jobs than threads are submitted and not taken, and budget is spare."""
         threads = self.track.evaluator.executor.num_threads
         if threads <= head.bounds[0]:
-            return wave  # a first chunk keeps every thread busy: racing ahead would add calls for little time
-        room = [threads - len(wave), self._spare_calls(queue, position) // self.track.calls_per_run]
+            return  # a first chunk keeps every thread busy: racing ahead would add calls for little time
+        room = threads - sum(len(u.examples) for u in self.units)
+        spare = self.budget_left - len(self.track.valset) * (
+            1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE))
+        if min(room, spare) <= 0:
+            return
         if head.predicts_accept():
-            wave += self._feed(head, room, deep=True)
-        before, base = head, scores
+            taken = self._submit(head.submit(int(min(head.wanted(deep=True), room, spare))))
+            room, spare = room - taken, spare - taken
+        in_force, base, before = head.current, scores, head
         for rule in queue[position + 1:]:
-            if min(room) <= 0 or (before.decision is None and not before.own):
-                break  # no threads or budget left, or no evidence yet on the candidate in front of this one
+            if min(room, spare) <= 0 or (before.decision is None and not before.own):
+                return  # no threads or budget left, or no evidence yet on the candidate in front of this one
             if before.predicts_accept():
                 in_force, base = before.candidate, before
             if rule.status != CANDIDATE or not fits_predictor_budget(list(in_force), rule):
                 continue
             before = self._race(rule, in_force, base)
-            wave += self._feed(before, room, deep=before.predicts_accept())
-        return wave
+            if not before.busy or before.predicts_accept():
+                taken = self._submit(before.submit(int(min(before.wanted(deep=before.predicts_accept()), room,
+                                                           spare))))
+                room, spare = room - taken, spare - taken
 
-    @staticmethod
-    def _feed(race: Race, room: list[float], *, deep: bool) -> list[Future]:
-        """Submit what ``race`` wants, as far as ``room`` ([threads, program runs]) allows; updates ``room``."""
-        count = int(min(race.wanted(deep=deep), *room))
-        room[0] -= count
-        room[1] -= count
-        return race.submit(count) if count > 0 else []
-
-    def _spare_calls(self, queue: Sequence[Rule], position: int) -> float:
-        """Student calls racing ahead may spend: the budget left, less a whole valset for each candidate still to
-        decide in order, the one in front included."""
+    def _budget_left(self) -> float:
+        """Program runs the student budget allows from here (calls left / the most calls one run took)."""
         remaining = self.track.evaluator.budget.remaining(STUDENT)
-        if remaining is None:
-            return math.inf
-        undecided = 1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE)
-        return remaining - len(self.track.valset) * undecided * self.track.calls_per_run
+        return math.inf if remaining is None else remaining // self.track.calls_per_run
