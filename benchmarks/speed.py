@@ -194,17 +194,21 @@ def measure_parallel(threads: int, *, latency: float, teacher_latency: float = 0
 def measure_evaluate_ceiling(threads: int, requests: int, *, latency: float, seed: int = 0) -> dict[str, Any]:
     """The same program run by plain ``dspy.Evaluate`` on ``requests`` examples at ``threads`` with the same latency:
     a workload with no phases, no decisions and nothing to wait for but the LM. Its efficiency is what this machine
-    and DSPy's own per-request work allow at that thread count, the ceiling for any optimizer built on DSPy."""
+    and DSPy's own per-request work allow at that thread count, the ceiling for any optimizer built on DSPy. Best of
+    3 runs with more than one thread (single runs at 16+ threads vary with the machine's other work)."""
     world = SimulatedWorld(seed=seed)
     examples, _ = world.split(requests, 1)
-    engine = LatencyStudentEngine(world, latency=latency)
     program = dspy.ChainOfThought("question -> answer: float")
-    with dspy.context(lm=lm("student", engine)):
-        start, cpu = time.perf_counter(), time.process_time()
-        dspy.Evaluate(devset=examples, metric=world.metric, num_threads=threads, display_progress=False)(program)
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return {"requests": engine.calls, "wall_s": wall, "cpu_s": cpu,
-            "efficiency": efficiency(engine.calls * latency, threads, wall)}
+    runs = []
+    for _ in range(3 if threads > 1 else 1):
+        engine = LatencyStudentEngine(world, latency=latency)
+        with dspy.context(lm=lm("student", engine)):
+            start, cpu = time.perf_counter(), time.process_time()
+            dspy.Evaluate(devset=examples, metric=world.metric, num_threads=threads, display_progress=False)(program)
+            wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+        runs.append({"requests": engine.calls, "wall_s": wall, "cpu_s": cpu,
+                     "efficiency": efficiency(engine.calls * latency, threads, wall)})
+    return max(runs, key=lambda r: r["efficiency"])
 
 
 def add_net_efficiency(runs: list[dict[str, Any]], latency: float, teacher_latency: float) -> None:

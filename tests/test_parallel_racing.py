@@ -138,3 +138,26 @@ def test_a_program_that_always_raises_fails_fast_without_running_the_valset_at_m
     with dspy.context(lm=task.world.student_lm()), pytest.raises(ValueError, match="the program raised on every"):
         optimizer.compile(program, trainset=task.trainset, valset=task.valset)
     assert set(SEEN) == {ex.question for ex in task.trainset}  # every training example, no valset one
+
+
+def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_nothing(noisy_task):
+    saved = dspy.cache
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
+    try:
+        engine = SlowStudent(noisy_task.world, latency=0.004)
+        student = dspy.LM("simulated/student", engine=engine)  # DSPy's cache on: a repeated request is not sent
+        runs = []
+        for _ in range(2):
+            optimizer = ConceptDistillation(metric=noisy_task.world.metric, teacher_lm=noisy_task.world.teacher_lm(),
+                                            auto="medium", screen_size=0, num_threads=16, seed=0)
+            with dspy.context(lm=student):
+                runs.append(optimizer.compile(dspy.ChainOfThought("question -> answer: float"),
+                                              trainset=noisy_task.trainset, valset=noisy_task.valset).distillation)
+            runs[-1].engine_calls = engine.calls
+    finally:
+        dspy.cache = saved
+    first, second = runs
+    assert engine.most_variants >= 3  # it did race ahead
+    assert second.engine_calls == first.engine_calls  # nothing new was asked the second time
+    assert second.student_calls == 0 and [r.text for r in second.accepted_rules] == [
+        r.text for r in first.accepted_rules]
