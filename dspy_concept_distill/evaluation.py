@@ -7,6 +7,7 @@ variant's LMs are metered copies (see ``budget.metered``), so the budget is exac
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import hashlib
 import json
@@ -362,8 +363,10 @@ class Evaluator:
 
 def _call_once_usable(futures: Sequence[Future], callback: Callable[[], None]) -> None:
     """Call ``callback`` once some outcome is not a metric error and some outcome is not a program exception: the
-    run cannot then fail fast (see ``mistakes.collect_mistakes``)."""
+    run cannot then fail fast (see ``mistakes.collect_mistakes``). It runs in a copy of the caller's context, so
+    work it starts from a worker thread keeps the caller's ``dspy.context`` settings."""
     lock, seen, called = threading.Lock(), set(), [False]
+    context = contextvars.copy_context()
 
     def check(future: Future) -> None:
         outcome = None if future.exception() is not None else future.result()
@@ -374,7 +377,7 @@ def _call_once_usable(futures: Sequence[Future], callback: Callable[[], None]) -
             if called[0] or len(seen) < 2:
                 return
             called[0] = True
-        callback()
+        context.run(callback)
 
     for future in futures:
         future.add_done_callback(check)

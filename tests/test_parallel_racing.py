@@ -161,3 +161,28 @@ def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_
     assert second.engine_calls == first.engine_calls  # nothing new was asked the second time
     assert second.student_calls == 0 and [r.text for r in second.accepted_rules] == [
         r.text for r in first.accepted_rules]
+
+
+class ModeRecording(SimulatedStudentEngine):
+    """The simulated world's scripted student (not a real model); logs whether each request asked for JSON."""
+
+    def __init__(self, world) -> None:
+        super().__init__(world)
+        self.json_modes: list[bool] = []
+
+    def complete(self, request):
+        time.sleep(0.03)  # slower than submitting a batch: outcomes arrive on worker threads
+        self.json_modes.append(Prompt.of(request).json_mode)
+        return super().complete(request)
+
+
+def test_work_started_from_a_worker_thread_keeps_the_callers_dspy_settings():
+    task = SimulatedTask.create(16, 16, seed=1)
+    engine = ModeRecording(task.world)
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), auto="light",
+                                    num_threads=8, seed=0)
+    with dspy.context(lm=dspy.LM("simulated/student", engine=engine, cache=False), adapter=dspy.JSONAdapter()):
+        optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=task.trainset,
+                          valset=task.valset)
+    assert len(engine.json_modes) >= len(task.trainset) + len(task.valset)
+    assert all(engine.json_modes)  # the baseline (started beside the trainset) used the caller's adapter too
