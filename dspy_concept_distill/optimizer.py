@@ -306,7 +306,9 @@ class ConceptDistillation(Teleprompter):
         state.rules += retries
         pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], state.settings.max_candidates)
         before = _mean(state.val_scores)
-        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in mistakes})
+        last = round_index + 1 >= state.settings.rounds
+        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in mistakes},
+                                                        next_trainset=None if last else state.trainset)
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.stopped = state.stopped or result.stopped
         accepted = sum(c.status == ACCEPTED for c in candidates)

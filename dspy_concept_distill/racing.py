@@ -51,13 +51,14 @@ class Track:
     order: list[int]  # valset indices in racing order
     settings: VerificationSettings
     calls_per_run: int = 1  # the most LM calls one program run took on the valset baseline
+    next_trainset: list[dspy.Example] | None = None  # the next round's trainset (None: no next round)
 
 
 @dataclass
 class Unit:
-    """Examples of one race submitted together."""
+    """Examples of one race submitted together (race None: the next round's trainset, run ahead)."""
 
-    race: Race
+    race: Race | None
     examples: list[int]
     futures: list[Future]
 
@@ -114,6 +115,20 @@ class Race:
         else:
             diffs = self.diffs
         return bool(diffs) and sum(diffs.values()) / len(diffs) >= self.track.settings.min_gain - EPS
+
+    def hopeless(self) -> bool:
+        """Whether the rules this race is predicted to run against look likely to leave too little to gain. With
+        a known base this is exact; before (the base race still running), the base race's scores so far stand
+        for it, unseen examples at their mean. A guess that only steers racing ahead, never a decision."""
+        base, source = self.base, self.base_source
+        if base is None and isinstance(source, Race) and source.own:
+            mean = sum(source.own.values()) / len(source.own)
+            base = [source.own.get(i, mean) for i in range(len(self.track.valset))]
+        if base is None:
+            return False
+        settings = self.track.settings
+        room = sum(settings.max_score - b for b in base)
+        return room < settings.min_gain * len(base) - EPS
 
     def wanted(self, *, deep: bool) -> int:
         """Examples to submit to reach the next chunk boundary (the end of the valset if ``deep``); before the
@@ -181,6 +196,7 @@ class Racer:
         self.track = track
         self.races: dict[tuple[str, RuleSet], Race] = {}
         self.units: deque[Unit] = deque()  # submitted and not yet taken, oldest first
+        self.run_ahead: dict[RuleSet, int] = {}  # next-round trainset examples submitted, by predicted rule set
         self.budget_left = self._budget_left()  # program runs this racer may still start (inf: no budget)
 
     def decide(self, queue: Sequence[Rule], position: int, in_force: RuleSet, scores: list[float]) -> Race:
@@ -194,7 +210,7 @@ class Racer:
             wait(unit.futures)
             if unit.race is head:
                 head.take(unit.examples)  # raises why the chunk in front could not run
-            else:
+            elif unit.race is not None:
                 with suppress(*STOPPING_ERRORS):  # left for its turn
                     unit.race.take(unit.examples)
         return head
@@ -214,31 +230,68 @@ class Racer:
         return race
 
     def _plan(self, queue: Sequence[Rule], position: int, head: Race, scores: list[float]) -> None:
-        """Submit work ahead while fewer jobs than threads are submitted and not taken, and budget is spare."""
+        """Submit work ahead while fewer jobs than threads are submitted and not taken, and budget is spare.
+
+        In order: the later chunks of the race in front if it predicts acceptance; for each race behind, its next
+        chunk (or all it wants if it predicts acceptance); the first race behind that has no evidence yet gets
+        all it wants when threads would otherwise idle (unless the rules it is predicted to meet leave nothing to
+        gain); and, once every candidate is under way, the next round's trainset with the rules predicted to be in
+        force at the end.
+        """
         threads = self.track.evaluator.executor.num_threads
         if threads <= head.bounds[0]:
             return  # a first chunk keeps every thread busy: racing ahead would add calls for little time
-        room = threads - sum(len(u.examples) for u in self.units)
-        spare = self.budget_left - len(self.track.valset) * (
-            1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE))
-        if min(room, spare) <= 0:
-            return
+        room = [threads - sum(len(u.examples) for u in self.units),
+                self.budget_left - len(self.track.valset) * (
+                    1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE))]
         if head.predicts_accept():
-            taken = self._submit(head.submit(int(min(head.wanted(deep=True), room, spare))))
-            room, spare = room - taken, spare - taken
+            self._feed(head, room, deep=True)
         in_force, base, before = head.current, scores, head
+        guesses: list[Race] = []  # the races whose predicted acceptance shapes the rules predicted in force
         for rule in queue[position + 1:]:
-            if min(room, spare) <= 0 or (before.decision is None and not before.own):
+            if min(room) <= 0 or (before.decision is None and not before.own):
                 return  # no threads or budget left, or no evidence yet on the candidate in front of this one
             if before.predicts_accept():
                 in_force, base = before.candidate, before
+                guesses.append(before)
             if rule.status != CANDIDATE or not fits_predictor_budget(list(in_force), rule):
                 continue
-            before = self._race(rule, in_force, base)
-            if not before.busy or before.predicts_accept():
-                taken = self._submit(before.submit(int(min(before.wanted(deep=before.predicts_accept()), room,
-                                                           spare))))
-                room, spare = room - taken, spare - taken
+            race = self._race(rule, in_force, base)
+            if race.decision is None and not race.own and race.hopeless():
+                continue  # likely refused before it costs a call: skipped, taken as a rejection
+            before = race
+            if not race.busy or race.predicts_accept():
+                self._feed(race, room, deep=race.predicts_accept())
+            if race.decision is None and not race.own:
+                self._feed(race, room, deep=True)  # threads would idle until its first chunk is taken
+        if before.predicts_accept():
+            in_force = before.candidate
+            guesses.append(before)
+        if all(2 * len(r.own) >= len(self.track.valset) for r in guesses if r.decision is None):
+            self._run_next_round(in_force, head.current, room)  # predicted by races at least half-way through
+
+    def _run_next_round(self, final: RuleSet, start: RuleSet, room: list[float]) -> None:
+        """Start the next round's trainset run with the rules predicted to be in force at the end of this one."""
+        trainset = self.track.next_trainset
+        if trainset is None or final == start or min(room) <= 0:
+            return  # no next round, or none predicted (a round that accepts nothing is the last)
+        done = self.run_ahead.get(final, 0)
+        todo = list(range(done, min(len(trainset), done + int(min(room)))))
+        if not todo:
+            return
+        self.run_ahead[final] = todo[-1] + 1
+        ev = self.track.evaluator
+        self._submit(Unit(None, todo, [ev.submit(final, trainset[i], "mistakes") for i in todo]))
+        room[0] -= len(todo)
+        room[1] -= len(todo)
+
+    def _feed(self, race: Race, room: list[float], *, deep: bool) -> None:
+        """Submit what ``race`` wants as far as ``room`` ([threads, program runs]) allows; updates ``room``."""
+        count = int(min(race.wanted(deep=deep), *room))
+        if count > 0:
+            taken = self._submit(race.submit(count))
+            room[0] -= taken
+            room[1] -= taken
 
     def _budget_left(self) -> float:
         """Program runs the student budget allows from here (calls left / the most calls one run took)."""

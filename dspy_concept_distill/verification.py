@@ -108,17 +108,20 @@ class Verifier:
         return sorted(candidates, key=lambda r: (-fixed.get(r.id, 0.0), position[r.id]))
 
     # -- racing ---------------------------------------------------------------------------------------------------
-    def run(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> VerificationResult:
+    def run(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake], *,
+            next_trainset: Sequence[dspy.Example] | None = None) -> VerificationResult:
         """Screen and race ``candidates`` on top of ``current``. When the budget runs out, the student LM fails or a
         stop is requested, undecided candidates are rejected with that reason and everything decided so far
-        stands: every accepted rule was verified on the whole valset."""
+        stands: every accepted rule was verified on the whole valset. ``next_trainset`` (the next round's, if one
+        may follow) can be run ahead on idle threads with the rules predicted to be in force at the end."""
         result = VerificationResult(current, None)
         bar = None
         try:
             result.scores = self.base_scores(current)
             queue = self.screen(current, candidates, mistakes)
             self.order = racing_order(result.scores, self.settings.max_score, self.rng)
-            racer = Racer(Track(self.evaluator, self.valset, self.order, self.settings, self.calls_per_run))
+            racer = Racer(Track(self.evaluator, self.valset, self.order, self.settings, self.calls_per_run,
+                                None if next_trainset is None else list(next_trainset)))
             bar = self.progress(total=len(queue), desc="Verifying rules", leave=False) if self.progress else None
             for position, rule in enumerate(queue):
                 if not fits_predictor_budget(list(result.ruleset), rule):

@@ -11,7 +11,7 @@ from collections import Counter
 import dspy
 import pytest
 
-from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill import ConceptDistillation, racing
 from dspy_concept_distill.scripted import Prompt
 from dspy_concept_distill.testing import SimulatedStudentEngine, SimulatedTask
 
@@ -42,6 +42,26 @@ class SlowStudent(SimulatedStudentEngine):
                     del self.active[variant]
 
 
+@pytest.fixture(autouse=True)
+def races_at_once(monkeypatch) -> list[int]:
+    """The most races with work submitted and not yet taken at one moment, per compile (deterministic: the racer
+    plans from taken work only)."""
+    most: list[int] = []
+    submit = racing.Racer._submit
+
+    def recording(self, unit):
+        taken = submit(self, unit)
+        if not hasattr(self, "_most"):
+            self._most = 0
+            most.append(0)
+        self._most = max(self._most, len({id(u.race) for u in self.units if u.race is not None}))
+        most[-1] = max(most[-1], self._most)
+        return taken
+
+    monkeypatch.setattr(racing.Racer, "_submit", recording)
+    return most
+
+
 def _compile(task: SimulatedTask, threads: int, **kwargs):
     engine = SlowStudent(task.world, latency=0.004)
     optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), auto="medium",
@@ -63,15 +83,17 @@ def one_thread(noisy_task):
     return _compile(noisy_task, 1)
 
 
-def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_does(noisy_task, one_thread):
+def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_does(noisy_task, one_thread,
+                                                                                     races_at_once):
     result_1, decisions_1, engine_1 = one_thread
-    result_16, decisions_16, engine_16 = _compile(noisy_task, 16)
+    races_at_once.clear()
+    result_16, decisions_16, _ = _compile(noisy_task, 16)
     assert any(status == "accepted" for _, status, *_ in decisions_1)
     assert any(status == "rejected" for _, status, *_ in decisions_1)
     assert decisions_16 == decisions_1  # every rule: same status, reason, examples seen and gain
     assert result_16.final_score == result_1.final_score
     assert engine_1.most_variants == 1
-    assert engine_16.most_variants >= 3  # the race in front and at least two candidates behind it
+    assert max(races_at_once) >= 3  # the race in front and at least two candidates behind it, in one round
 
 
 def test_speculation_leaves_the_budget_the_in_order_races_need(noisy_task, one_thread):
@@ -140,7 +162,7 @@ def test_a_program_that_always_raises_fails_fast_without_running_the_valset_at_m
     assert set(SEEN) == {ex.question for ex in task.trainset}  # every training example, no valset one
 
 
-def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_nothing(noisy_task):
+def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_nothing(noisy_task, races_at_once):
     saved = dspy.cache
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
     try:
@@ -157,7 +179,7 @@ def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_
     finally:
         dspy.cache = saved
     first, second = runs
-    assert engine.most_variants >= 3  # it did race ahead
+    assert races_at_once[0] >= 3  # it did race ahead
     assert second.engine_calls == first.engine_calls  # nothing new was asked the second time
     assert second.student_calls == 0 and [r.text for r in second.accepted_rules] == [
         r.text for r in first.accepted_rules]
@@ -186,3 +208,40 @@ def test_work_started_from_a_worker_thread_keeps_the_callers_dspy_settings():
                           valset=task.valset)
     assert len(engine.json_modes) >= len(task.trainset) + len(task.valset)
     assert all(engine.json_modes)  # the baseline (started beside the trainset) used the caller's adapter too
+
+
+@pytest.fixture
+def run_ahead(monkeypatch) -> list[list[str]]:
+    """The rule texts of every rule set the racer started the next round's trainset with."""
+    started: list[list[str]] = []
+    run_next_round = racing.Racer._run_next_round
+
+    def spy(self, final, start, room):
+        before = len(self.units)
+        run_next_round(self, final, start, room)
+        if len(self.units) > before:
+            started.append([rule.text for rule in final])
+
+    monkeypatch.setattr(racing.Racer, "_run_next_round", spy)
+    return started
+
+
+def test_the_next_rounds_trainset_runs_ahead_with_the_rules_in_force_at_the_end_of_the_round(run_ahead):
+    task = SimulatedTask.create(30, 30, seed=0)  # no answer noise: the racer's predictions come true
+    one, _, _ = _compile(task, 1)
+    assert run_ahead == []
+    result, _, _ = _compile(task, 16)
+    end_of_round_1 = [r.text for r in result.rules if r.round == 0 and r.status == "accepted"]
+    assert run_ahead and all(rules == end_of_round_1 for rules in run_ahead)
+    paid = [r.usage.calls("student", "mistakes") for r in (one, result)]
+    assert paid[0] == paid[1] == 2 * len(task.trainset)  # every run-ahead request was used by round 2
+
+
+def test_nothing_runs_ahead_into_a_round_that_will_not_come(noisy_task, run_ahead):
+    engine = SlowStudent(noisy_task.world, latency=0.004)
+    optimizer = ConceptDistillation(metric=noisy_task.world.metric, teacher_lm=noisy_task.world.teacher_lm(),
+                                    auto="medium", rounds=1, screen_size=0, num_threads=16, seed=0)
+    with dspy.context(lm=dspy.LM("simulated/student", engine=engine, cache=False)):
+        optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=noisy_task.trainset,
+                          valset=noisy_task.valset)
+    assert run_ahead == []
