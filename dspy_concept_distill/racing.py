@@ -14,8 +14,11 @@ work ahead:
   ``min_gain``);
 - chunks of the candidates behind it, each against the rules in force it is predicted to meet at its turn: those
   in force now plus every candidate before it whose race predicts acceptance. One starts only once the candidate
-  before it has evidence (a finished chunk), and runs more than one chunk ahead only when it too predicts
-  acceptance, so a wrong prediction wastes little.
+  before it has evidence (a finished chunk), and runs more than one chunk ahead only when it predicts
+  acceptance, or while threads would otherwise idle until its first chunk is taken. A candidate the predicted
+  rules leave nothing to gain is skipped, as it will most likely be refused before it costs a call;
+- once every candidate is under way, the next round's trainset (when one may follow), with the rules predicted to
+  be in force at the end of the round, if every prediction behind them comes from a race half-way through.
 
 A decision only ever sees the chunks before its boundary, against the rules in force at its turn, so every
 decision is the one a 1-thread run takes. Each plan depends only on units already taken, in submission order
