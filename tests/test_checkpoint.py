@@ -31,7 +31,7 @@ N = 10  # training and validation examples: requests 0-9 run the trainset, 10-19
 STATE = "compile_state.jsonl"
 
 # The same world, data and LMs in the child process and here: SimulatedWorld() draws its examples from seed 0.
-CRASH_SCRIPT = """
+CRASH_TEMPLATE = """
 import sys
 sys.path[:0] = [sys.argv[1]]
 import dspy
@@ -46,25 +46,27 @@ train, val = world.split(%N, %N)
 counter = RequestCounter()
 plan = lambda index, prompt: Fault(KILL) if index == kill_at else None
 student = dspy.LM("simulated/student", engine=FaultyEngine(SimulatedStudentEngine(world), faults=plan,
-                                                           counter=counter, log_path=log))
+                                                           counter=counter, log_path=log, latency=%L))
 teacher = dspy.LM("simulated/teacher", engine=FaultyEngine(ScriptedTeacherEngine(world), faults=plan,
                                                            counter=counter, log_path=log))
 dspy.configure(lm=student)
 ConceptDistillation(metric=world.metric, teacher_lm=teacher, num_threads=%d, num_batches=3,
-                    checkpoint_dir=checkpoint_dir).compile(
+                    checkpoint_dir=checkpoint_dir%P).compile(
     dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
 print("finished without being killed")
-""".replace("%d", str(THREADS)).replace("%N", str(N))
+"""
+CRASH_SCRIPT = (CRASH_TEMPLATE.replace("%d", str(THREADS)).replace("%N", str(N)).replace("%L", "0.0")
+                .replace("%P", ""))
 
 
 class Run:
     """One compile of the standard task with fault-injecting engines in front of the scripted LMs."""
 
     def __init__(self, checkpoint_dir: Path | None, world: SimulatedWorld | None = None, *, metric=None,
-                 student_engine=None, signature: str = SIGNATURE, **params) -> None:
+                 student_engine=None, signature: str = SIGNATURE, latency: float = 0.0, **params) -> None:
         self.world = world or SimulatedWorld()
         self.train, self.val = self.world.split(N, N)
-        self.student = FaultyEngine(student_engine or SimulatedStudentEngine(self.world))
+        self.student = FaultyEngine(student_engine or SimulatedStudentEngine(self.world), latency=latency)
         self.teacher = FaultyEngine(ScriptedTeacherEngine(self.world))
         dspy.configure(lm=dspy.LM("simulated/student", engine=self.student))
         self.optimizer = ConceptDistillation(
@@ -133,6 +135,35 @@ def test_a_compile_killed_at_any_point_resumes_without_paying_twice(tmp_path, re
         assert accepted(result) == accepted(reference.result), name
         assert result.final_score == reference.result.final_score and result.stopped is None, name
         assert "resuming from" in caplog.text, name
+
+
+def test_a_compile_racing_ahead_on_16_threads_killed_mid_race_resumes_without_paying_twice(tmp_path):
+    """At 16 threads the racer races ahead (speculative chunks, the next round's trainset): the requests it makes
+    depend only on outcomes, so the killed run plus the resumed one still make exactly the uninterrupted run's."""
+    threads, latency = 16, 0.02  # a slow student: jobs are still running when the racer plans
+    saved_cache, saved_settings = dspy.cache, dict(dspy.settings.config)
+    dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
+    try:
+        reference = Run(None, num_threads=threads, latency=latency, auto="medium")
+        reference.compile()
+    finally:
+        dspy.cache = saved_cache
+        dspy.configure(**saved_settings)
+    script = tmp_path / "crash16.py"
+    script.write_text(CRASH_TEMPLATE.replace("%d", str(threads)).replace("%N", str(N)).replace("%L", str(latency))
+                      .replace("%P", ", auto='medium'"))
+    kill_at = 30  # racing: the trainset, baseline and teacher are requests 0-22
+    child = subprocess.run([sys.executable, str(script), str(REPO), str(kill_at), str(tmp_path / "run"),
+                            str(tmp_path / "run.log")], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stdout + child.stderr[-2000:]
+    killed = Counter((tmp_path / "run.log").read_text().split())
+    resumed = Run(tmp_path / "run", num_threads=threads, latency=latency, auto="medium")
+    result = resumed.compile()
+    repeated = sum((killed & resumed.digests).values())
+    assert repeated <= threads  # only the requests in flight: one LM call per program run here
+    assert sum(killed.values()) + resumed.requests - repeated == reference.requests
+    assert accepted(result) == accepted(reference.result)
+    assert result.final_score == reference.result.final_score and result.stopped is None
 
 
 def test_an_unchanged_setup_resumes_everything_and_says_so(tmp_path, caplog):
