@@ -15,9 +15,11 @@ import contextvars
 import logging
 import signal
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -86,15 +88,69 @@ def _block_stop_signals() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
 
 
+class _Pool:
+    """A fixed set of worker threads that take urgent jobs before the others, each in submission order."""
+
+    def __init__(self, num_threads: int, prefix: str) -> None:
+        self._ready = threading.Condition()
+        self._queues: tuple[deque, deque] = (deque(), deque())  # urgent, normal: (future, job)
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"{prefix}_{i}", daemon=True)
+                         for i in range(num_threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[[], T], *, urgent: bool) -> Future[T]:
+        future: Future[T] = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("cannot submit a job after the executor was closed")
+            self._queues[0 if urgent else 1].append((future, job))
+            self._ready.notify()
+        return future
+
+    def _work(self) -> None:
+        _block_stop_signals()
+        while True:
+            with self._ready:
+                while not (self._queues[0] or self._queues[1] or self._closed):
+                    self._ready.wait()
+                queue = self._queues[0] or self._queues[1]
+                if not queue:
+                    return  # closed, nothing left
+                future, job = queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = job()
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self) -> None:
+        """Cancel the jobs not started and wait for those running."""
+        with self._ready:
+            self._closed = True
+            for queue in self._queues:
+                while queue:
+                    queue.popleft()[0].cancel()
+            self._ready.notify_all()
+        for thread in self._threads:
+            thread.join()
+
+
 class Executor:
-    """A thread pool for one compile; ``close()`` waits for the jobs in flight."""
+    """A thread pool for one compile; ``close()`` waits for the jobs in flight.
+
+    Jobs submitted with ``urgent=True`` (the teacher's) start before every job still waiting, so the teacher never
+    queues behind the valset baseline, which runs while it writes rules."""
 
     def __init__(self, num_threads: int) -> None:
         self.num_threads = max(1, int(num_threads))
-        self._pool = (ThreadPoolExecutor(self.num_threads, thread_name_prefix="cd", initializer=_block_stop_signals)
-                      if self.num_threads > 1 else None)
+        self._pool = _Pool(self.num_threads, "cd") if self.num_threads > 1 else None
 
-    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+    def submit(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> Future[T]:
         if self._pool is None:
             future: Future[T] = Future()
             try:
@@ -103,11 +159,11 @@ class Executor:
                 future.set_exception(exc)
             return future
         context = contextvars.copy_context()
-        return self._pool.submit(context.run, fn, *args)
+        return self._pool.submit(partial(context.run, fn, *args), urgent=urgent)
 
-    def map(self, fn: Callable[[Any], T], items: Iterable[Any]) -> list[T]:
+    def map(self, fn: Callable[[Any], T], items: Iterable[Any], *, urgent: bool = False) -> list[T]:
         """``fn`` on every item, in parallel; results in input order. Exceptions propagate after all finished."""
-        futures = [self.submit(fn, item) for item in items]
+        futures = [self.submit(fn, item, urgent=urgent) for item in items]
         results, first_error = [], None
         for future in futures:
             try:
@@ -121,4 +177,4 @@ class Executor:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()

@@ -408,5 +408,5 @@ def induce(
             on_reply(reply)
         return reply
 
-    results = executor.map(ask, plans)
+    results = executor.map(ask, plans, urgent=True)  # never behind the student jobs already queued
     return [r for r in results if isinstance(r, BatchReply)]

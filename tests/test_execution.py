@@ -162,3 +162,39 @@ def test_a_pair_asked_for_again_while_it_runs_shares_the_run():
     assert first.result(5).score == second.result(5).score
     executor.close()
     assert student.engine.calls == 1
+
+
+def test_an_urgent_job_starts_before_every_job_still_waiting():
+    started: list[str] = []
+    gate = threading.Event()
+
+    def job(name: str) -> str:
+        started.append(name)
+        gate.wait(5)
+        return name
+
+    executor = Executor(2)
+    try:
+        normal = [executor.submit(job, f"normal-{i}") for i in range(6)]
+        time.sleep(0.05)  # two normal jobs are running, four are waiting
+        urgent = executor.submit(job, "urgent", urgent=True)
+        gate.set()
+        assert urgent.result(5) == "urgent" and [f.result(5) for f in normal] == [f"normal-{i}" for i in range(6)]
+    finally:
+        executor.close()
+    assert started[:3] == ["normal-0", "normal-1", "urgent"]  # then the waiting ones, in submission order
+    assert started[3:] == [f"normal-{i}" for i in range(2, 6)]
+
+
+def test_close_cancels_the_jobs_still_waiting_and_waits_for_the_running_ones():
+    release = threading.Event()
+    executor = Executor(1 + 1)
+    running = [executor.submit(release.wait, 5) for _ in range(2)]
+    waiting = executor.submit(time.sleep, 0)
+    time.sleep(0.05)
+    threading.Timer(0.1, release.set).start()
+    executor.close()
+    assert all(f.done() and f.result() is True for f in running)
+    assert waiting.cancelled()
+    with pytest.raises(RuntimeError, match="closed"):
+        executor.submit(time.sleep, 0)

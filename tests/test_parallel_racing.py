@@ -13,7 +13,7 @@ import pytest
 
 from dspy_concept_distill import ConceptDistillation, racing
 from dspy_concept_distill.scripted import Prompt
-from dspy_concept_distill.testing import SimulatedStudentEngine, SimulatedTask
+from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask
 
 
 class SlowStudent(SimulatedStudentEngine):
@@ -245,3 +245,29 @@ def test_nothing_runs_ahead_into_a_round_that_will_not_come(noisy_task, run_ahea
         optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=noisy_task.trainset,
                           valset=noisy_task.valset)
     assert run_ahead == []
+
+
+class TimedTeacher(ScriptedTeacherEngine):
+    """The simulated world's scripted teacher (not a real model); logs when each request arrives."""
+
+    def __init__(self, world) -> None:
+        super().__init__(world)
+        self.starts: list[float] = []
+
+    def complete(self, request):
+        self.starts.append(time.perf_counter())
+        return super().complete(request)
+
+
+def test_the_teacher_does_not_wait_behind_the_valset_baseline():
+    task = SimulatedTask.create(16, 32, seed=1)
+    student, teacher = Recording(task.world, latency=0.02), TimedTeacher(task.world)
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=dspy.LM("simulated/teacher", engine=teacher),
+                                    auto="light", num_threads=4, seed=0)
+    with dspy.context(lm=dspy.LM("simulated/student", engine=student, cache=False)):
+        optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=task.trainset,
+                          valset=task.valset)
+    val_questions = {ex.question for ex in task.valset}
+    baseline_starts = sorted(start for user, start, _ in student.log if any(q in user for q in val_questions))
+    assert len(baseline_starts) >= len(task.valset)
+    assert teacher.starts and min(teacher.starts) < baseline_starts[len(task.valset) - 1]
