@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -56,10 +57,11 @@ class Setup:
     """The scripted world behind fault-injecting engines: ``student`` and ``teacher`` count what they receive."""
 
     def __init__(self, world: SimulatedWorld | None = None, *, student_faults=None, teacher_faults=None,
-                 teacher_reply=None, n: int = N, student_retries: int = 3) -> None:
+                 teacher_reply=None, n: int = N, student_retries: int = 3, student_latency: float = 0.0) -> None:
         self.world = world or SimulatedWorld()
         self.train, self.val = self.world.split(n, n)
-        self.student = FaultyEngine(SimulatedStudentEngine(self.world), faults=student_faults)
+        self.student = FaultyEngine(SimulatedStudentEngine(self.world), faults=student_faults,
+                                    latency=student_latency)
         if teacher_reply is not None:
             self.teacher = FaultyEngine(reply=teacher_reply, faults=teacher_faults)
         else:
@@ -217,15 +219,16 @@ def test_a_slow_request_is_never_sent_twice():
 # -- 4. stop and return -----------------------------------------------------------------------------------------------
 class _StopSeen(logging.Handler):
     """Sets ``event`` when the optimizer logs that a stop was requested (a signal handler ran, or a job found the stop
-    file), and notes how many requests ``engine`` had received by then."""
+    file), and notes how many requests ``engine`` had received by then, and when (``at``, ``time.monotonic()``)."""
 
     def __init__(self, engine: FaultyEngine | None = None) -> None:
         super().__init__()
-        self.event, self.engine, self.received = threading.Event(), engine, None
+        self.event, self.engine, self.received, self.at = threading.Event(), engine, None, None
 
     def emit(self, record: logging.LogRecord) -> None:
         if "stop requested" in record.getMessage() and not self.event.is_set():
             self.received = self.engine.received if self.engine is not None else None
+            self.at = time.monotonic()
             self.event.set()
 
 
@@ -293,12 +296,25 @@ def test_sigterm_or_ctrl_c_stops_at_the_next_safe_point_and_returns_what_was_ver
 @pytest.mark.parametrize("kind", [SIGTERM, SIGINT])
 def test_a_signal_is_handled_at_once_even_while_the_main_thread_waits_on_a_stalled_request(signals, stop_seen, kind):
     """Signals go to the main thread, which may be waiting on a slow request; the other workers must not go on
-    starting new program runs meanwhile."""
-    setup = Setup(student_faults={0: Fault(STALL, seconds=1.0), 4: Fault(kind)})
+    starting new program runs meanwhile. (The student takes 20 ms a request, as a remote model does: with instant
+    replies, the other workers, which have the valset baseline to run beside the trainset, would hold the GIL and
+    start a dozen runs in the milliseconds the main thread needs to get it back.)"""
+    sent = []
+
+    def plan(index, prompt):
+        if index == 0:
+            return Fault(STALL, seconds=2.0)
+        if index == 4:
+            sent.append(time.monotonic())
+            return Fault(kind)
+        return None
+
+    setup = Setup(student_faults=plan, student_latency=0.02)
     seen = stop_seen(setup.student)
     _, result = setup.compile(num_threads=4)
     assert result.stopped and "stopped on request" in result.stopped
-    assert seen.event.is_set() and seen.received <= setup.student.received_at_fault[1] + 3  # handled at once
+    assert seen.event.is_set() and seen.at - sent[0] < 0.5  # handled at once, not when the stalled request ends
+    assert seen.received <= setup.student.received_at_fault[1] + 3
     assert setup.student.received <= seen.received + 3  # then at most the runs in flight on the other workers
     assert signals == []
 
