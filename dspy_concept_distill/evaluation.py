@@ -236,14 +236,16 @@ class Evaluator:
     def _submit(self, key: tuple[str, str], ruleset: RuleSet, example: dspy.Example,
                 phase_name: str) -> Future[Outcome | _NotRun]:
         hit = self.cache.get(key)
-        if hit is not None:
-            done: Future[Outcome | _NotRun] = Future()
-            done.set_result(hit)
-            return done
         with self._lock:
             running = self._in_flight.get(key)  # asked for again while it runs: share the run, never repeat it
             if running is not None:
                 return running
+            if hit is None:  # a run that finished since the lookup above is cached before it leaves _in_flight
+                hit = self.cache.get(key)
+            if hit is not None:
+                done: Future[Outcome | _NotRun] = Future()
+                done.set_result(hit)
+                return done
             shared: Future[Outcome | _NotRun] = Future()
             self._in_flight[key] = shared
 

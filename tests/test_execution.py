@@ -198,3 +198,49 @@ def test_close_cancels_the_jobs_still_waiting_and_waits_for_the_running_ones():
     assert waiting.cancelled()
     with pytest.raises(RuntimeError, match="closed"):
         executor.submit(time.sleep, 0)
+
+
+def test_a_pair_that_finishes_while_it_is_asked_for_again_is_not_run_twice(monkeypatch):
+    """The run finishes between the second ask's cache lookup and its in-flight lookup (forced here by a cache
+    lookup that lets the run finish first): the second ask must find the outcome, not start the pair again."""
+    from dspy_concept_distill.budget import Budget, Ledger
+    from dspy_concept_distill.evaluation import EvalCache, Evaluator
+    from dspy_concept_distill.execution import Executor, StopSignal
+    from dspy_concept_distill.metric import MetricAdapter
+    from dspy_concept_distill.rules import RuleSet
+    from dspy_concept_distill.testing import SimulatedWorld
+
+    world = SimulatedWorld()
+    _, val = world.split(2, 5)
+    student = world.student_lm()
+    gate = threading.Event()
+    original = student.engine.complete
+
+    def slow(request):
+        gate.wait(5)
+        return original(request)
+
+    student.engine.complete = slow
+    dspy.configure(lm=student)
+    program = dspy.ChainOfThought("question -> answer: float")
+    base = {n: p.signature.instructions for n, p in program.named_predictors()}
+    executor = Executor(4)
+    cache = EvalCache()
+    evaluator = Evaluator(program, base, MetricAdapter(world.metric), Budget(Ledger(), None, None), executor,
+                          StopSignal(), cache)
+    first = evaluator.submit(RuleSet(), val[0], "t")
+    lookup = cache.get
+
+    def stale_lookup(key):
+        found = lookup(key)  # still running: a miss
+        gate.set()
+        first.result(5)  # the run finishes and leaves the in-flight table before the caller looks there
+        time.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(cache, "get", stale_lookup)
+    second = evaluator.submit(RuleSet(), val[0], "t")
+    monkeypatch.setattr(cache, "get", lookup)
+    assert second.result(5).score == first.result(5).score
+    executor.close()
+    assert student.engine.calls == 1
