@@ -49,6 +49,15 @@ class BudgetExhaustedError(RuntimeError):
         super().__init__(f"{role} {what} budget of {limit:g} is used up")
 
 
+class RunClosedError(BudgetExhaustedError):
+    """The run is over (finished or interrupted): an LM request a program run still in flight would make is not
+    sent. Handled like a used-up budget: the run's outcome is not recorded, so nothing is learned from it."""
+
+    def __init__(self, role: str, reason: str) -> None:
+        self.role, self.limit, self.what = role, 0, "call"
+        RuntimeError.__init__(self, f"no more {role} requests: {reason}")
+
+
 @dataclass
 class UsageRow:
     role: str
@@ -178,11 +187,23 @@ class Budget:
         self._in_flight = {STUDENT: 0, TEACHER: 0}
         self._exhausted: set[str] = set()
         self.last_refusal: BudgetExhaustedError | None = None
+        self._closed: str | None = None
         self._lock = threading.Lock()
+
+    def close(self, reason: str) -> None:
+        """Refuse every request from now on (``RunClosedError``): the program runs still in flight stop at their
+        next LM request instead of making all their calls."""
+        with self._lock:
+            self._closed = self._closed or reason
 
     def acquire(self, role: str) -> None:
         limit = self.limits[role]
         with self._lock:
+            if self._closed is not None:
+                error = RunClosedError(role, self._closed)
+                if (refusals := _refusals.get()) is not None:
+                    refusals.append(error)
+                raise error
             if limit is not None and self.ledger.calls(role) + self._in_flight[role] + 1 > limit:
                 self._exhausted.add(role)
                 error = self.last_refusal = BudgetExhaustedError(role, limit)

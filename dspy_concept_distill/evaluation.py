@@ -252,7 +252,9 @@ class Evaluator:
         def settle(job: Future) -> None:
             with self._lock:
                 self._in_flight.pop(key, None)
-            if job.exception() is not None:
+            if job.cancelled():  # the executor closed before the job started
+                shared.cancel()
+            elif job.exception() is not None:
                 shared.set_exception(job.exception())
             else:
                 shared.set_result(job.result())

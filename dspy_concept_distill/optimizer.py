@@ -264,6 +264,7 @@ class ConceptDistillation(Teleprompter):
 
     def _done(self, state: CompileState, student: dspy.Module, budgets: dict[str, Any],
               estimate: dict[str, Any]) -> dspy.Module:
+        state.end_runs()
         optimized = finish(state, student, budgets, {k: v for k, v in estimate.items() if k != "bounds"})
         result = optimized.distillation
         if self.log_dir is not None:

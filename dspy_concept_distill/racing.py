@@ -5,13 +5,15 @@ decided at the chunk boundaries by ``decisions.decide``, so it stops as soon as 
 reach ``min_gain`` or is a clear loser.
 
 ``Racer`` decides the candidates one after another, each against the rules in force at its turn: greedy forward
-selection. Work is submitted in units (a chunk or part of one) and taken strictly in the order it was submitted:
-the racer waits for the oldest unit, takes it, plans, and submits more while fewer jobs than threads are
-submitted and not yet taken. The next chunk of the candidate in front always runs; with threads to spare, so does
-work ahead:
+selection. Work is submitted in units (a chunk or part of one) and its jobs are taken one at a time, strictly in
+the order they were submitted: the racer waits for the oldest job not yet taken, takes it, plans, and submits more
+while fewer than ``num_threads x (1 + QUEUE_SHARE)`` jobs are submitted and not yet taken. So a thread that
+finishes is given new work at once (not when the rest of its chunk is done), and the jobs queued beyond the threads
+start as soon as a thread is free, also while the oldest job is a slow one. The next chunk of the candidate in
+front always runs; with threads to spare, so does work ahead:
 
 - the later chunks of the candidate in front, if it is on course to be accepted (its gain so far is at least
-  ``min_gain``);
+  ``min_gain``), or while it has no evidence yet (threads would otherwise idle until its first chunk is taken);
 - chunks of the candidates behind it, each against the rules in force it is predicted to meet at its turn: those
   in force now plus every candidate before it whose race predicts acceptance. One starts only once the candidate
   before it has evidence (a finished chunk), and runs more than one chunk ahead only when it predicts
@@ -21,11 +23,12 @@ work ahead:
   be in force at the end of the round, if every prediction behind them comes from a race half-way through.
 
 A decision only ever sees the chunks before its boundary, against the rules in force at its turn, so every
-decision is the one a 1-thread run takes. Each plan depends only on units already taken, in submission order
+decision is the one a 1-thread run takes. Each plan depends only on the jobs already taken, in submission order
 (never on which job happened to finish first), so a run makes the same requests every time at a given thread
 count: a rerun answered by DSPy's cache or resumed from a checkpoint pays nothing twice. Racing ahead only uses
-threads the chunk in front leaves idle, and only budget left after every candidate still to decide could be
-raced over the whole valset, so it never starves the in-order decisions of the round.
+places the chunk in front leaves free, and only budget left after every candidate still to decide could be raced
+over the whole valset, so it never starves the in-order decisions of the round. Work ahead whose prediction fails
+is paid for and thrown away: ``benchmarks/speculation.py`` measures how much across the task family.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ from .budget import STUDENT
 from .decisions import EPS, Decision, Verdict, VerificationSettings, chunk_bounds, decide
 from .evaluation import STOPPING_ERRORS, Evaluator, Outcome, raise_if_incomplete
 from .rules import CANDIDATE, Rule, RuleSet, fits_predictor_budget
+
+# Jobs queued beyond the threads, as a share of them: a thread that finishes starts queued work at once, and one
+# slow request holds back less (jobs are taken in submission order). More queued work is more work ahead, so more
+# of it is thrown away when a prediction fails (benchmarks/speculation.py measures what that costs).
+QUEUE_SHARE = 0.5
 
 
 @dataclass
@@ -64,6 +72,7 @@ class Unit:
     race: Race | None
     examples: list[int]
     futures: list[Future]
+    taken: int = 0  # examples taken so far, in order
 
 
 class Race:
@@ -198,7 +207,10 @@ class Racer:
     def __init__(self, track: Track) -> None:
         self.track = track
         self.races: dict[tuple[str, RuleSet], Race] = {}
-        self.units: deque[Unit] = deque()  # submitted and not yet taken, oldest first
+        self.units: deque[Unit] = deque()  # submitted and not yet wholly taken, oldest first
+        self.untaken = 0  # jobs submitted and not yet taken
+        threads = track.evaluator.executor.num_threads
+        self.window = threads + math.ceil(QUEUE_SHARE * threads)  # jobs submitted and not yet taken, at most
         self.run_ahead: dict[RuleSet, int] = {}  # next-round trainset examples submitted, by predicted rule set
         self.budget_left = self._budget_left()  # program runs this racer may still start (inf: no budget)
 
@@ -209,19 +221,30 @@ class Racer:
             if not head.busy:
                 self._submit(head.submit(head.wanted(deep=False)))  # the chunk in front, whole, at any thread count
             self._plan(queue, position, head, scores)
-            unit = self.units.popleft()
-            wait(unit.futures)
-            if unit.race is head:
-                head.take(unit.examples)  # raises why the chunk in front could not run
-            elif unit.race is not None:
-                with suppress(*STOPPING_ERRORS):  # left for its turn
-                    unit.race.take(unit.examples)
+            self._take_oldest(head)
         return head
+
+    def _take_oldest(self, head: Race) -> None:
+        """Wait for the oldest job not yet taken, and take it: one job at a time, in submission order, so a thread
+        that finishes is given new work at once instead of when the rest of its unit is done."""
+        unit = self.units[0]
+        index, future = unit.examples[unit.taken], unit.futures[unit.taken]
+        wait([future])
+        unit.taken += 1
+        self.untaken -= 1
+        if unit.taken == len(unit.examples):
+            self.units.popleft()
+        if unit.race is head:
+            head.take([index])  # raises why the chunk in front could not run
+        elif unit.race is not None:
+            with suppress(*STOPPING_ERRORS):  # left for its turn
+                unit.race.take([index])
 
     def _submit(self, unit: Unit | None) -> int:
         if unit is None:
             return 0
         self.units.append(unit)
+        self.untaken += len(unit.examples)
         self.budget_left -= len(unit.examples)
         return len(unit.examples)
 
@@ -244,11 +267,11 @@ class Racer:
         threads = self.track.evaluator.executor.num_threads
         if threads <= head.bounds[0]:
             return  # a first chunk keeps every thread busy: racing ahead would add calls for little time
-        room = [threads - sum(len(u.examples) for u in self.units),
+        room = [self.window - self.untaken,
                 self.budget_left - len(self.track.valset) * (
                     1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE))]
-        if head.predicts_accept():
-            self._feed(head, room, deep=True)
+        if head.predicts_accept() or (head.decision is None and not head.own):
+            self._feed(head, room, deep=True)  # on course to be accepted, or threads would idle until its first chunk
         in_force, base, before = head.current, scores, head
         guesses: list[Race] = []  # the races whose predicted acceptance shapes the rules predicted in force
         for rule in queue[position + 1:]:
@@ -289,7 +312,7 @@ class Racer:
         room[1] -= len(todo)
 
     def _feed(self, race: Race, room: list[float], *, deep: bool) -> None:
-        """Submit what ``race`` wants as far as ``room`` ([threads, program runs]) allows; updates ``room``."""
+        """Submit what ``race`` wants as far as ``room`` ([queue places, program runs]) allows; updates ``room``."""
         count = int(min(race.wanted(deep=deep), *room))
         if count > 0:
             taken = self._submit(race.submit(count))

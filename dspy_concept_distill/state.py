@@ -90,6 +90,12 @@ class CompileState:
         self.replies.append(reply)
         self.journal.reply(reply)
 
+    def end_runs(self) -> None:
+        """No new LM request from here: jobs not started are dropped, the program runs in flight (racing ahead)
+        stop at their next request, and every request the LMs received is booked before the result is made."""
+        self.budget.close("the run is over")
+        self.executor.close()
+
     def stop_with(self, exc: BaseException) -> None:
         self.stopped = str(exc)
         logger.warning("stopping early, keeping the rules verified so far: %s", exc)
@@ -122,6 +128,9 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     try:
         with stop.installed():
             yield state
+    except BaseException:  # a second Ctrl-C, a failure: the runs in flight stop at their next LM request
+        budget.close("the run was interrupted")
+        raise
     finally:
         executor.close()
         journal.close()

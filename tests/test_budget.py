@@ -181,3 +181,30 @@ def test_bundled_prices_are_read_offline(monkeypatch):
     assert attempts == []
     assert rates is not None and 0 < rates[0] < rates[1]  # output tokens cost more than input tokens
     assert cost == pytest.approx(1_000_000 * (rates[0] + rates[1]))
+
+
+def test_a_closed_budget_sends_nothing_more_and_a_run_it_stops_is_not_recorded():
+    """After ``close`` (the run is over or was interrupted) every request is refused before it is sent, even with
+    budget left, so a multi-call program run still in flight stops at its next LM call; the evaluator records no
+    outcome for that run, so nothing is learned from a half-done run."""
+    from dspy_concept_distill.budget import RunClosedError
+    from dspy_concept_distill.evaluation import EvalCache, Evaluator, _NotRun
+    from dspy_concept_distill.execution import Executor, StopSignal
+    from dspy_concept_distill.metric import MetricAdapter
+    from dspy_concept_distill.rules import RuleSet
+
+    student, engine = lm_with()
+    budget = Budget(Ledger(), max_student_calls=100, max_teacher_calls=None)
+    dspy.configure(lm=student)
+    program = dspy.Predict("question -> answer")
+    cache = EvalCache()
+    evaluator = Evaluator(program, {"self": program.signature.instructions}, MetricAdapter(lambda e, p: 1.0), budget,
+                          Executor(1), StopSignal(), cache)
+    example = dspy.Example(question="q", answer="a").with_inputs("question")
+    budget.close("the run is over")
+    outcome = evaluator.submit(RuleSet(), example, "t").result()
+    assert isinstance(outcome, _NotRun) and isinstance(outcome.reason, RunClosedError)
+    assert "the run is over" in str(outcome.reason)
+    assert engine.received == 0 and len(cache) == 0 and budget.ledger.calls() == 0
+    with pytest.raises(RunClosedError):
+        budget.acquire(TEACHER)

@@ -4,14 +4,19 @@ and speculation never spends budget that the in-order races of the round could s
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 
 import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, racing
+from dspy_concept_distill.decisions import VerificationSettings
+from dspy_concept_distill.evaluation import Outcome
+from dspy_concept_distill.rules import Rule, RuleSet
 from dspy_concept_distill.scripted import Prompt
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask
 
@@ -87,7 +92,8 @@ def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_d
                                                                                      races_at_once):
     result_1, decisions_1, engine_1 = one_thread
     races_at_once.clear()
-    result_16, decisions_16, _ = _compile(noisy_task, 16)
+    result_16, decisions_16, engine_16 = _compile(noisy_task, 16)
+    assert result_16.student_calls == engine_16.calls  # work raced ahead and still in flight at the end is booked
     assert any(status == "accepted" for _, status, *_ in decisions_1)
     assert any(status == "rejected" for _, status, *_ in decisions_1)
     assert decisions_16 == decisions_1  # every rule: same status, reason, examples seen and gain
@@ -271,3 +277,73 @@ def test_the_teacher_does_not_wait_behind_the_valset_baseline():
     baseline_starts = sorted(start for user, start, _ in student.log if any(q in user for q in val_questions))
     assert len(baseline_starts) >= len(task.valset)
     assert teacher.starts and min(teacher.starts) < baseline_starts[len(task.valset) - 1]
+
+
+class ManualEvaluator:
+    """A stand-in for ``Evaluator`` whose jobs the test finishes by hand (no LM): ``jobs`` lists (ruleset, example
+    index, future) in submission order."""
+
+    def __init__(self, threads: int, valset) -> None:
+        self.executor = type("E", (), {"num_threads": threads})()
+        self.budget = type("B", (), {"remaining": staticmethod(lambda role: None)})()
+        self.index = {id(ex): i for i, ex in enumerate(valset)}
+        self.jobs: list[tuple[object, int, Future]] = []
+        self.lock = threading.Lock()
+
+    def submit(self, ruleset, example, phase):
+        future: Future = Future()
+        with self.lock:
+            self.jobs.append((ruleset, self.index[id(example)], future))
+        return future
+
+    def submitted(self) -> int:
+        with self.lock:
+            return len(self.jobs)
+
+    def finish(self, k: int, score: float = 1.0) -> None:
+        with self.lock:
+            future = self.jobs[k][2]
+        future.set_result(Outcome(score=score))
+
+
+def _wait_until(condition, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.002)
+    return condition()
+
+
+def test_a_finished_job_frees_its_place_at_once_and_the_queue_stays_bounded():
+    """Jobs are taken one at a time in submission order: when the oldest job finishes, the racer plans again at once,
+    without waiting for the rest of the chunk it was submitted with. The race in front, with no evidence yet, fills
+    the places its first chunk leaves free, and at most num_threads + QUEUE_SHARE x num_threads jobs are waiting to
+    be taken."""
+    threads, n = 8, 40
+    valset = [dspy.Example(question=f"q{i}", answer=1.0).with_inputs("question") for i in range(n)]
+    evaluator = ManualEvaluator(threads, valset)
+    settings = VerificationSettings(min_gain=1 / n, confidence_z=2.0, screen_size=0, max_score=1.0)
+    track = racing.Track(evaluator, valset, list(range(n)), settings)
+    rule = Rule(text="Always check the units before answering.", predictor="predict")
+    racer = racing.Racer(track)
+    window = threads + math.ceil(racing.QUEUE_SHARE * threads)
+    result: list[racing.Race] = []
+    worker = threading.Thread(target=lambda: result.append(racer.decide([rule], 0, RuleSet(), [0.0] * n)),
+                              daemon=True)
+    worker.start()
+    assert _wait_until(lambda: evaluator.submitted() == window)  # first chunk (6) + the rest of the window
+    time.sleep(0.05)
+    assert evaluator.submitted() == window  # and no more while nothing was taken
+    evaluator.finish(0)  # the oldest job of the first chunk; five of that chunk are still running
+    assert _wait_until(lambda: evaluator.submitted() == window + 1)
+    k = 1
+    while worker.is_alive() and k < 200:  # then every job: the candidate wins every example and is accepted
+        if k < evaluator.submitted():
+            assert evaluator.submitted() - k <= window
+            evaluator.finish(k)
+            k += 1
+        time.sleep(0.001)
+    worker.join(5)
+    assert result and result[0].decision.verdict is racing.Verdict.ACCEPT
+    assert sorted(i for _, i, _ in evaluator.jobs) == list(range(n))  # the valset, each example once
