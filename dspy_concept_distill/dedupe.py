@@ -29,7 +29,10 @@ def _content_words(text: str) -> set[str]:
 def similar(a: str, b: str) -> bool:
     """Near-duplicate test for rule texts: nearly the same characters, or nearly the same content words (the
     smaller set mostly inside the larger, and the two sets mostly shared)."""
-    if difflib.SequenceMatcher(None, a.lower(), b.lower()).ratio() >= DUPLICATE_RATIO:
+    matcher = difflib.SequenceMatcher(None, a.lower(), b.lower())
+    # quick_ratio and real_quick_ratio are cheap upper bounds of ratio: most pairs are told apart by them
+    if matcher.real_quick_ratio() >= DUPLICATE_RATIO and matcher.quick_ratio() >= DUPLICATE_RATIO \
+            and matcher.ratio() >= DUPLICATE_RATIO:
         return True
     wa, wb = _content_words(a), _content_words(b)
     if not wa or not wb:
