@@ -19,7 +19,11 @@ b. Parallel efficiency (``--latency`` seconds per student request, 40 train / 40
    ``--structure-latency`` (default 0.25 s; 0 turns it off) each multi-threaded run is repeated at that latency:
    wall = waves x latency + fixed splits its wall time into sequential LM round trips (the critical path, set by
    the optimizer's phase barriers and racing) and time that does not scale with latency (CPU work not hidden
-   behind waiting, late wake-ups on a busy machine).
+   behind waiting, late wake-ups on a busy machine). ``--latency-sigma`` draws each latency from a lognormal with
+   that mean instead (remote models answer in varying time).
+c. Parallel efficiency across the task family (``--family-threads``, default 16): every task of
+   benchmarks/family_tasks.py compiled with a latency-simulating student, fixed and lognormal (``--family-sigmas``),
+   with efficiency and net efficiency per run (see ``speed_family.py``). ``--skip-family`` leaves it out.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import dspy
 from bench_meta import library_revision, package_versions
+from family import parse_list, parse_seeds
+from family_tasks import TASKS_BY_NAME
+from speed_family import Latency, family_markdown, measure_family
 
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.budget import _phase as booked_phase  # the phase a request is booked under (diagnostics)
@@ -56,9 +63,10 @@ class _Timed:
     ``busy_seconds`` sums the wall time spent inside ``complete``, ``cpu_seconds`` the CPU time of the calling
     threads in it, and ``log`` keeps (phase, start, end) per request. Thread-safe."""
 
-    def __init__(self, *args: Any, latency: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, latency: float = 0.0, sigma: float = 0.0, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.latency = latency
+        self.delay = Latency(latency, sigma, seed)  # draws each pause (fixed when sigma is 0)
         self.busy_seconds = self.cpu_seconds = 0.0
         self.log: list[tuple[str, float, float]] = []
         self._timing_lock = threading.Lock()
@@ -68,7 +76,7 @@ class _Timed:
         response = super().complete(request)  # type: ignore[misc]
         cpu = time.thread_time() - cpu
         if self.latency > 0:
-            time.sleep(self.latency)
+            time.sleep(self.delay.draw())
         end = time.perf_counter()
         with self._timing_lock:
             self.busy_seconds += end - start
@@ -170,10 +178,11 @@ def measure_overhead(n_train: int, n_val: int, *, threads: int = 1, seed: int = 
 
 # -- b. parallel efficiency -------------------------------------------------------------------------------------------
 def measure_parallel(threads: int, *, latency: float, teacher_latency: float = 0.0, n_train: int = 40,
-                     n_val: int = 40, seed: int = 0) -> dict[str, Any]:
-    """One medium compile (screen off) at ``threads`` with LMs that take ``latency`` seconds per request."""
+                     n_val: int = 40, seed: int = 0, sigma: float = 0.0) -> dict[str, Any]:
+    """One medium compile (screen off) at ``threads`` with LMs that take ``latency`` seconds per request (lognormal
+    with log-sd ``sigma`` around it for the student when ``sigma`` > 0)."""
     task = SimulatedTask.create(n_train, n_val, seed=seed)
-    student = LatencyStudentEngine(task.world, latency=latency)
+    student = LatencyStudentEngine(task.world, latency=latency, sigma=sigma, seed=seed)
     teacher = LatencyTeacherEngine(task.world, latency=teacher_latency)
     optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=lm("teacher", teacher), auto="medium",
                                     screen_size=0, num_threads=threads, seed=seed)
@@ -182,7 +191,7 @@ def measure_parallel(threads: int, *, latency: float, teacher_latency: float = 0
         start, cpu = time.perf_counter(), time.process_time()
         result = optimizer.compile(program, trainset=task.trainset, valset=task.valset).distillation
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    work = student.calls * latency + teacher.calls * teacher_latency
+    work = student.delay.slept + teacher.calls * teacher_latency
     return {"threads": threads, "wall_s": wall, "student_requests": student.calls, "teacher_requests": teacher.calls,
             "efficiency": efficiency(work, threads, wall), "cpu_s": cpu,
             "lm_s": student.busy_seconds + teacher.busy_seconds,
@@ -212,13 +221,15 @@ def measure_evaluate_ceiling(threads: int, requests: int, *, latency: float, see
 
 
 def add_net_efficiency(runs: list[dict[str, Any]], latency: float, teacher_latency: float) -> None:
-    """``net_efficiency``: efficiency counting only the requests of the 1-thread run (no speculation), so requests
-    that speculation adds and throws away do not count as useful work; None without a 1-thread run."""
+    """``net_efficiency``: efficiency x (the 1-thread run's LM work / this run's), so requests that speculation adds
+    and throws away do not count as useful work; None without a 1-thread run."""
     single = next((r for r in runs if r["threads"] == 1), None)
+
+    def work(run: dict[str, Any]) -> float:
+        return run["student_requests"] * latency + run["teacher_requests"] * teacher_latency
+
     for run in runs:
-        work = None if single is None else (single["student_requests"] * latency
-                                            + single["teacher_requests"] * teacher_latency)
-        run["net_efficiency"] = None if work is None else efficiency(work, run["threads"], run["wall_s"])
+        run["net_efficiency"] = None if single is None else run["efficiency"] * work(single) / work(run)
 
 
 def phase_profile(log: Sequence[tuple[str, float, float]], start: float, threads: int) -> list[dict[str, Any]]:
@@ -252,6 +263,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += _overhead_markdown(o)
     if report.get("parallel"):
         lines += _parallel_markdown(report)
+    if report.get("family"):
+        lines += family_markdown(report["family"])
     return "\n".join(lines) + "\n"
 
 
@@ -274,7 +287,9 @@ def _overhead_markdown(o: dict[str, Any]) -> list[str]:
 def _parallel_markdown(report: dict[str, Any]) -> list[str]:
     p, runs = report["parallel_settings"], report["parallel"]
     lines = [f"## b. Parallel efficiency ({p['train']} train / {p['val']} val, auto=medium, screen_size=0, "
-             f"student latency {p['latency'] * 1000:g} ms, teacher latency {p['teacher_latency'] * 1000:g} ms)", "",
+             f"student latency {p['latency'] * 1000:g} ms{_sigma(p)}, teacher latency "
+             f"{p['teacher_latency'] * 1000:g} ms)",
+             "",
              f"Multi-threaded runs: the fastest of {p.get('repeats', 1)} (every wall time in the JSON). "
              "efficiency = (requests x latency / threads) / wall time; net efficiency counts only the requests of the "
              "1-thread run (speculative requests thrown away are not useful work). LM ms/request: measured time "
@@ -327,6 +342,11 @@ def _ceiling(run: dict[str, Any]) -> str:
     return "n/a" if ceiling is None else f"{ceiling['efficiency']:.2f}"
 
 
+def _sigma(settings: dict[str, Any]) -> str:
+    sigma = settings.get("sigma") or 0.0
+    return f" (lognormal, log-sd {sigma:g})" if sigma else ""
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
@@ -361,6 +381,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--skip-parallel", action="store_true")
+    parser.add_argument("--latency-sigma", type=float, default=0.0,
+                        help="parallel case: lognormal log-sd of the student's latency around --latency (0: fixed)")
+    parser.add_argument("--skip-family", action="store_true")
+    parser.add_argument("--family-tasks", help="family case: comma-separated task names (default all): "
+                        + ", ".join(TASKS_BY_NAME))
+    parser.add_argument("--family-presets", default="cd-light,cd-medium")
+    parser.add_argument("--family-seeds", default="0-1")
+    parser.add_argument("--family-threads", type=int, default=16)
+    parser.add_argument("--family-sigmas", default="0,0.5", help="lognormal log-sds of the student's latency")
     parser.add_argument("--profile", help="write cProfile stats of the overhead compile to this file")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix (.json/.md)")
     return parser.parse_args(argv)
@@ -381,7 +410,8 @@ def measure_structure(args: argparse.Namespace, runs: list[dict[str, Any]]) -> d
         if run["threads"] == 1:
             continue
         again = measure_parallel(run["threads"], latency=args.structure_latency, teacher_latency=args.teacher_latency,
-                                 n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed)
+                                 n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed,
+                                 sigma=args.latency_sigma)
         out.append({**critical_path(run, again, (args.latency, args.structure_latency)), "second_run": again})
     return {"latency": args.structure_latency, "runs": out}
 
@@ -402,11 +432,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not args.skip_parallel:
         report["parallel_settings"] = {"train": args.parallel_train, "val": args.parallel_val,
                                        "latency": args.latency, "teacher_latency": args.teacher_latency,
-                                       "repeats": args.parallel_repeats}
+                                       "repeats": args.parallel_repeats, "sigma": args.latency_sigma}
         report["parallel"] = runs = [
             best_parallel(int(t), args.parallel_repeats if int(t) > 1 else 1, latency=args.latency,
                           teacher_latency=args.teacher_latency, n_train=args.parallel_train, n_val=args.parallel_val,
-                          seed=args.seed)
+                          seed=args.seed, sigma=args.latency_sigma)
             for t in args.threads.split(",")]
         add_net_efficiency(runs, args.latency, args.teacher_latency)
         for run in runs:
@@ -414,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                                                latency=args.latency, seed=args.seed)
         if args.structure_latency:
             report["structure"] = measure_structure(args, runs)
+    if not args.skip_family:
+        report["family"] = measure_family(
+            parse_list(args.family_tasks, list(TASKS_BY_NAME), "tasks"), args.family_presets.split(","),
+            parse_seeds(args.family_seeds), args.family_threads, args.latency,
+            [float(x) for x in args.family_sigmas.split(",")])
     write(report, args.out)
     print(markdown(report))
     return report

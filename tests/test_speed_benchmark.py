@@ -85,7 +85,8 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     out = tmp_path / "speed"
     report = speed.main(["--train", "12", "--val", "6", "--repeats", "2", "--threads", "1,2", "--latency", "0.002",
                          "--parallel-train", "10", "--parallel-val", "10", "--structure-latency", "0.004",
-                         "--out", str(out)])
+                         "--family-tasks", "today", "--family-presets", "cd-light", "--family-seeds", "0",
+                         "--family-threads", "8", "--family-sigmas", "0,0.5", "--out", str(out)])
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved == json.loads(json.dumps(report))
     assert saved["command"].startswith("python benchmarks/speed.py --train 12")
@@ -116,8 +117,18 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     assert structure["threads"] == 2 and structure["second_run"]["threads"] == 2
     assert structure["waves"] == pytest.approx((structure["second_run"]["wall_s"] - runs[1]["wall_s"]) / 0.002)
 
+    family = saved["family"]
+    assert [(r["task"], r["sigma"], r["threads"]) for r in family["runs"]] == [("today", 0.0, 8), ("today", 0.5, 8)]
+    for run in family["runs"]:
+        assert run["requests"] >= run["requests_1_thread"] > 0
+        assert run["lm_s"] == pytest.approx(run["requests"] * 0.002, rel=0.5 if run["sigma"] else 1e-6)
+        assert run["efficiency"] == pytest.approx(speed.efficiency(run["lm_s"], 8, run["wall_s"]))
+        assert run["net_efficiency"] == pytest.approx(run["efficiency"] * run["requests_1_thread"] / run["requests"])
+    assert [r["runs"] for r in family["summary"]] == [1, 1]
+
     text = out.with_suffix(".md").read_text()
     assert saved["command"] in text and "efficiency" in text and "Accepted rules identical" in text
+    assert "c. Parallel efficiency across the task family" in text
     assert text in capsys.readouterr().out
 
 
@@ -185,3 +196,21 @@ def test_progress_shows_the_final_mean_and_is_refreshed_about_a_hundred_times(wo
     assert bar.n == bar.total == len(train)
     assert bar.postfixes[-1] == {"score": f"{sum(o.score for o in outcomes) / len(outcomes):.3f}"}
     assert len(bar.postfixes) <= 101
+
+
+def test_the_speculation_benchmark_counts_extra_requests_and_checks_decisions(tmp_path, capsys):
+    import speculation
+
+    out = tmp_path / "spec"
+    payload = speculation.main(["--tasks", "today-noisy", "--presets", "cd-medium", "--seeds", "0-1", "--threads",
+                                "1,16", "--out", str(out)])
+    saved = json.loads((tmp_path / "spec.json").read_text())
+    assert saved["meta"]["command"].startswith("python benchmarks/speculation.py --tasks today-noisy")
+    runs = {(r["seed"], r["threads"]): r for r in saved["runs"]}
+    (row,) = payload["summary"]
+    extra = [runs[(s, 16)]["student_calls"] - runs[(s, 1)]["student_calls"] for s in (0, 1)]
+    assert row["extra_mean"] == pytest.approx(sum(extra) / 2) and row["extra_max"] == max(extra)
+    assert min(extra) >= 0 and row["runs"] == 2
+    same = sum(speculation.decisions(runs[(s, 1)]) == speculation.decisions(runs[(s, 16)]) for s in (0, 1))
+    assert row["same_decisions"] == same == 2  # decisions never depend on the thread count
+    assert "| today-noisy | cd-medium | 16 |" in (tmp_path / "spec.md").read_text()
