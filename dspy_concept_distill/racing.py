@@ -27,7 +27,8 @@ decision is the one a 1-thread run takes. Each plan depends only on the jobs alr
 (never on which job happened to finish first), so a run makes the same requests every time at a given thread
 count: a rerun answered by DSPy's cache or resumed from a checkpoint pays nothing twice. Racing ahead only uses
 places the chunk in front leaves free, and only budget left after every candidate still to decide could be raced
-over the whole valset, so it never starves the in-order decisions of the round. Work ahead whose prediction fails
+over the whole valset (the race in front may run ahead on its own share of that), so it never starves the in-order
+decisions of the round. Work ahead whose prediction fails
 is paid for and thrown away: ``benchmarks/speculation.py`` measures how much across the task family.
 """
 
@@ -267,11 +268,12 @@ class Racer:
         threads = self.track.evaluator.executor.num_threads
         if threads <= head.bounds[0]:
             return  # a first chunk keeps every thread busy: racing ahead would add calls for little time
-        room = [self.window - self.untaken,
-                self.budget_left - len(self.track.valset) * (
-                    1 + sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE))]
-        if head.predicts_accept() or (head.decision is None and not head.own):
+        n = len(self.track.valset)
+        behind = n * sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE)  # each may race the valset
+        room = [self.window - self.untaken, self.budget_left - behind]  # the head's own share of the valset: its
+        if head.predicts_accept() or (head.decision is None and not head.own):  # work ahead never takes another's
             self._feed(head, room, deep=True)  # on course to be accepted, or threads would idle until its first chunk
+        room[1] = self.budget_left - behind - (n - head.sent)  # work behind it leaves the head all it may still need
         in_force, base, before = head.current, scores, head
         guesses: list[Race] = []  # the races whose predicted acceptance shapes the rules predicted in force
         for rule in queue[position + 1:]:

@@ -347,3 +347,44 @@ def test_a_finished_job_frees_its_place_at_once_and_the_queue_stays_bounded():
     worker.join(5)
     assert result and result[0].decision.verdict is racing.Verdict.ACCEPT
     assert sorted(i for _, i, _ in evaluator.jobs) == list(range(n))  # the valset, each example once
+
+
+def test_work_ahead_always_leaves_every_undecided_race_a_whole_valset_of_budget(monkeypatch):
+    """With a budget of two races and ten runs (the head and one candidate behind), the candidate behind races ahead
+    while the head, gaining nothing, is neither accepted nor yet dropped, but it may not spend the head's share:
+    after every submission, the budget not yet spoken for covers what the head may still need plus a whole valset
+    for the one behind."""
+    threads, n = 8, 40
+    valset = [dspy.Example(question=f"q{i}", answer=1.0).with_inputs("question") for i in range(n)]
+    evaluator = ManualEvaluator(threads, valset)
+    evaluator.budget = type("B", (), {"remaining": staticmethod(lambda role: 2 * n + 10)})()
+    settings = VerificationSettings(min_gain=1 / n, confidence_z=2.0, screen_size=0, max_score=1.0)
+    track = racing.Track(evaluator, valset, list(range(n)), settings)
+    head_rule = Rule(text="Always check the units before answering.", predictor="predict")
+    behind_rule = Rule(text="Subtract what was given away.", predictor="predict")
+    racer = racing.Racer(track)
+    violations: list[tuple[float, int]] = []
+    submit = racing.Racer._submit
+
+    def checked(self, unit):
+        taken = submit(self, unit)
+        head = self.races.get((head_rule.id, RuleSet()))
+        if head is not None and head.decision is None and self.budget_left < (n - head.sent) + n:
+            violations.append((self.budget_left, head.sent))
+        return taken
+
+    monkeypatch.setattr(racing.Racer, "_submit", checked)
+    result: list[racing.Race] = []
+    worker = threading.Thread(target=lambda: result.append(
+        racer.decide([head_rule, behind_rule], 0, RuleSet(), [0.0] * n)), daemon=True)
+    worker.start()
+    head_variant, k = RuleSet([head_rule]), 0
+    while worker.is_alive() and k < 400:
+        if k < evaluator.submitted():
+            evaluator.finish(k, 0.0 if evaluator.jobs[k][0] == head_variant else 1.0)  # the head gains nothing
+            k += 1
+        time.sleep(0.001)
+    worker.join(5)
+    assert result and result[0].decision.verdict is not racing.Verdict.ACCEPT
+    assert any(ruleset != head_variant for ruleset, _, _ in evaluator.jobs)  # the one behind did race ahead
+    assert violations == []
