@@ -229,12 +229,15 @@ class Evaluator:
         return [o.score if (o := self.cached(ruleset, ex)) is not None else None for ex in examples]
 
     # -- running --------------------------------------------------------------------------------------------------
-    def submit(self, ruleset: RuleSet, example: dspy.Example, phase_name: str) -> Future[Outcome | _NotRun]:
-        """Score one pair in the background (at once from the cache when it was run before)."""
-        return self._submit((self.key(ruleset), self.example_key_of(example)), ruleset, example, phase_name)
+    def submit(self, ruleset: RuleSet, example: dspy.Example, phase_name: str, *,
+               urgent: bool = False) -> Future[Outcome | _NotRun]:
+        """Score one pair in the background (at once from the cache when it was run before); ``urgent`` jobs start
+        before every job still waiting."""
+        return self._submit((self.key(ruleset), self.example_key_of(example)), ruleset, example, phase_name,
+                            urgent=urgent)
 
     def _submit(self, key: tuple[str, str], ruleset: RuleSet, example: dspy.Example,
-                phase_name: str) -> Future[Outcome | _NotRun]:
+                phase_name: str, *, urgent: bool = False) -> Future[Outcome | _NotRun]:
         hit = self.cache.get(key)
         with self._lock:
             running = self._in_flight.get(key)  # asked for again while it runs: share the run, never repeat it
@@ -259,7 +262,7 @@ class Evaluator:
             else:
                 shared.set_result(job.result())
 
-        self.executor.submit(self._job, key, ruleset, example, phase_name).add_done_callback(settle)
+        self.executor.submit(self._job, key, ruleset, example, phase_name, urgent=urgent).add_done_callback(settle)
         return shared
 
     def prefetch(self, jobs: Sequence[tuple[RuleSet, dspy.Example]], phase_name: str) -> None:

@@ -154,15 +154,15 @@ class Race:
         target = limit if deep else min(limit, self.bounds[self.chunk])
         return max(0, target - self.sent)
 
-    def submit(self, count: int) -> Unit | None:
-        """Start the next ``count`` examples in racing order."""
+    def submit(self, count: int, *, urgent: bool = False) -> Unit | None:
+        """Start the next ``count`` examples in racing order (``urgent``: before every job still waiting)."""
         todo = self.track.order[self.sent:self.sent + count]
         if not todo:
             return None
         self.sent += len(todo)
         ev, valset = self.track.evaluator, self.track.valset
         for i in todo:
-            self.pending[i] = ev.submit(self.candidate, valset[i], "verification")
+            self.pending[i] = ev.submit(self.candidate, valset[i], "verification", urgent=urgent)
         return Unit(self, todo, [self.pending[i] for i in todo])
 
     @property
@@ -220,7 +220,8 @@ class Racer:
         head = self._race(queue[position], in_force, scores)
         while head.decision is None:
             if not head.busy:
-                self._submit(head.submit(head.wanted(deep=False)))  # the chunk in front, whole, at any thread count
+                # the chunk in front, whole, at any thread count, before the work ahead still waiting
+                self._submit(head.submit(head.wanted(deep=False), urgent=True))
             self._plan(queue, position, head, scores)
             self._take_oldest(head)
         return head
