@@ -288,12 +288,14 @@ class ManualEvaluator:
         self.budget = type("B", (), {"remaining": staticmethod(lambda role: None)})()
         self.index = {id(ex): i for i, ex in enumerate(valset)}
         self.jobs: list[tuple[object, int, Future]] = []
+        self.urgent: list[bool] = []
         self.lock = threading.Lock()
 
-    def submit(self, ruleset, example, phase):
+    def submit(self, ruleset, example, phase, *, urgent=False):
         future: Future = Future()
         with self.lock:
             self.jobs.append((ruleset, self.index[id(example)], future))
+            self.urgent.append(urgent)
         return future
 
     def submitted(self) -> int:
@@ -333,6 +335,7 @@ def test_a_finished_job_frees_its_place_at_once_and_the_queue_stays_bounded():
                               daemon=True)
     worker.start()
     assert _wait_until(lambda: evaluator.submitted() == window)  # first chunk (6) + the rest of the window
+    assert evaluator.urgent[:window] == [True] * 6 + [False] * (window - 6)  # the chunk in front starts first
     time.sleep(0.05)
     assert evaluator.submitted() == window  # and no more while nothing was taken
     evaluator.finish(0)  # the oldest job of the first chunk; five of that chunk are still running
