@@ -28,8 +28,8 @@ decision is the one a 1-thread run takes. Each plan depends only on the jobs alr
 count: a rerun answered by DSPy's cache or resumed from a checkpoint pays nothing twice. Racing ahead only uses
 places the chunk in front leaves free, and only budget left after every candidate still to decide could be raced
 over the whole valset (the race in front may run ahead on its own share of that), so it never starves the in-order
-decisions of the round. Work ahead whose prediction fails
-is paid for and thrown away: ``benchmarks/speculation.py`` measures how much across the task family.
+decisions of the round. Work ahead whose prediction fails is paid for and thrown away: ``benchmarks/speculation.py``
+measures how much across the task family.
 """
 
 from __future__ import annotations
@@ -271,8 +271,9 @@ class Racer:
             return  # a first chunk keeps every thread busy: racing ahead would add calls for little time
         n = len(self.track.valset)
         behind = n * sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE)  # each may race the valset
-        room = [self.window - self.untaken, self.budget_left - behind]  # the head's own share of the valset: its
-        if head.predicts_accept() or (head.decision is None and not head.own):  # work ahead never takes another's
+        # The head runs ahead on its own share of the budget, never on the share kept for the candidates behind it.
+        room = [self.window - self.untaken, self.budget_left - behind]
+        if head.predicts_accept() or (head.decision is None and not head.own):
             self._feed(head, room, deep=True)  # on course to be accepted, or threads would idle until its first chunk
         room[1] = self.budget_left - behind - (n - head.sent)  # work behind it leaves the head all it may still need
         in_force, base, before = head.current, scores, head
