@@ -129,14 +129,13 @@ def test_signal_handlers_are_left_alone_outside_the_main_thread(guarded_signals)
     assert inside == [before]
 
 
-def test_a_pair_asked_for_again_while_it_runs_shares_the_run():
-    import threading
-
+def _gated_evaluator():
+    """An Evaluator on 4 threads whose student (the simulated world's scripted student, not a real model) answers
+    only once ``gate`` is set: (evaluator, gate, student LM, executor, cache, a valset example)."""
     from dspy_concept_distill.budget import Budget, Ledger
     from dspy_concept_distill.evaluation import EvalCache, Evaluator
     from dspy_concept_distill.execution import Executor, StopSignal
     from dspy_concept_distill.metric import MetricAdapter
-    from dspy_concept_distill.rules import RuleSet
     from dspy_concept_distill.testing import SimulatedWorld
 
     world = SimulatedWorld()
@@ -153,11 +152,18 @@ def test_a_pair_asked_for_again_while_it_runs_shares_the_run():
     dspy.configure(lm=student)
     program = dspy.ChainOfThought("question -> answer: float")
     base = {n: p.signature.instructions for n, p in program.named_predictors()}
-    executor = Executor(4)
+    executor, cache = Executor(4), EvalCache()
     evaluator = Evaluator(program, base, MetricAdapter(world.metric), Budget(Ledger(), None, None), executor,
-                          StopSignal(), EvalCache())
-    first = evaluator.submit(RuleSet(), val[0], "t")
-    second = evaluator.submit(RuleSet(), val[0], "t")
+                          StopSignal(), cache)
+    return evaluator, gate, student, executor, cache, val[0]
+
+
+def test_a_pair_asked_for_again_while_it_runs_shares_the_run():
+    from dspy_concept_distill.rules import RuleSet
+
+    evaluator, gate, student, executor, _, example = _gated_evaluator()
+    first = evaluator.submit(RuleSet(), example, "t")
+    second = evaluator.submit(RuleSet(), example, "t")
     gate.set()
     assert first.result(5).score == second.result(5).score
     executor.close()
@@ -203,32 +209,10 @@ def test_close_cancels_the_jobs_still_waiting_and_waits_for_the_running_ones():
 def test_a_pair_that_finishes_while_it_is_asked_for_again_is_not_run_twice(monkeypatch):
     """The run finishes between the second ask's cache lookup and its in-flight lookup (forced here by a cache
     lookup that lets the run finish first): the second ask must find the outcome, not start the pair again."""
-    from dspy_concept_distill.budget import Budget, Ledger
-    from dspy_concept_distill.evaluation import EvalCache, Evaluator
-    from dspy_concept_distill.execution import Executor, StopSignal
-    from dspy_concept_distill.metric import MetricAdapter
     from dspy_concept_distill.rules import RuleSet
-    from dspy_concept_distill.testing import SimulatedWorld
 
-    world = SimulatedWorld()
-    _, val = world.split(2, 5)
-    student = world.student_lm()
-    gate = threading.Event()
-    original = student.engine.complete
-
-    def slow(request):
-        gate.wait(5)
-        return original(request)
-
-    student.engine.complete = slow
-    dspy.configure(lm=student)
-    program = dspy.ChainOfThought("question -> answer: float")
-    base = {n: p.signature.instructions for n, p in program.named_predictors()}
-    executor = Executor(4)
-    cache = EvalCache()
-    evaluator = Evaluator(program, base, MetricAdapter(world.metric), Budget(Ledger(), None, None), executor,
-                          StopSignal(), cache)
-    first = evaluator.submit(RuleSet(), val[0], "t")
+    evaluator, gate, student, executor, cache, example = _gated_evaluator()
+    first = evaluator.submit(RuleSet(), example, "t")
     lookup = cache.get
 
     def stale_lookup(key):
@@ -239,7 +223,7 @@ def test_a_pair_that_finishes_while_it_is_asked_for_again_is_not_run_twice(monke
         return found
 
     monkeypatch.setattr(cache, "get", stale_lookup)
-    second = evaluator.submit(RuleSet(), val[0], "t")
+    second = evaluator.submit(RuleSet(), example, "t")
     monkeypatch.setattr(cache, "get", lookup)
     assert second.result(5).score == first.result(5).score
     executor.close()
