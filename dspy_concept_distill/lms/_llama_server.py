@@ -11,12 +11,14 @@ the server process needs only llama-cpp-python.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 __all__ = ["OpenAIJsonSchema", "main", "translate_body"]
@@ -101,11 +103,24 @@ def exit_with_parent(interval: float = 1.0, grace: float = 10.0) -> threading.Th
     return thread
 
 
+def _amx_module() -> Any:
+    """``_amx.py`` beside this file, imported as part of the package or, in the server process, by path."""
+    try:
+        from . import _amx
+    except ImportError:  # run by path: no package
+        spec = importlib.util.spec_from_file_location("_cd_amx", Path(__file__).with_name("_amx.py"))
+        _amx = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_amx)
+    return _amx
+
+
 def main() -> None:
-    """Run llama-cpp-python's server command line with the middleware around its app."""
+    """Run llama-cpp-python's server command line with the middleware around its app (and, on an AMX CPU,
+    every model loaded without the extra buffer types whose kernels crash: see ``_amx.py``)."""
     import llama_cpp.server.__main__ as cli
 
     exit_with_parent()
+    _amx_module().patch_for_process()
 
     create_app = cli.create_app
 

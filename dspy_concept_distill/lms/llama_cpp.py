@@ -115,7 +115,9 @@ class LlamaCppEngine:
         chat_format: A llama-cpp-python chat format name; ``None`` uses the GGUF's chat template.
         constrained: Constrain ``json_object``/``json_schema`` output with llama.cpp grammars. With
             ``False`` the engine declares no response-format support and ignores response formats.
-        **llama_kwargs: Further ``llama_cpp.Llama`` load parameters (``n_batch``, ``n_gpu_layers``...).
+        **llama_kwargs: Further ``llama_cpp.Llama`` load parameters (``n_batch``, ``n_gpu_layers``...), and
+            ``use_extra_bufts``, llama.cpp's extra buffer types for weights (default: on, except on a CPU with
+            Intel AMX, where llama.cpp's AMX kernels crash; see ``lms/_amx.py``).
     """
 
     supports_function_calling = False
