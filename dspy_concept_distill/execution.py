@@ -143,8 +143,9 @@ class _Pool:
 class Executor:
     """A thread pool for one compile; ``close()`` waits for the jobs in flight.
 
-    Jobs submitted with ``urgent=True`` (the teacher's) start before every job still waiting, so the teacher never
-    queues behind the valset baseline, which runs while it writes rules."""
+    Jobs submitted with ``urgent=True`` start before every job still waiting: the teacher's, so it never queues
+    behind the valset baseline, which runs while it writes rules, and the racing chunk in front, so it never queues
+    behind work raced ahead."""
 
     def __init__(self, num_threads: int) -> None:
         self.num_threads = max(1, int(num_threads))
