@@ -39,12 +39,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 from bench_meta import library_revision, package_versions
 from family import parse_list, parse_seeds, run_one
+from family_report import mean_ci
 from family_tasks import TASKS_BY_NAME
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "speculation"
 PRESETS = ("cd-light", "cd-medium")
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
-         20: 2.09, 30: 2.04}
 
 
 def _job(job: tuple[str, str, int, int]) -> dict[str, Any]:
@@ -61,11 +60,6 @@ def decisions(run: dict[str, Any]) -> list[tuple[Any, ...]]:
             for r in run["cd_rules"]]
 
 
-def t_value(df: int) -> float:
-    known = [k for k in T_975 if k <= df]
-    return T_975[max(known)] if known else math.inf
-
-
 def summarize(runs: list[dict[str, Any]], threads: list[int]) -> list[dict[str, Any]]:
     by_key = {(r["task"], r["preset"], r["seed"], r["threads"]): r for r in runs}
     rows = []
@@ -77,10 +71,8 @@ def summarize(runs: list[dict[str, Any]], threads: list[int]) -> list[dict[str, 
             ok = [(a, b) for a, b in pairs if a["status"] == b["status"] == "ok"]
             extra = [b["student_calls"] - a["student_calls"] for a, b in ok]
             base = [a["student_calls"] for a, _ in ok]
-            mean = statistics.fmean(extra) if extra else math.nan
-            half = math.nan
-            if len(extra) > 1:
-                half = t_value(len(extra) - 1) * statistics.stdev(extra) / math.sqrt(len(extra))
+            mean, half = mean_ci(extra) if extra else (math.nan, None)
+            half = math.nan if half is None else half
             rows.append({
                 "task": task, "preset": preset, "threads": t, "runs": len(ok), "errors": len(pairs) - len(ok),
                 "calls_1_thread": statistics.fmean(base) if base else math.nan, "extra_mean": mean,

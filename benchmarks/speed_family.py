@@ -23,11 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import dspy
+from family_report import mean_ci
 from family_tasks import TASKS_BY_NAME
 from optimizer_runs import OPTIMIZERS, RunContext, run_optimizer
-
-T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 12: 2.18,
-         15: 2.13, 20: 2.09, 30: 2.04, 40: 2.02, 60: 2.00}
 
 
 class Latency:
@@ -97,13 +95,9 @@ def measure_family(tasks: Sequence[str], presets: Sequence[str], seeds: Sequence
 
 
 def _mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    df = len(values) - 1
-    t = T_975[max(k for k in T_975 if k <= df)]
-    half = t * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    """Mean and its 95% interval (``family_report.mean_ci``: Student's t); NaN bounds for one value."""
+    mean, half = mean_ci(values)
+    return (mean, math.nan, math.nan) if half is None else (mean, mean - half, mean + half)
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

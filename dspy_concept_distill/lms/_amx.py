@@ -39,6 +39,12 @@ def extra_buffers_wanted(use_extra_bufts: bool | None) -> bool:
     return not cpu_has_amx() if use_extra_bufts is None else bool(use_extra_bufts)
 
 
+def load_fields(use_extra_bufts: bool | None) -> dict[str, Any]:
+    """The model parameters to change from llama.cpp's defaults: ``use_extra_bufts=False`` when
+    :func:`extra_buffers_wanted` says so, else none."""
+    return {} if extra_buffers_wanted(use_extra_bufts) else {"use_extra_bufts": False}
+
+
 def _defaults_with(original: Any, fields: dict[str, Any]) -> Any:
     def defaults() -> Any:
         params = original()
@@ -69,9 +75,8 @@ def model_defaults(**fields: Any) -> Iterator[None]:
 def patch_for_process(use_extra_bufts: bool | None = None) -> bool:
     """For a process that only serves llama.cpp models (the server): every model it loads gets
     ``use_extra_bufts`` as :func:`extra_buffers_wanted` decides. Returns the value used."""
-    wanted = extra_buffers_wanted(use_extra_bufts)
-    if not wanted:
+    fields = load_fields(use_extra_bufts)
+    if fields:
         bindings = importlib.import_module("llama_cpp.llama_cpp")
-        bindings.llama_model_default_params = _defaults_with(bindings.llama_model_default_params,
-                                                             {"use_extra_bufts": False})
-    return wanted
+        bindings.llama_model_default_params = _defaults_with(bindings.llama_model_default_params, fields)
+    return not fields

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._amx import extra_buffers_wanted, model_defaults
+from ._amx import load_fields, model_defaults
 
 __all__ = ["aligned_context", "clear_model_cache", "default_model_path", "load_model", "schema_grammar"]
 
@@ -153,12 +153,12 @@ def load_model(
         if loaded is None:
             logger.info("Loading %s (n_ctx=%d, n_threads=%d)", path, n_ctx, n_threads)
             options = {"verbose": False, "n_batch": _PROMPT_BLOCK, **kwargs}
-            extra_buffers = extra_buffers_wanted(options.pop("use_extra_bufts", None))
-            if not extra_buffers:
+            fields = load_fields(options.pop("use_extra_bufts", None))
+            if fields:
                 logger.info("This CPU has AMX, whose llama.cpp kernels crash: loading without extra buffer types "
                             "(pass use_extra_bufts=True to the engine to load with them)")
             cls = _block_aligned_llama_class()
-            with model_defaults(**({} if extra_buffers else {"use_extra_bufts": False})):
+            with model_defaults(**fields):
                 llama = cls(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, chat_format=chat_format,
                             **options)
             loaded = _MODELS[key] = _LoadedModel(llama)
