@@ -51,7 +51,9 @@ from family_tasks import TASKS_BY_NAME
 from speed_family import Latency, family_markdown, measure_family
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.budget import _phase as booked_phase  # the phase a request is booked under (diagnostics)
+from dspy_concept_distill.runtime.metering import (
+    _phase as booked_phase,  # the phase a request is booked under (diagnostics)
+)
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "speed"

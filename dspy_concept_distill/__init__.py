@@ -2,7 +2,7 @@
 and each rule joins the student's instructions only if it raises the student's validation score."""
 
 from .optimizer import ConceptDistillation
-from .report import DistillationResult
+from .reporting.result import DistillationResult
 from .rules import Rule, RuleSet
 
 __all__ = ["ConceptDistillation", "DistillationResult", "Rule", "RuleSet"]

@@ -17,26 +17,25 @@ from typing import Any, Literal
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from .assemble import ablate, finish
-from .budget import TEACHER
-from .checkpoint import fingerprint
-from .decisions import VerificationSettings
-from .evaluation import STOPPING_ERRORS
-from .guards import LeakChecker
-from .induction import (
-    BatchReply,
-    TeacherBrief,
-    describe_rules,
-    describe_task,
-    induce,
-    make_batches,
-    near_misses_to_retry,
-    rules_from_replies,
-)
-from .mistakes import Mistake, collect_mistakes
-from .params import (
+from .finish import finish
+from .persistence.fingerprint import fingerprint
+from .phases.ablation import ablate, ablation_cost
+from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches
+from .phases.mistakes import collect_mistakes
+from .phases.proposals import near_misses_to_retry, rules_from_replies
+from .phases.rule_checks import LeakChecker
+from .phases.statistics import VerificationSettings
+from .phases.verification import Verifier, limit_candidates
+from .records import BatchReply, CallBounds, Mistake, RoundSummary
+from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
+from .runtime.evaluator import STOPPING_ERRORS
+from .runtime.forecast import project, refine
+from .runtime.metering import STUDENT, TEACHER
+from .runtime.progress import progress, verbose_logging
+from .settings import (
     PRESETS,
     Preset,
+    RunSettings,
     check_examples,
     check_program,
     check_valset_size,
@@ -44,12 +43,7 @@ from .params import (
     split_data,
     validate_params,
 )
-from .progress import progress, verbose_logging
-from .projection import CallBounds, project, refine
-from .report import RoundSummary
-from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
-from .state import CompileState, RunSettings, open_state
-from .verification import Verifier, limit_candidates
+from .state import CompileState, open_state
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +193,10 @@ class ConceptDistillation(Teleprompter):
         ) as state:
             bounds = CallBounds((len(trainset) + len(valset)) * n_predictors, budgets["student_calls"],
                                 budgets["teacher_calls"] if teacher is not None else 0)
-            yield state, budgets, {**project(state, bounds), "bounds": bounds}
+            forecast = project(bounds, program=state.program, example=(trainset or valset)[0],
+                               base_instructions=state.base_instructions, teacher=state.teacher_lm,
+                               mistakes_per_batch=settings.mistakes_per_batch, budget=state.budget)
+            yield state, budgets, {**forecast, "bounds": bounds}
 
     # -- compile --------------------------------------------------------------------------------------------------
     def compile(
@@ -229,7 +226,7 @@ class ConceptDistillation(Teleprompter):
                     if not self._round(state, round_index, estimate["bounds"]):
                         break
                 if self.ablation and not state.stopped:
-                    ablate(state, budgets, extend_budget=self._default_student_budget())
+                    self._ablate(state, budgets)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
             return self._done(state, student, budgets, estimate)
@@ -257,7 +254,7 @@ class ConceptDistillation(Teleprompter):
                 state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
                 state.stopped = result.stopped
                 if self.ablation and not state.stopped:
-                    ablate(state, budgets, extend_budget=self._default_student_budget())
+                    self._ablate(state, budgets)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
             return self._done(state, student, budgets, estimate)
@@ -270,12 +267,26 @@ class ConceptDistillation(Teleprompter):
         if self.log_dir is not None:
             result.save(self.log_dir)
         try:
-            from .tracking import log_to_mlflow
+            from .reporting.mlflow import log_to_mlflow
         except ImportError:
             return optimized
         log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
                                       if isinstance(v, (str, int, float, bool, type(None)))})
         return optimized
+
+    def _ablate(self, state: CompileState, budgets: dict[str, Any]) -> None:
+        """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
+        budget (none given), the budget grows by what the ablation costs."""
+        rules = state.current
+        if len(rules) < 2 or state.val_scores is None:
+            return
+        cost = ablation_cost(rules, state.valset, len(state.names))
+        logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
+        if self._default_student_budget() and budgets.get("student_calls") is not None:
+            budgets["student_calls"] += cost
+            state.budget.limits[STUDENT] = budgets["student_calls"]
+        stopped = ablate(state.evaluator, rules, state.valset, state.val_scores, state.min_gain)
+        state.stopped = state.stopped or stopped
 
     # -- one round: the three phases ------------------------------------------------------------------------------
     def _round(self, state: CompileState, round_index: int, bounds: CallBounds) -> bool:
@@ -290,7 +301,7 @@ class ConceptDistillation(Teleprompter):
             round_index=round_index, on_usable=baseline)
         state.mistakes += mistakes
         if first:
-            refine(state, bounds)
+            refine(state.ledger, bounds)
         train_score = sum(o.score for o in outcomes) / len(outcomes)
         logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
                     len(mistakes))

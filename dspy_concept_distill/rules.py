@@ -26,7 +26,7 @@ STATUSES = tuple(RuleStatus)
 RULES_HEADER = "Follow these rules, learned from past mistakes:"
 JSON_FORMAT = "dspy_concept_distill.rules/1"
 
-MAX_RULE_CHARS = 400  # one rule, in characters (the word caps live in guards.py)
+MAX_RULE_CHARS = 400  # one rule, in characters (the word caps live in phases/rule_checks.py)
 MAX_RULES_CHARS_PER_PREDICTOR = 2000  # all rules in force for one predictor, in characters of rule text
 
 

@@ -13,35 +13,17 @@ from typing import Any
 
 import dspy
 
-from .budget import STUDENT, TEACHER, Budget, Ledger, metered
-from .checkpoint import Journal, Resumed, attach
-from .evaluation import EvalCache, Evaluator
-from .execution import STOP_FILE, Executor, StopSignal
-from .induction import BatchReply
-from .metric import MetricAdapter, metric_max
-from .mistakes import Mistake
-from .report import RoundSummary
+from .persistence.journal import Journal, Resumed, attach
+from .records import BatchReply, Mistake, RoundSummary
 from .rules import Rule, RuleSet
+from .runtime.evaluator import EvalCache, Evaluator
+from .runtime.executor import STOP_FILE, Executor, StopSignal
+from .runtime.ledger import Ledger
+from .runtime.metering import STUDENT, TEACHER, Budget, metered
+from .runtime.metric import MetricAdapter, metric_max
+from .settings import RunSettings
 
 logger = logging.getLogger(__name__)
-
-@dataclass(frozen=True)
-class RunSettings:
-    """The settings a run uses, presets resolved."""
-
-    rounds: int
-    num_batches: int
-    mistakes_per_batch: int
-    max_rules_per_batch: int
-    max_candidates: int
-    screen_size: int
-    confidence_z: float
-    min_gain: float | None
-    metric_threshold: float | None
-    teacher_retries: int
-    num_threads: int
-    seed: int
-
 
 @dataclass
 class CompileState:

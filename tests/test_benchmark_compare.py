@@ -16,7 +16,7 @@ from dspy.teleprompt.infer_rules import RulesInductionProgram
 from dspy.teleprompt.simba_utils import OfferFeedback
 from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
-from dspy_concept_distill.optimizer import PRESETS
+from dspy_concept_distill.settings import PRESETS
 from dspy_concept_distill.testing import SimulatedWorld
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing

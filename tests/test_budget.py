@@ -1,4 +1,4 @@
-"""The usage ledger and hard budgets, driven against a fault-injecting engine (tests/faults.py): every request the
+"""The usage ledger and hard budgets, driven against a fault-injecting engine (testing/faults.py): every request the
 LM receives is booked once, retries included; in-flight requests never pass a limit at any thread count; cache
 hits are counted apart; usage reaches the caller's ``dspy.track_usage()``. Prices come from a fixed table or from
 DSPy's bundled snapshot, never from the network."""
@@ -13,10 +13,11 @@ import time
 import dspy
 import pytest
 
-from dspy_concept_distill import budget as budget_module
-from dspy_concept_distill import pricing
-from dspy_concept_distill.budget import STUDENT, TEACHER, Budget, BudgetExhaustedError, Ledger, metered, phase
-from tests.faults import RATE_LIMIT, SERVER_ERROR, TIMEOUT, Fault, FaultyEngine, every
+from dspy_concept_distill.runtime import ledger as ledger_module
+from dspy_concept_distill.runtime import metering, pricing
+from dspy_concept_distill.runtime.ledger import Ledger
+from dspy_concept_distill.runtime.metering import STUDENT, TEACHER, Budget, BudgetExhaustedError, metered, phase
+from dspy_concept_distill.testing.faults import RATE_LIMIT, SERVER_ERROR, TIMEOUT, Fault, FaultyEngine, every
 
 
 def echo(prompt, index):
@@ -46,7 +47,7 @@ def test_a_permit_is_taken_before_a_request_and_in_flight_requests_count_against
 
 
 def test_retried_requests_are_each_booked_and_each_take_a_permit(monkeypatch):
-    monkeypatch.setattr(budget_module, "MAX_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
     lm, engine = lm_with({0: Fault(RATE_LIMIT), 1: Fault(SERVER_ERROR), 2: Fault(TIMEOUT)})
     budget = Budget(Ledger(), max_student_calls=10, max_teacher_calls=None)
     assert metered(lm, budget, STUDENT)("hello") == ["reply 3"]
@@ -55,7 +56,7 @@ def test_retried_requests_are_each_booked_and_each_take_a_permit(monkeypatch):
 
 
 def test_retries_stop_at_the_budget(monkeypatch):
-    monkeypatch.setattr(budget_module, "MAX_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
     lm, engine = lm_with(every(1, Fault(RATE_LIMIT)))
     budget = Budget(Ledger(), max_student_calls=2, max_teacher_calls=None)
     with pytest.raises(BudgetExhaustedError):
@@ -83,7 +84,7 @@ def test_a_retry_after_of_zero_means_retry_at_once():
 
 
 def test_a_hard_limit_holds_with_32_threads_hammering_one_lm(monkeypatch):
-    monkeypatch.setattr(budget_module, "MAX_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
     lm, engine = lm_with(every(5, Fault(RATE_LIMIT)), latency=0.002)
     budget = Budget(Ledger(), max_student_calls=150, max_teacher_calls=None)
     student = metered(lm, budget, STUDENT)
@@ -136,7 +137,7 @@ def test_usage_reaches_the_callers_track_usage_from_any_thread(threads):
 
 def test_ledger_survives_a_copy_and_prices_rows_from_a_price_table(monkeypatch):
     table = {"acme/big": (2e-6, 8e-6)}
-    monkeypatch.setattr(budget_module, "price", functools.partial(pricing.price, table=table))
+    monkeypatch.setattr(ledger_module, "price", functools.partial(pricing.price, table=table))
     ledger = Ledger()
     ledger.record(TEACHER, "induction", "acme/big", {"prompt_tokens": 1000, "completion_tokens": 100})
     ledger.record(TEACHER, "induction", "acme/big", {"input_tokens": 500, "output_tokens": 50})
@@ -187,11 +188,11 @@ def test_a_closed_budget_sends_nothing_more_and_a_run_it_stops_is_not_recorded()
     """After ``close`` (the run is over or was interrupted) every request is refused before it is sent, even with
     budget left, so a multi-call program run still in flight stops at its next LM call; the evaluator records no
     outcome for that run, so nothing is learned from a half-done run."""
-    from dspy_concept_distill.budget import RunClosedError
-    from dspy_concept_distill.evaluation import EvalCache, Evaluator, _NotRun
-    from dspy_concept_distill.execution import Executor, StopSignal
-    from dspy_concept_distill.metric import MetricAdapter
     from dspy_concept_distill.rules import RuleSet
+    from dspy_concept_distill.runtime.evaluator import EvalCache, Evaluator, _NotRun
+    from dspy_concept_distill.runtime.executor import Executor, StopSignal
+    from dspy_concept_distill.runtime.metering import RunClosedError
+    from dspy_concept_distill.runtime.metric import MetricAdapter
 
     student, engine = lm_with()
     budget = Budget(Ledger(), max_student_calls=100, max_teacher_calls=None)

@@ -19,9 +19,10 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.checkpoint import Journal, fingerprint
+from dspy_concept_distill.persistence.fingerprint import fingerprint
+from dspy_concept_distill.persistence.journal import Journal
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedWorld
-from tests.faults import FaultyEngine
+from dspy_concept_distill.testing.faults import FaultyEngine
 
 REPO = Path(__file__).resolve().parents[1]
 SIGNATURE = "question -> answer: float"
@@ -37,7 +38,7 @@ sys.path[:0] = [sys.argv[1]]
 import dspy
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedWorld
-from tests.faults import KILL, Fault, FaultyEngine, RequestCounter
+from dspy_concept_distill.testing.faults import KILL, Fault, FaultyEngine, RequestCounter
 
 kill_at, checkpoint_dir, log = int(sys.argv[2]), sys.argv[3], sys.argv[4]
 dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)

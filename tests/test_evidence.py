@@ -8,10 +8,10 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.decisions import paired_ci
+from dspy_concept_distill.phases.statistics import paired_ci
+from dspy_concept_distill.phases.verification import adherence
 from dspy_concept_distill.rules import Rule, RuleSet
 from dspy_concept_distill.testing import Distractor, SimulatedWorld
-from dspy_concept_distill.verification import adherence
 
 
 def setup(world: SimulatedWorld, n_train=20, n_val=20):
@@ -53,10 +53,11 @@ def test_every_kept_rule_has_a_gain_interval_adherence_and_a_trajectory_step(wor
 
 def test_adherence_flags_a_rule_the_student_ignores(world):
     _, val, _, _ = setup(world)
-    from dspy_concept_distill.budget import Budget, Ledger
-    from dspy_concept_distill.evaluation import EvalCache, Evaluator
-    from dspy_concept_distill.execution import Executor, StopSignal
-    from dspy_concept_distill.metric import MetricAdapter
+    from dspy_concept_distill.runtime.evaluator import EvalCache, Evaluator
+    from dspy_concept_distill.runtime.executor import Executor, StopSignal
+    from dspy_concept_distill.runtime.ledger import Ledger
+    from dspy_concept_distill.runtime.metering import Budget
+    from dspy_concept_distill.runtime.metric import MetricAdapter
 
     program = dspy.ChainOfThought("question -> answer: float")
     base = {n: p.signature.instructions for n, p in program.named_predictors()}

@@ -11,8 +11,8 @@ import time
 import dspy
 import pytest
 
-from dspy_concept_distill.execution import STOP_FILE, Executor, StopRequestedError, StopSignal
-from tests.faults import guarded_signals
+from dspy_concept_distill.runtime.executor import STOP_FILE, Executor, StopRequestedError, StopSignal
+from dspy_concept_distill.testing.faults import guarded_signals
 
 
 @pytest.mark.parametrize("threads", [1, 4])
@@ -132,10 +132,11 @@ def test_signal_handlers_are_left_alone_outside_the_main_thread(guarded_signals)
 def _gated_evaluator():
     """An Evaluator on 4 threads whose student (the simulated world's scripted student, not a real model) answers
     only once ``gate`` is set: (evaluator, gate, student LM, executor, cache, a valset example)."""
-    from dspy_concept_distill.budget import Budget, Ledger
-    from dspy_concept_distill.evaluation import EvalCache, Evaluator
-    from dspy_concept_distill.execution import Executor, StopSignal
-    from dspy_concept_distill.metric import MetricAdapter
+    from dspy_concept_distill.runtime.evaluator import EvalCache, Evaluator
+    from dspy_concept_distill.runtime.executor import Executor, StopSignal
+    from dspy_concept_distill.runtime.ledger import Ledger
+    from dspy_concept_distill.runtime.metering import Budget
+    from dspy_concept_distill.runtime.metric import MetricAdapter
     from dspy_concept_distill.testing import SimulatedWorld
 
     world = SimulatedWorld()

@@ -14,7 +14,7 @@ from dspy.teleprompt.copro_optimizer import BasicGenerateInstruction
 from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
 from dspy.teleprompt.simba_utils import OfferFeedback
 
-from dspy_concept_distill.induction import InduceConcepts, induction_signature
+from dspy_concept_distill.phases.induction import InduceConcepts, induction_signature
 from dspy_concept_distill.testing import SimulatedTask
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing

@@ -1,4 +1,4 @@
-"""The optimizer's promises under faults (issue 7), end to end with the fault-injecting engine of tests/faults.py in
+"""The optimizer's promises under faults (issue 7), end to end with the fault-injecting engine of testing/faults.py in
 front of the scripted student and teacher: NaN and infinite metrics, exact hard budgets under retries and at 32
 threads, stop requests (stop file, SIGTERM, Ctrl-C), failures that must not be silent, and no surprises (verify's own
 state, cache hits shown apart, no network). Crash and resume are in test_checkpoint.py."""
@@ -21,9 +21,9 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, RuleSet
-from dspy_concept_distill import budget as budget_module
-from dspy_concept_distill.execution import STOP_FILE
 from dspy_concept_distill.rules import MAX_RULE_CHARS, MAX_RULES_CHARS_PER_PREDICTOR
+from dspy_concept_distill.runtime import metering
+from dspy_concept_distill.runtime.executor import STOP_FILE
 from dspy_concept_distill.testing import (
     Concept,
     ScriptedTeacherEngine,
@@ -31,7 +31,7 @@ from dspy_concept_distill.testing import (
     SimulatedWorld,
     format_reply,
 )
-from tests.faults import (
+from dspy_concept_distill.testing.faults import (
     EMPTY,
     GARBAGE,
     RATE_LIMIT,
@@ -91,7 +91,7 @@ class Setup:
 @pytest.fixture
 def no_backoff(monkeypatch):
     """Retries without waiting (the back-off policy itself is tested in test_budget.py)."""
-    monkeypatch.setattr(budget_module, "MAX_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
 
 
 @pytest.fixture(name="signals")

@@ -5,19 +5,11 @@ import random
 import dspy
 import pytest
 
-from dspy_concept_distill.dedupe import similar
-from dspy_concept_distill.evaluation import Outcome
-from dspy_concept_distill.guards import label_vocabulary
-from dspy_concept_distill.induction import (
-    BatchReply,
-    LeakChecker,
-    TeacherBrief,
-    ask_teacher,
-    make_batches,
-    resolve_predictor,
-    rules_from_replies,
-)
-from dspy_concept_distill.mistakes import Mistake
+from dspy_concept_distill.phases.dedupe import similar
+from dspy_concept_distill.phases.induction import TeacherBrief, ask_teacher, make_batches
+from dspy_concept_distill.phases.proposals import resolve_predictor, rules_from_replies
+from dspy_concept_distill.phases.rule_checks import LeakChecker, label_vocabulary
+from dspy_concept_distill.records import BatchReply, Mistake, Outcome
 from dspy_concept_distill.rules import (
     ACCEPTED,
     CANDIDATE,
@@ -334,7 +326,7 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
     engine = ScriptedTeacher({"diagnoses": ["a", "b", "c"], "rules": rules}, chat=adapter == "chat")
     teacher = dspy.LM("scripted/teacher", engine=engine, num_retries=0)
     dspy.configure(adapter=dspy.ChatAdapter() if adapter == "chat" else dspy.JSONAdapter())
-    with caplog.at_level(logging.WARNING, logger="dspy_concept_distill.induction"):
+    with caplog.at_level(logging.WARNING, logger="dspy_concept_distill.phases.induction"):
         result = ask(teacher, [mistake(1), mistake(2)], max_rules=2, retries=0)
     assert result.error is None and result.attempts == 1
     assert [r["rule"] for r in result.rules] == [rules[0]["rule"], rules[1]["rule"]]
@@ -346,7 +338,7 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
 
 
 def test_near_misses_not_proposed_again_get_one_more_measurement_in_the_next_round():
-    from dspy_concept_distill.induction import near_misses_to_retry
+    from dspy_concept_distill.phases.proposals import near_misses_to_retry
 
     near = Rule("Near miss rule text here.", "p", status=REJECTED, gain=0.0, evaluated_on=20, round=0)
     loser = Rule("Losing rule text here.", "p", status=REJECTED, gain=-0.1, evaluated_on=20, round=0)

@@ -7,6 +7,7 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, DistillationResult, RuleSet
+from dspy_concept_distill.phases.induction import render_mistake
 from dspy_concept_distill.testing import PLAIN, Concept, Distractor, SimulatedWorld
 
 
@@ -133,7 +134,8 @@ def test_parse_failures_become_mistakes_with_the_raw_text_and_can_be_fixed():
     parse = [m for m in optimized.distillation.mistakes if m.error_kind == "parse"]
     assert parse and all("I think it is around" in m.raw_text for m in parse)
     assert all(m.failed_predictor == "predict" for m in parse)
-    assert "could not be parsed" in parse[0].render(1) and parse[0].raw_text[:20] in parse[0].render(1)
+    shown = render_mistake(parse[0], 1)
+    assert "could not be parsed" in shown and parse[0].raw_text[:20] in shown
     assert world.concepts[0].rule in {r.text for r in optimized.distillation.accepted_rules}
 
 
@@ -156,7 +158,7 @@ def test_program_exceptions_become_mistakes():
         Fragile(), trainset=train, valset=val)
     crashed = [m for m in optimized.distillation.mistakes if m.error_kind == "exception"]
     assert [(m.inputs["question"], m.error) for m in crashed] == [(crash_on, "RuntimeError: tool crashed")]
-    assert "The program raised: RuntimeError: tool crashed" in crashed[0].render(1)
+    assert "The program raised: RuntimeError: tool crashed" in render_mistake(crashed[0], 1)
 
 
 @pytest.mark.parametrize("arity", [2, 3, 5])
@@ -184,7 +186,7 @@ def test_metrics_with_two_three_or_five_arguments(world, arity):
     assert optimized.distillation.final_score == pytest.approx(1.0)
     if arity == 5:
         assert all(m.feedback.startswith("expected ") for m in optimized.distillation.mistakes)
-        assert "Metric feedback: expected" in optimized.distillation.mistakes[0].render(1)
+        assert "Metric feedback: expected" in render_mistake(optimized.distillation.mistakes[0], 1)
 
 
 def test_feedback_reaches_the_teacher_prompt(world):

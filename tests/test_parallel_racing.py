@@ -13,12 +13,13 @@ from concurrent.futures import Future
 import dspy
 import pytest
 
-from dspy_concept_distill import ConceptDistillation, racing
-from dspy_concept_distill.decisions import VerificationSettings
-from dspy_concept_distill.evaluation import Outcome
+from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill.phases import racing
+from dspy_concept_distill.phases.statistics import VerificationSettings
+from dspy_concept_distill.records import Outcome
 from dspy_concept_distill.rules import Rule, RuleSet
-from dspy_concept_distill.scripted import Prompt
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask
+from dspy_concept_distill.testing.scripted import Prompt
 
 
 class SlowStudent(SimulatedStudentEngine):

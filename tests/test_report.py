@@ -13,12 +13,10 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, RuleSet
-from dspy_concept_distill.budget import Ledger
-from dspy_concept_distill.evaluation import Outcome
-from dspy_concept_distill.induction import BatchReply
-from dspy_concept_distill.mistakes import Mistake
-from dspy_concept_distill.report import DistillationResult, RoundSummary
+from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSummary
+from dspy_concept_distill.reporting.result import DistillationResult
 from dspy_concept_distill.rules import ACCEPTED, REJECTED, Rule
+from dspy_concept_distill.runtime.ledger import Ledger
 
 GARBAGE_PREDICTOR = "x" * 500
 LONG_INPUT = "Q1 " + "long " * 300

@@ -22,8 +22,8 @@ from real_compare import ScoreCache, accuracy_ci, bootstrap_interval, compare, w
 from real_optimizers import plan
 from run_setup import Setup
 
-from dspy_concept_distill.scripted import Prompt, ScriptedEngine, format_reply
 from dspy_concept_distill.testing import SimulatedTask
+from dspy_concept_distill.testing.scripted import Prompt, ScriptedEngine, format_reply
 
 
 def run_main(argv: list[str]) -> tuple[int, str]:

@@ -1,7 +1,7 @@
 """The machinery of benchmarks/speed.py (not its timings): the latency-simulating scripted engines answer as the
 simulated world's student does and count, time and log every request from many threads; efficiency and the phase
 profile are computed as defined; one small run writes both measurements to JSON and Markdown. And the shortcuts in
-evaluation.py's hot path keep its behaviour: ``Outcome.to_dict`` is ``asdict``, each example is hashed once per
+runtime/evaluator.py's hot path keep its behaviour: ``Outcome.to_dict`` is ``asdict``, each example is hashed once per
 evaluator yet equal examples still share cached outcomes, and the progress bar ends on the true mean."""
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import dspy
 import pytest
 import speed
 
-from dspy_concept_distill import ConceptDistillation, evaluation
-from dspy_concept_distill.budget import Budget, Ledger
-from dspy_concept_distill.evaluation import ErrorKind, EvalCache, Evaluator, Outcome, example_key
-from dspy_concept_distill.execution import Executor, StopSignal
-from dspy_concept_distill.metric import MetricAdapter
+from dspy_concept_distill import ConceptDistillation
+from dspy_concept_distill.records import ErrorKind, Outcome
 from dspy_concept_distill.rules import RuleSet
+from dspy_concept_distill.runtime import evaluator as evaluation
+from dspy_concept_distill.runtime.evaluator import EvalCache, Evaluator, example_key
+from dspy_concept_distill.runtime.executor import Executor, StopSignal
+from dspy_concept_distill.runtime.ledger import Ledger
+from dspy_concept_distill.runtime.metering import Budget
+from dspy_concept_distill.runtime.metric import MetricAdapter
 from dspy_concept_distill.testing import SimulatedStudentEngine, SimulatedWorld
 
 
@@ -132,7 +135,7 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     assert text in capsys.readouterr().out
 
 
-# -- evaluation.py's hot path keeps its behaviour -----------------------------------------------------------------
+# -- runtime/evaluator.py's hot path keeps its behaviour ---------------------------------------------------------
 def make_evaluator(world: SimulatedWorld) -> tuple[Evaluator, SimulatedStudentEngine]:
     program = dspy.Predict("question -> answer: float")
     engine = SimulatedStudentEngine(world)

@@ -9,7 +9,7 @@ from pathlib import Path
 import dspy
 import pytest
 
-from dspy_concept_distill.induction import InduceConcepts, describe_task, induction_signature
+from dspy_concept_distill.phases.induction import InduceConcepts, describe_task, induction_signature
 from dspy_concept_distill.testing import PLAIN, Concept, SimulatedWorld, predictor_for
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from dspy_concept_distill.decisions import chunk_bounds, projected_upper_bound, racing_order
+from dspy_concept_distill.phases.statistics import chunk_bounds, projected_upper_bound, racing_order
 
 
 def test_racing_order_is_a_permutation_with_stratified_prefixes():
@@ -55,8 +55,8 @@ def test_bounds_are_exact_once_everything_is_seen():
 
 
 # -- decide(): the accept/reject decision as a pure function ------------------------------------------------------
-from dspy_concept_distill.decisions import Verdict, VerificationSettings, decide  # noqa: E402
-from dspy_concept_distill.optimizer import limit_candidates  # noqa: E402
+from dspy_concept_distill.phases.statistics import Verdict, VerificationSettings, decide  # noqa: E402
+from dspy_concept_distill.phases.verification import limit_candidates  # noqa: E402
 from dspy_concept_distill.rules import REJECTED, Rule  # noqa: E402
 
 SETTINGS = VerificationSettings(min_gain=0.05, confidence_z=1.5, screen_size=0, max_score=1.0)

@@ -1,7 +1,7 @@
 """Racing candidates on the valset, several at once when threads are spare.
 
 A ``Race`` scores one candidate (the rules in force plus one rule) on the valset in the racing order and is
-decided at the chunk boundaries by ``decisions.decide``, so it stops as soon as the candidate provably cannot
+decided at the chunk boundaries by ``statistics.decide``, so it stops as soon as the candidate provably cannot
 reach ``min_gain`` or is a clear loser.
 
 ``Racer`` decides the candidates one after another, each against the rules in force at its turn: greedy forward
@@ -43,10 +43,11 @@ from dataclasses import dataclass
 
 import dspy
 
-from .budget import STUDENT
-from .decisions import EPS, Decision, Verdict, VerificationSettings, chunk_bounds, decide
-from .evaluation import STOPPING_ERRORS, Evaluator, Outcome, raise_if_incomplete
-from .rules import CANDIDATE, Rule, RuleSet, fits_predictor_budget
+from ..records import Outcome
+from ..rules import CANDIDATE, Rule, RuleSet, fits_predictor_budget
+from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, raise_if_incomplete
+from ..runtime.metering import STUDENT
+from .statistics import EPS, Decision, Verdict, VerificationSettings, chunk_bounds, decide
 
 # Jobs queued beyond the threads, as a share of them: a thread that finishes starts queued work at once, and one
 # slow request holds back less (jobs are taken in submission order). More queued work is more work ahead, so more

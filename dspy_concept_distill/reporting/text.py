@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .budget import STUDENT, TEACHER
-from .guards import clip_text
-from .rules import ACCEPTED, CANDIDATE, REJECTED, Rule
-
-if TYPE_CHECKING:
-    from .report import DistillationResult
+from ..rules import ACCEPTED, CANDIDATE, REJECTED, Rule
+from ..runtime.metering import STUDENT, TEACHER
+from ..text import clip_text
+from .view import ResultView
 
 PREDICTOR_CHARS = 40  # a predictor name as shown (a teacher may invent a 500-character one)
 MODEL_CHARS = 48
@@ -128,7 +126,7 @@ def most_common_reason(rules: list[Rule]) -> tuple[str, int] | None:
     return example, count
 
 
-def why_nothing_learned(result: DistillationResult) -> str | None:
+def why_nothing_learned(result: ResultView) -> str | None:
     """Why the returned program carries no rule, or None when it carries some."""
     if len(result.ruleset):
         return None
@@ -153,7 +151,7 @@ def why_nothing_learned(result: DistillationResult) -> str | None:
             f"{len(result.rejected_rules)}): {tidy(example, REASON_CHARS)}")
 
 
-def _no_candidates(result: DistillationResult) -> str:
+def _no_candidates(result: ResultView) -> str:
     failed = [r for r in result.replies if r.error]
     if result.replies and len(failed) == len(result.replies):
         first = tidy(failed[0].error, 160)
@@ -165,7 +163,7 @@ def _no_candidates(result: DistillationResult) -> str:
     return why + (f"; the run stopped: {tidy(result.stopped, 160)}" if result.stopped else "")
 
 
-def budget_rows(result: DistillationResult) -> list[dict[str, Any]]:
+def budget_rows(result: ResultView) -> list[dict[str, Any]]:
     """Spend against each budget: what was used, the limit (None: unlimited) and cache hits (free) per role."""
     totals = result.usage.totals()
     budgets = result.budgets or {}
@@ -206,7 +204,7 @@ def estimate_line(estimate: dict[str, float | None]) -> str:
     return f"projected before the run: ${low or 0.0:,.4f} to ${high:,.4f}"
 
 
-def spend_lines(result: DistillationResult) -> list[str]:
+def spend_lines(result: ResultView) -> list[str]:
     """The plain-text spend block: one line per role, then tokens and USD across roles."""
     lines = ["spend against budget:"]
     for row in budget_rows(result):
@@ -227,7 +225,7 @@ def spend_lines(result: DistillationResult) -> list[str]:
     return lines
 
 
-def usage_lines(result: DistillationResult) -> list[str]:
+def usage_lines(result: ResultView) -> list[str]:
     lines = ["usage per phase:"]
     for row in result.usage.rows():
         cost = "" if row.cost is None else f", ${row.cost:.4f}"
@@ -237,7 +235,7 @@ def usage_lines(result: DistillationResult) -> list[str]:
     return lines
 
 
-def headline(result: DistillationResult) -> str:
+def headline(result: ResultView) -> str:
     change = ""
     if result.baseline_score is not None and result.final_score is not None:
         change = f" ({result.final_score - result.baseline_score:+.3f})"
@@ -257,7 +255,7 @@ def _rejected_line(rule: Rule) -> str:
             f"(round {display_round(rule.round)}: {tidy(rule.reason or 'no reason recorded', REASON_CHARS)})")
 
 
-def summary_lines(result: DistillationResult) -> list[str]:
+def summary_lines(result: ResultView) -> list[str]:
     rounds = len(result.rounds)
     lines = [headline(result),
              f"  {result.valset_size} validation / {result.trainset_size} training examples, min_gain "
@@ -282,7 +280,7 @@ def summary_lines(result: DistillationResult) -> list[str]:
     return lines + spend_lines(result) + usage_lines(result)
 
 
-def ordered_rules(result: DistillationResult) -> list[Rule]:
+def ordered_rules(result: ResultView) -> list[Rule]:
     """Every rule, kept ones first (in the order they were added), then other accepted, rejected and unverified
     rules, each group by round."""
     kept = kept_rules(result)
@@ -292,7 +290,7 @@ def ordered_rules(result: DistillationResult) -> list[Rule]:
     return kept + rest
 
 
-def kept_rules(result: DistillationResult) -> list[Rule]:
+def kept_rules(result: ResultView) -> list[Rule]:
     """The returned rule set, in order, as the records in ``result.rules`` (they carry the evidence)."""
     by_id = {r.id: r for r in result.rules}
     return [by_id.get(r.id, r) for r in result.ruleset]

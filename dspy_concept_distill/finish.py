@@ -9,41 +9,12 @@ from typing import Any
 
 import dspy
 
-from .budget import STUDENT, TEACHER, phase
-from .evaluation import STOPPING_ERRORS
-from .report import DistillationResult
+from .reporting.result import DistillationResult
 from .rules import RuleSet
+from .runtime.metering import STUDENT, TEACHER
 from .state import CompileState
 
 logger = logging.getLogger(__name__)
-
-
-def ablate(state: CompileState, budgets: dict[str, Any], *, extend_budget: bool) -> None:
-    """Leave each accepted rule out of the final set in turn and record the valset score it is worth now
-    (``Rule.ablation_gain``); a rule worth less than ``min_gain`` no longer adds anything once the others are in.
-
-    With ``extend_budget`` (no student budget was given), the student budget grows by what the ablation costs."""
-    rules = list(state.current)
-    if len(rules) < 2 or state.val_scores is None:
-        return
-    cost = len(rules) * len(state.valset) * len(state.names)
-    logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
-    if extend_budget and budgets.get("student_calls") is not None:
-        budgets["student_calls"] += cost
-        state.budget.limits[STUDENT] = budgets["student_calls"]
-    final = _mean(state.val_scores)
-    try:
-        with phase("ablation"):
-            for rule in rules:
-                without = RuleSet([r for r in rules if r is not rule])
-                scores = [o.score for o in state.evaluator.run([(without, ex) for ex in state.valset], "ablation")]
-                rule.ablation_gain = final - _mean(scores)
-                if rule.ablation_gain < state.min_gain:
-                    logger.warning("ablation: rule %r adds %+.3f once the others are in (below min_gain %g)",
-                                   rule.text[:80], rule.ablation_gain, state.min_gain)
-    except STOPPING_ERRORS as exc:
-        logger.warning("ablation stopped early: %s", exc)
-        state.stopped = state.stopped or str(exc)
 
 
 def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .mistakes import Mistake
-from .report_plot import trajectory_svg
-from .report_text import (
+from ..records import Mistake
+from ..rules import Rule
+from .plot import trajectory_svg
+from .text import (
     REASON_CHARS,
     ablation_note,
     adherence_note,
@@ -34,10 +35,7 @@ from .report_text import (
     tidy,
     why_nothing_learned,
 )
-from .rules import Rule
-
-if TYPE_CHECKING:
-    from .report import DistillationResult
+from .view import ResultView
 
 TABLE_RULE_CHARS = 400  # a rule text in the table (longer texts were rejected as too long)
 DIAGNOSIS_CHARS = 600
@@ -89,11 +87,11 @@ def _block(value: Any, limit: int = FIELD_CHARS) -> str:
     return f"<pre>{_e(text)}</pre>"
 
 
-def _numbers(result: DistillationResult) -> dict[str, int]:
+def _numbers(result: ResultView) -> dict[str, int]:
     return {r.id: i for i, r in enumerate(kept_rules(result), 1)}
 
 
-def _head(result: DistillationResult) -> str:
+def _head(result: ResultView) -> str:
     parts = ["<h1>Concept Distillation report</h1>"]
     base, final = fmt_score(result.baseline_score), fmt_score(result.final_score)
     change = ""
@@ -112,7 +110,7 @@ def _head(result: DistillationResult) -> str:
     return "".join(parts)
 
 
-def _plot(result: DistillationResult) -> str:
+def _plot(result: ResultView) -> str:
     svg = trajectory_svg(result.trajectory)
     if not svg:
         if result.baseline_score is None:
@@ -158,7 +156,7 @@ def _rule_row(rule: Rule, number: int | None, kept_ids: set[str], min_gain: floa
             f'<td class="num">{tail[1]}</td><td>{tail[2]}</td><td>{tail[3]}</td></tr>')
 
 
-def _rules(result: DistillationResult) -> str:
+def _rules(result: ResultView) -> str:
     if not result.rules:
         return "<h2>Rules</h2><p>The teacher proposed no rules.</p>"
     numbers, kept_ids = _numbers(result), {r.id for r in result.ruleset}
@@ -169,7 +167,7 @@ def _rules(result: DistillationResult) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
-def diagnoses(result: DistillationResult) -> dict[tuple[int | None, int | None, str], str]:
+def diagnoses(result: ResultView) -> dict[tuple[int | None, int | None, str], str]:
     """The teacher's diagnosis of each mistake, keyed by (round, batch, mistake id) and by (None, None, id)."""
     out: dict[tuple[int | None, int | None, str], str] = {}
     for reply in result.replies:
@@ -201,7 +199,7 @@ def _mistake(mistake: Mistake | None, mistake_id: str, diagnosis: str | None) ->
             f"{display_round(mistake.round)}, score {mistake.score:g})</span><table>{table}</table>{diag}</div>")
 
 
-def _why(rule: Rule, result: DistillationResult, kept_ids: set[str]) -> str:
+def _why(rule: Rule, result: ResultView, kept_ids: set[str]) -> str:
     lines = [f"<b>{_e(status_word(rule, kept_ids).capitalize())}:</b> {_e(tidy(rule.reason, 600))}"]
     if rule.gain is not None:
         ci = fmt_ci(rule.gain_ci)
@@ -214,7 +212,7 @@ def _why(rule: Rule, result: DistillationResult, kept_ids: set[str]) -> str:
     return "<p>" + "<br>".join(lines) + "</p>"
 
 
-def _provenance_item(rule: Rule, result: DistillationResult, context: dict[str, Any]) -> str:
+def _provenance_item(rule: Rule, result: ResultView, context: dict[str, Any]) -> str:
     number = context["numbers"].get(rule.id)
     label = f"R{number} " if number else ""
     head = (f"{label}[{predictor_label(rule.predictor)}] {tidy(rule.text, 140)} "
@@ -232,7 +230,7 @@ def _provenance_item(rule: Rule, result: DistillationResult, context: dict[str, 
             f"<p><b>Written from {len(rule.source_mistakes)} mistake(s):</b></p>{''.join(blocks)}</details>")
 
 
-def _provenance(result: DistillationResult) -> str:
+def _provenance(result: ResultView) -> str:
     if not result.rules:
         return ""
     context = {"numbers": _numbers(result), "kept_ids": {r.id for r in result.ruleset},
@@ -242,7 +240,7 @@ def _provenance(result: DistillationResult) -> str:
             f"for, the teacher's diagnosis of each, and why it was kept or dropped.</p>{items}")
 
 
-def _batches(result: DistillationResult) -> str:
+def _batches(result: ResultView) -> str:
     if not result.replies:
         return ""
     rows = []
@@ -256,7 +254,7 @@ def _batches(result: DistillationResult) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def _budget_table(result: DistillationResult) -> str:
+def _budget_table(result: ResultView) -> str:
     rows = []
     for row in budget_rows(result):
         usd = row["what"].startswith("USD")
@@ -272,7 +270,7 @@ def _budget_table(result: DistillationResult) -> str:
     return f'<table class="compact"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
-def _cost(result: DistillationResult) -> str:
+def _cost(result: ResultView) -> str:
     rows = []
     for row in result.usage.rows():
         cost = "n/a" if row.cost is None else f"${row.cost:,.4f}"
@@ -289,7 +287,7 @@ def _cost(result: DistillationResult) -> str:
             f"<h3>Per role, phase and model</h3>{usage}")
 
 
-def render(result: DistillationResult) -> str:
+def render(result: ResultView) -> str:
     title = _e(f"Concept Distillation: {headline(result)}")
     body = "".join((_head(result), _plot(result), _rules(result), _provenance(result), _batches(result),
                     _cost(result)))

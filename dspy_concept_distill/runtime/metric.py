@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import dspy
 
 if TYPE_CHECKING:
-    from .evaluation import Outcome
+    from ..records import Outcome
 
 
 class MetricAdapter:

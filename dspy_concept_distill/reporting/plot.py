@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from .guards import clip_text
+from ..text import clip_text
 
 WIDTH, HEIGHT = 1000, 360
 LEFT, RIGHT, TOP, BOTTOM = 60, 70, 28, 52

@@ -2,43 +2,31 @@
 
 A *variant* is the caller's program with a RuleSet rendered into its instructions. Every (variant, example)
 pair is run at most once per compile: ``EvalCache`` maps ``(variant_key, example_key)`` to an ``Outcome``. Each
-variant's LMs are metered copies (see ``budget.metered``), so the budget is exact at any thread count.
+variant's LMs are metered copies (see ``metering.metered``), so the budget is exact at any thread count.
 """
 
 from __future__ import annotations
 
 import contextvars
-import copy
 import hashlib
 import json
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field, fields
-from enum import StrEnum
 from typing import Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
 
-from .budget import STUDENT, Budget, BudgetExhaustedError, metered, phase, refusals
-from .execution import Executor, StopRequestedError, StopSignal
+from ..records import EXCEPTION, METRIC_ERROR, PARSE_FAILURE, Outcome
+from ..rules import RuleSet, render_instructions
+from .executor import Executor, StopRequestedError, StopSignal
+from .metering import STUDENT, Budget, BudgetExhaustedError, metered, phase, refusals
 from .metric import MetricAdapter
 from .progress import progress
-from .rules import RuleSet, render_instructions
 
 logger = logging.getLogger(__name__)
-
-
-class ErrorKind(StrEnum):
-    PARSE = "parse"  # the LM reply did not parse into the output fields
-    EXCEPTION = "exception"  # the program raised
-    METRIC = "metric"  # the metric raised or returned something that is not a finite number
-
-
-PARSE_FAILURE, EXCEPTION, METRIC_ERROR = ErrorKind.PARSE, ErrorKind.EXCEPTION, ErrorKind.METRIC
 
 
 class StudentLMError(RuntimeError):
@@ -46,48 +34,6 @@ class StudentLMError(RuntimeError):
 
 
 STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)  # end a run; finished work is kept
-
-
-@dataclass
-class Outcome:
-    """What one run of a program variant on one example produced."""
-
-    score: float
-    feedback: str | None = None
-    steps: list[dict[str, Any]] = field(default_factory=list)  # [{"predictor", "inputs", "outputs"}] in call order
-    error: str | None = None
-    error_kind: ErrorKind | None = None
-    raw_text: str | None = None  # the LM reply that failed to parse
-    failed_predictor: str | None = None
-    calls: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict, containers copied (as ``dataclasses.asdict`` gives, without its generic walk)."""
-        return {name: _copied(getattr(self, name)) for name in _OUTCOME_FIELDS}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        outcome = cls(**data)
-        if outcome.error_kind is not None:
-            outcome.error_kind = ErrorKind(outcome.error_kind)
-        if not isinstance(outcome.score, (int, float)) or not math.isfinite(outcome.score):
-            raise ValueError(f"an outcome needs a finite score, got {outcome.score!r}")
-        return outcome
-
-
-_OUTCOME_FIELDS = tuple(f.name for f in fields(Outcome))
-_SCALARS = (str, int, float, bool, type(None), ErrorKind)
-
-
-def _copied(value: Any) -> Any:
-    """A copy of plain data (dicts, lists and scalars, as outcomes hold) that shares no container with ``value``."""
-    if isinstance(value, _SCALARS):
-        return value
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    if type(value) in (list, tuple):
-        return type(value)(_copied(v) for v in value)
-    return copy.deepcopy(value)
 
 
 def example_key(example: dspy.Example) -> str:
@@ -370,7 +316,7 @@ class Evaluator:
 
 def _call_once_usable(futures: Sequence[Future], callback: Callable[[], None]) -> None:
     """Call ``callback`` once some outcome is not a metric error and some outcome is not a program exception: the
-    run cannot then fail fast (see ``mistakes.collect_mistakes``). It runs in a copy of the caller's context, so
+    run cannot then fail fast (see ``phases.mistakes.collect_mistakes``). It runs in a copy of the caller's context, so
     work it starts from a worker thread keeps the caller's ``dspy.context`` settings."""
     lock, seen, called = threading.Lock(), set(), [False]
     context = contextvars.copy_context()

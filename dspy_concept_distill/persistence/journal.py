@@ -3,7 +3,7 @@ line of an append-only JSON Lines journal, handed to the operating system at onc
 killed) and synced to disk after each teacher reply and at least every ``SYNC_SECONDS`` (so it survives the machine
 going down). A compile killed at any point and started again with the same setup repeats no finished request.
 
-The journal's first line holds a fingerprint of the setup (see ``fingerprint.py``). A journal from another setup,
+The journal's first line holds a fingerprint of the setup (see ``fingerprint``). A journal from another setup,
 or one that is not a journal of this version, is ignored with a warning (naming what changed) and replaced; a
 malformed record in a matching journal is skipped with a warning, and a torn last line (the process died while
 writing it) is dropped before the journal is appended to.
@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .evaluation import ErrorKind, EvalCache, Outcome
+from ..records import BatchReply, ErrorKind, Outcome
+from ..runtime.evaluator import EvalCache
 from .fingerprint import changed_parts, code_identity, fingerprint, lm_identity
-from .induction import BatchReply
 
 __all__ = ["Journal", "Resumed", "attach", "code_identity", "fingerprint", "lm_identity"]
 

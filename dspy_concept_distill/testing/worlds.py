@@ -8,7 +8,7 @@ input and proposes a known mix of helpful, duplicate, harmful and neutral rules.
 objects as DSPy 3.4 engines, so everything between them (adapters, parsing, caching, usage tracking, threads) is
 real DSPy.
 
-The engines build on ``dspy_concept_distill.scripted``: like ``dspy.utils.DummyLM`` they write their replies with
+The engines build on ``testing.scripted``: like ``dspy.utils.DummyLM`` they write their replies with
 DSPy's own adapters, in the format the request asks for, and read input values back with ``ChatAdapter.parse``.
 """
 
@@ -21,15 +21,11 @@ from dataclasses import dataclass, field
 
 import dspy
 
-from .scripted import OutputSpec, Prompt, ScriptedEngine, format_reply, normalized, unit_hash
+from .scripted import Prompt, ScriptedEngine, format_reply, normalized, unit_hash
 
 PLAIN = "plain"
 ALL = "*"
 _QID = re.compile(r"\bQ(\d+)\b")
-__all__ = ["ALL", "PLAIN", "Concept", "Distractor", "OutputSpec", "Prompt", "ScriptedEngine", "ScriptedTeacherEngine",
-           "SimExample", "SimulatedStudentEngine", "SimulatedTask", "SimulatedWorld", "default_concepts",
-           "default_distractors", "format_reply", "normalized", "predictor_for", "student_values", "unit_hash"]
-
 
 # -- the world ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)

@@ -7,27 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .budget import STUDENT, TEACHER, Ledger
-from .induction import BatchReply
-from .mistakes import Mistake
-from .report_html import render
-from .report_text import display_round, ordered_rules, summary_lines, why_nothing_learned
-from .rules import ACCEPTED, REJECTED, Rule, RuleSet
+from ..records import BatchReply, Mistake, RoundSummary
+from ..rules import ACCEPTED, REJECTED, Rule, RuleSet
+from ..runtime.ledger import Ledger
+from ..runtime.metering import STUDENT, TEACHER
+from .html import render
+from .text import display_round, ordered_rules, summary_lines, why_nothing_learned
 
 RULE_COLUMNS = ["round", "predictor", "rule", "status", "gain", "evaluated_on", "reason", "source_mistakes",
                 "duplicates_merged", "id", "kept", "gain_ci_low", "gain_ci_high", "ignored_by_student", "ablation_gain"]
 SAVED_FILES = ("report.html", "rules.json", "rules.md", "result.json")
-
-
-@dataclass
-class RoundSummary:
-    round: int
-    train_score: float
-    mistakes: int
-    candidates: int
-    accepted: int
-    val_score_before: float | None
-    val_score_after: float | None
 
 
 @dataclass

@@ -28,7 +28,7 @@ import dspy
 from dspy.lm15 import Message, RateLimitError, Response, ServerError, TextPart, Usage
 from dspy.lm15 import TimeoutError as LMTimeout
 
-from dspy_concept_distill.testing import Prompt
+from .scripted import Prompt
 
 TIMEOUT = "timeout"  # raises dspy.lm15.TimeoutError (after ``seconds``)
 STALL = "stall"  # answers normally after ``seconds``

@@ -1,5 +1,4 @@
-"""Guards on the rule text a teacher writes: length caps, leaks of training data, and clipping of teacher text
-quoted in reasons.
+"""Checks on the rule text a teacher writes: length caps and leaks of training data.
 
 The leak check tells a label vocabulary from a leaked answer. A rule may name the labels of a classification task
 ("Answer with one word: positive or negative."), the most useful rule there often is; it may not state the gold
@@ -16,24 +15,18 @@ from typing import Any
 
 import dspy
 
-from .rules import MAX_RULE_CHARS
+from ..rules import MAX_RULE_CHARS
+from ..text import clip_text
 
 MAX_RULE_WORDS = 60
 MIN_RULE_WORDS = 3
 LEAK_NGRAM = 8
 MAX_LABEL_CLASSES = 20
 MIN_LABEL_SUPPORT = 2
-CLIP_CHARS = 60
 _TRIVIAL_GOLDS = frozenset({"yes", "no", "true", "false", "none", "null", "n/a", "na", "unknown"})
 _NUMBER = re.compile(r"[-+]?(?:[0-9][0-9,]*(?:\.[0-9]+)?|\.[0-9]+)")
 
 GoldKey = str | float
-
-
-def clip_text(text: Any, limit: int = CLIP_CHARS) -> str:
-    """Teacher text as quoted in a reason or a report: one line, at most ``limit`` characters and an ellipsis."""
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit].rstrip() + "…"
 
 
 def length_problem(text: str) -> str | None:

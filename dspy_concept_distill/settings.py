@@ -1,4 +1,5 @@
-"""Presets and the checks every parameter and input passes before the first LM call."""
+"""The settings of a run: presets, the resolved ``RunSettings``, and the checks every parameter and input passes
+before the first LM call."""
 
 from __future__ import annotations
 
@@ -40,6 +41,24 @@ PRESETS: dict[str, Preset] = {
                     train_passes=3, val_passes=48),
 }
 
+@dataclass(frozen=True)
+class RunSettings:
+    """The settings a run uses, presets resolved."""
+
+    rounds: int
+    num_batches: int
+    mistakes_per_batch: int
+    max_rules_per_batch: int
+    max_candidates: int
+    screen_size: int
+    confidence_z: float
+    min_gain: float | None
+    metric_threshold: float | None
+    teacher_retries: int
+    num_threads: int
+    seed: int
+
+
 # Other optimizers' parameter names, and what to pass here instead.
 FOREIGN_PARAMETERS: dict[str, str] = {
     "prompt_model": "teacher_lm (the strong LM that writes the rules)",
@@ -78,7 +97,7 @@ def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: di
     v = values
     if v["metric"] is None:
         raise ValueError("ConceptDistillation needs a metric: metric(example, prediction) -> score")
-    from .metric import MetricAdapter
+    from .runtime.metric import MetricAdapter
 
     MetricAdapter(v["metric"])  # raises a clear TypeError for non-callables and unusable signatures
     if v["teacher_lm"] is None:

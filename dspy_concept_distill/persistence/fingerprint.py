@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 import pydantic
 
-from .evaluation import example_key
+from ..runtime.evaluator import example_key
 
 RUN_CONTROLS = frozenset({"num_threads", "max_student_calls", "max_metric_calls", "max_teacher_calls", "max_tokens",
                           "max_cost_usd"})

@@ -10,7 +10,7 @@
    more, so the result never scores below the starting program, and a rule that adds nothing on top of those
    already accepted is rejected, so ties keep fewer rules.
 
-The statistics of a race are in ``decisions``; running races, several at once when threads are spare, in
+The statistics of a race are in ``statistics``; running races, several at once when threads are spare, in
 ``racing``. Decisions are the same at any thread count.
 """
 
@@ -24,11 +24,11 @@ from typing import Any
 
 import dspy
 
-from .decisions import EPS, Decision, Verdict, VerificationSettings, paired_ci, racing_order
-from .evaluation import STOPPING_ERRORS, Evaluator, Outcome, example_key
-from .mistakes import Mistake
+from ..records import Mistake, Outcome
+from ..rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
+from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
 from .racing import Race, Racer, Track
-from .rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
+from .statistics import EPS, Decision, Verdict, VerificationSettings, paired_ci, racing_order
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from .guards import words_of
+from .rule_checks import words_of
 
 DUPLICATE_OVERLAP = 0.8
 DUPLICATE_JACCARD = 0.5

@@ -1,0 +1,1 @@
+"""Run state on disk: the append-only journal and the fingerprint of a setup."""

@@ -1,0 +1,41 @@
+"""After verification (optional): leave each accepted rule out of the final set in turn and record what it is worth
+once the others are in."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import dspy
+
+from ..rules import RuleSet
+from ..runtime.evaluator import STOPPING_ERRORS, Evaluator
+from ..runtime.metering import phase
+
+logger = logging.getLogger(__name__)
+
+
+def ablation_cost(rules: RuleSet, valset: Sequence[dspy.Example], predictors: int) -> int:
+    """Most student calls ``ablate`` can make."""
+    return len(rules) * len(valset) * predictors
+
+
+def ablate(evaluator: Evaluator, rules: RuleSet, valset: Sequence[dspy.Example], final_scores: Sequence[float],
+           min_gain: float) -> str | None:
+    """Leave each rule of ``rules`` out in turn and record the valset score it is worth now (``Rule.ablation_gain``);
+    a rule worth less than ``min_gain`` no longer adds anything once the others are in. Returns why it stopped
+    early, or None."""
+    final = sum(final_scores) / len(final_scores)
+    try:
+        with phase("ablation"):
+            for rule in rules:
+                without = RuleSet([r for r in rules if r is not rule])
+                scores = [o.score for o in evaluator.run([(without, ex) for ex in valset], "ablation")]
+                rule.ablation_gain = final - sum(scores) / len(scores)
+                if rule.ablation_gain < min_gain:
+                    logger.warning("ablation: rule %r adds %+.3f once the others are in (below min_gain %g)",
+                                   rule.text[:80], rule.ablation_gain, min_gain)
+    except STOPPING_ERRORS as exc:
+        logger.warning("ablation stopped early: %s", exc)
+        return str(exc)
+    return None

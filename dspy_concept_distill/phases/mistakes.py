@@ -1,0 +1,58 @@
+"""Phase 1: run the student on the trainset and record its mistakes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import dspy
+
+from ..records import ErrorKind, Mistake, Outcome
+from ..rules import RuleSet
+from ..runtime.evaluator import Evaluator, example_key
+from ..runtime.metric import metric_max
+
+logger = logging.getLogger(__name__)
+
+
+
+def is_mistake(outcome: Outcome, threshold: float) -> bool:
+    return outcome.error_kind is not None or outcome.score < threshold
+
+
+def collect_mistakes(
+    evaluator: Evaluator,
+    ruleset: RuleSet,
+    trainset: Sequence[dspy.Example],
+    *,
+    threshold: float | None,
+    round_index: int,
+    on_usable: Callable[[], None] | None = None,
+) -> tuple[list[Mistake], list[Outcome], float]:
+    """Run the current variant on the trainset; return (mistakes, outcomes, threshold used).
+
+    With no explicit ``threshold`` a mistake is a score below the metric's maximum, taken as 1.0 or the largest
+    score seen if that is larger. ``on_usable`` is called as soon as the run cannot fail fast any more.
+    """
+    outcomes = evaluator.run([(ruleset, ex) for ex in trainset], phase="mistakes",
+                             desc=f"Round {round_index + 1}: student on trainset", on_usable=on_usable)
+    if threshold is None:
+        threshold = metric_max(outcomes)
+    mistakes = [
+        Mistake(id=f"{round_index}-{key[:8]}", example_key=key, inputs=dict(ex.inputs().items()),
+                gold=dict(ex.labels().items()), outcome=outcome, round=round_index)
+        for ex, outcome in zip(trainset, outcomes, strict=True)
+        if is_mistake(outcome, threshold) and (key := example_key(ex))
+    ]
+    _fail_fast(outcomes)
+    return mistakes, outcomes, threshold
+
+
+def _fail_fast(outcomes: Sequence[Outcome]) -> None:
+    """Stop before any teacher spend when nothing can be learned: the metric or the program fails every time."""
+    if not outcomes:
+        return
+    for kind, what, fix in ((ErrorKind.METRIC, "the metric failed", "fix the metric first"),
+                            (ErrorKind.EXCEPTION, "the program raised", "fix the program first")):
+        if all(o.error_kind == kind for o in outcomes):
+            raise ValueError(f"{what} on every training example, e.g. {outcomes[0].error}; {fix}")
