@@ -13,12 +13,26 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest.importorskip("mkdocs", reason="the docs tools are in the [docs] and [dev] extras")
-pytest.importorskip("mkdocstrings", reason="the docs tools are in the [docs] and [dev] extras")
+
+def _docs_tools_missing() -> str | None:
+    for name in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python"):
+        try:
+            __import__(name)
+        except ImportError:
+            return name
+    return None
 
 
 def test_docs_build_strict(tmp_path: Path) -> None:
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT)}
+    missing = _docs_tools_missing()
+    if missing:
+        # CI installs [dev], which has the docs tools: there a missing one is a failure, not a silent skip.
+        message = f"{missing} is not installed; the docs tools are in the [docs] and [dev] extras"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": pythonpath}
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
          "--site-dir", str(tmp_path / "site")],
