@@ -35,18 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import dspy
-from simulated_proposer import PoolRule
 
 from dspy_concept_distill.testing import (
     PLAIN,
     Prompt,
-    ScriptedEngine,
+    SimulatedStudentEngine,
     SimulatedWorld,
     format_reply,
     normalized,
     student_values,
 )
 from dspy_concept_distill.testing import unit_hash as _hash
+
+from .proposer import PoolRule
 
 Stage = tuple[str, tuple[str, ...]]  # (normalized instructions, output field names) of one predictor, in order
 _PLAN_TOKEN = re.compile(r"plan-variant ([0-9a-f]+) rules \[([\d,]*)\]")
@@ -164,20 +165,18 @@ class DiffuseWorld:
     metric = staticmethod(SimulatedWorld.metric)
 
 
-class DiffuseStudentEngine(ScriptedEngine):
-    """Scripted student of the diffuse world (not a real model); counts its calls in ``calls``."""
+class DiffuseStudentEngine(SimulatedStudentEngine):
+    """Scripted student of the diffuse world (not a real model); counts its calls in ``calls``. It is the
+    concept world's student (``dspy_concept_distill.testing``: same construction, same reply to a request that
+    names no example of the world) with the diffuse world's answers."""
 
     model = "simulated-diffuse-student"
 
-    def __init__(self, world: DiffuseWorld) -> None:
-        super().__init__()
-        self.world = world
-
     def reply(self, prompt: Prompt, index: int) -> str:
-        fields = [spec.name for spec in prompt.outputs()]
         example = self.world.example(prompt.user)
-        if example is None:
-            return format_reply({f: "unknown" for f in fields}, json_mode=prompt.json_mode)
+        if example is None:  # no question of this world in the request: the concept world's student's reply
+            return super().reply(prompt, index)
+        fields = [spec.name for spec in prompt.outputs()]
         stage = (normalized(prompt.system), tuple(fields))
         active = rules_in_force(self.world.rules, [stage])
         upstream = _PLAN_TOKEN.search(prompt.user)

@@ -5,7 +5,7 @@ Axes: effect mode (concept-specific, diffuse), effect sizes (+5 to +25 points), 
 optimizer, ConceptDistillation included, gets ``SimulatedProposerEngine`` drawing at random from the task's rule
 pool; ``teacher``: ConceptDistillation gets the diagnosing scripted teacher, DSPy's optimizers the blind proposer),
 and seeds 0-9. Every task also has a separate test split of ``n_test`` examples. ``TASKS`` lists them; see
-``FamilyTask.describe()`` and the README's "Task family" section.
+``FamilyTask.describe()`` and the "Task family" section of benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -16,17 +16,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import dspy
-from family_world import (
-    DiffuseWorld,
-    best_rule_set,
-    concept_expected_accuracy,
-    make_program,
-    predictor_names,
-    program_stages,
-    rules_in_force,
-    stages_with,
-)
-from simulated_proposer import PoolRule, proposer_lm
 
 from dspy_concept_distill.testing import (
     ALL,
@@ -36,6 +25,18 @@ from dspy_concept_distill.testing import (
     SimulatedWorld,
     default_concepts,
     default_distractors,
+)
+
+from .proposer import PoolRule, proposer_lm
+from .worlds import (
+    DiffuseWorld,
+    best_rule_set,
+    concept_expected_accuracy,
+    make_program,
+    predictor_names,
+    program_stages,
+    rules_in_force,
+    stages_with,
 )
 
 N_TEST = 200

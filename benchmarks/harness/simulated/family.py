@@ -1,30 +1,20 @@
 """Rule selection across the task family: every optimizer on every simulated task and seed (scripted LMs, NOT
-real models), judged by the oracle accuracy of the program it returns.
-
-    python benchmarks/family.py                                   # everything: 10 tasks x 8 optimizers x seeds 0-9
-    python benchmarks/family.py --optimizers cd-light --tasks diffuse-issue,today --seeds 0-4 --jobs 2
-    python benchmarks/family.py --optimizers cd-light,cd-medium --cd-kwargs '{"screen_size": 0}' \\
-        --reference benchmarks/results/family_before.json        # CD only; DSPy rows taken from an earlier run
+real models), judged by the oracle accuracy of the program it returns (``python -m benchmarks family``).
 
 Per task and optimizer it reports the oracle (analytic expected) accuracy of the returned program, its accuracy on
 the task's separate test split with a 95% CI over seeds, helpful-rule recall, harmful-rule acceptance, student and
 proposer/teacher calls (counted at the engines, caches off) and wall time, and checks issue 6's targets per task.
-Each run is deterministic given its task and seed; runs are spread over ``--jobs`` processes. Results go to
-``benchmarks/results/local/family.{json,md,csv}`` (untracked) unless ``--out`` names another path. ``--reference``
-fills the rows of DSPy optimizers that were not run from an earlier JSON, when its task definitions match (DSPy's
-optimizers do not depend on this library, so their rows stay valid while ConceptDistillation changes).
+Each run is deterministic given its task and seed; runs are spread over processes. ``reference_records`` fills the
+rows of DSPy optimizers that were not run from an earlier JSON, when its task definitions match (DSPy's optimizers
+do not depend on this library, so their rows stay valid while ConceptDistillation changes).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
-import os
 import platform
-import shlex
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -32,24 +22,24 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import dspy
-from bench_meta import library_revision, package_versions
-from family_report import RunRecord, markdown, summarize, targets, targets_table, to_csv
-from family_tasks import TASKS, TASKS_BY_NAME, FamilyTask, TaskInstance
-from optimizer_runs import OPTIMIZERS, RunContext, run_optimizer, score_with
 
 from dspy_concept_distill.testing import normalized
 
+from ..optimizers import OPTIMIZERS, RunContext
+from ..paths import LOCAL_RESULTS
+from ..provenance import library_revision, package_versions
+from .family_report import RunRecord, markdown, summarize, targets, to_csv
+from .runs import run_optimizer, score_with
+from .tasks import TASKS_BY_NAME, FamilyTask, TaskInstance
+
 logger = logging.getLogger("family")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "family"
+DEFAULT_OUT = LOCAL_RESULTS / "family"
 NOTES = [
     "Diffuse world: an example is right iff z < p(rules), z = the example's fixed latent or, with probability "
     "`redraw` per prompt variant, a fresh hash-uniform draw; p = baseline + the effects of the rules in force. Any "
     "prompt change (rule, demo, or upstream plan) is a new variant, so neutral rules re-roll answers too. Flip noise "
-    "flips a further share of answers per variant. See benchmarks/family_world.py.",
+    "flips a further share of answers per variant. See benchmarks/harness/simulated/worlds.py.",
     "The blind proposer includes every pool rule in a proposal with the task's `p_rule` (0.4), whatever the prompt "
     "says; on `blind` tasks ConceptDistillation's teacher signature gets it too (rule objects name the rule's "
     "predictor and claim 1-2 random mistake numbers). On `teacher` tasks CD gets the diagnosing scripted teacher and "
@@ -77,7 +67,7 @@ def run_one(task: str | FamilyTask, optimizer: str, seed: int, cd_kwargs: dict[s
     student = inst.student_lm()
     helper = inst.cd_teacher_lm() if spec.is_cd else inst.proposer_lm()
     ctx = RunContext(inst.program(), inst.trainset, inst.valset, inst.metric, student, helper, seed, threads,
-                     dict(cd_kwargs or {}) if spec.is_cd else {})
+                     dict(cd_kwargs or {}) if spec.is_cd else {}, feedback_field="answer")
     outcome = run_optimizer(spec, ctx)
     record = RunRecord(task_name, optimizer, seed, student_calls=student.engine.calls,
                        helper_calls=helper.engine.calls, wall_seconds=outcome.wall_seconds,
@@ -153,25 +143,6 @@ def _log_done(record: dict[str, Any], done: int, total: int) -> None:
 
 
 # -- inputs and outputs -----------------------------------------------------------------------------------------------
-def parse_seeds(text: str) -> list[int]:
-    """``"0-9"``, ``"0,2,5"`` or ``"0-4,7"`` -> sorted seeds."""
-    seeds: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        seeds.update(range(int(low), int(high or low) + 1))
-    return sorted(seeds)
-
-
-def parse_list(text: str | None, known: Sequence[str], what: str) -> list[str]:
-    if not text:
-        return list(known)
-    chosen = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in chosen if item not in known]
-    if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; choose from {', '.join(known)}")
-    return chosen
-
-
 def reference_records(path: Path | None, wanted: set[tuple[str, str, int]],
                       tasks: dict[str, dict[str, Any]]) -> list[RunRecord]:
     """Runs of DSPy optimizers from an earlier JSON for jobs not run now, when the task definitions match."""
@@ -189,59 +160,21 @@ def reference_records(path: Path | None, wanted: set[tuple[str, str, int]],
     return out
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", help=f"comma-separated task names (default: all): {', '.join(TASKS_BY_NAME)}")
-    parser.add_argument("--optimizers", help=f"comma-separated (default: all): {', '.join(OPTIMIZERS)}")
-    parser.add_argument("--seeds", default="0-9", help="e.g. 0-9, 0,3,5 or 0-4,7 (default 0-9)")
-    parser.add_argument("--cd-kwargs", default="{}", help="JSON of extra ConceptDistillation arguments")
-    parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
-    parser.add_argument("--threads", type=int, default=4, help="num_threads given to each optimizer (default 4)")
-    parser.add_argument("--out", type=Path, help=f"output path without suffix (default {DEFAULT_OUT})")
-    parser.add_argument("--reference", type=Path, help="earlier family JSON to take missing DSPy optimizer rows from")
-    parser.add_argument("--note", action="append", default=[], help="a note to add to the report (repeatable)")
-    parser.add_argument("--render", type=Path, help="summarize the runs stored in an earlier JSON again (no runs)")
-    parser.add_argument("--list", action="store_true", help="print the tasks and optimizers and exit")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    if args.list:
-        for task in TASKS:
-            print(f"{task.name}: {task.summary}")
-        print("optimizers: " + ", ".join(OPTIMIZERS))
-        return 0
-    if args.render:
-        payload, base = rerender(args.render), (args.out or args.render).with_suffix("")
-    else:
-        payload, base = measure(args, argv), args.out.with_suffix("") if args.out else DEFAULT_OUT
-    payload["meta"]["notes"] = [*payload["meta"]["notes"], *(n for n in args.note if n not in payload["meta"]["notes"])]
-    write(payload, base)
-    print("\n".join(targets_table(payload["targets"])))
-    print(f"\nwrote {base}.json, .md and .csv ({payload['meta']['wall_seconds']:.0f} s of runs)")
-    return 0
-
-
-def measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
-    """Run the jobs the arguments ask for and summarize them (plus reference rows)."""
-    task_names = parse_list(args.tasks, list(TASKS_BY_NAME), "tasks")
-    optimizers = parse_list(args.optimizers, list(OPTIMIZERS), "optimizers")
-    seeds, cd_kwargs = parse_seeds(args.seeds), json.loads(args.cd_kwargs)
+def measure(task_names: Sequence[str], optimizers: Sequence[str], seeds: Sequence[int], *, seeds_label: str,
+            cd_kwargs: dict[str, Any], jobs: int, threads: int, reference: Path | None,
+            command: str) -> dict[str, Any]:
+    """Run every (task, optimizer, seed) job and summarize them (plus reference rows); ``command`` is recorded."""
     tasks = {name: TASKS_BY_NAME[name].describe() for name in task_names}
-    jobs = sorted([(t, o, s) for t in task_names for o in optimizers for s in seeds],
+    work = sorted([(t, o, s) for t in task_names for o in optimizers for s in seeds],
                   key=lambda j: -TASKS_BY_NAME[j[0]].n_val * TASKS_BY_NAME[j[0]].predictors)
     started = time.perf_counter()
-    records = run_all(jobs, processes=args.jobs, cd_kwargs=cd_kwargs, threads=args.threads)
-    wanted = {(t, o, s) for t in task_names for o in OPTIMIZERS for s in seeds} - set(jobs)
-    records += reference_records(args.reference, wanted, tasks)
+    records = run_all(work, processes=jobs, cd_kwargs=cd_kwargs, threads=threads)
+    wanted = {(t, o, s) for t in task_names for o in OPTIMIZERS for s in seeds} - set(work)
+    records += reference_records(reference, wanted, tasks)
     meta = {
-        "command": "python benchmarks/family.py " + shlex.join(argv), "seeds": seeds,
-        "seeds_label": args.seeds, "jobs": args.jobs, "threads": args.threads, "cd_kwargs": cd_kwargs,
-        "reference": str(args.reference) if args.reference else None,
+        "command": command, "seeds": list(seeds),
+        "seeds_label": seeds_label, "jobs": jobs, "threads": threads, "cd_kwargs": cd_kwargs,
+        "reference": str(reference) if reference else None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "versions": package_versions("dspy", "gepa", "optuna"),
         "python": platform.python_version(), "library_revision": library_revision(), "notes": NOTES,
@@ -249,11 +182,11 @@ def measure(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     return assemble(records, tasks, meta)
 
 
-def rerender(path: Path) -> dict[str, Any]:
-    """An earlier result's runs, summarized again by the current report code (the runs are not repeated)."""
+def rerender(path: Path, command: str) -> dict[str, Any]:
+    """An earlier result's runs, summarized again by the current report code (the runs are not repeated);
+    ``command`` (the one that asked for it) is recorded."""
     old = json.loads(path.read_text())
-    meta = {**old["meta"], "rendered": f"summaries recomputed from the stored runs by `python benchmarks/family.py "
-            f"--render {shlex.quote(str(path))}`"}
+    meta = {**old["meta"], "rendered": f"summaries recomputed from the stored runs by `{command}`"}
     return assemble(records_from_json(old["runs"], old["tasks"]), old["tasks"], meta)
 
 
@@ -296,7 +229,3 @@ def write(payload: dict[str, Any], base: Path) -> None:
     base.with_suffix(".json").write_text(head.replace('"RUNS"', "[\n" + runs + "\n]") + "\n")
     base.with_suffix(".md").write_text(markdown(payload))
     base.with_suffix(".csv").write_text(to_csv(payload["summary"]))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
