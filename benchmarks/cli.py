@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 PROG = "python -m benchmarks"
-DESCRIPTION = ("The benchmarks of dspy_concept_distill, one subcommand each (what they measured: benchmarks/README.md). "
-               "Run from the repository root.")
+DESCRIPTION = ("The benchmarks of dspy_concept_distill, one subcommand each (what they measured: "
+               "benchmarks/README.md). Run from the repository root.")
 
 # name -> (module under benchmarks.commands, one line for the command list)
 COMMANDS: dict[str, tuple[str, str]] = {

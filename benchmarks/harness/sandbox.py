@@ -3,7 +3,7 @@
 Isolation (Linux, as root; ``isolation()`` says whether it holds here and why not). Each run is started as
 ``prlimit <limits> -- unshare --pid --fork --kill-child --mount-proc --net --ipc --uts -- python -I`` with an empty
 environment, no inherited file descriptors but its pipes, in a new session. Inside, a trusted supervisor
-(benchmarks/sandbox_harness.py) is PID 1 of the new PID namespace: it mounts a private size-limited tmpfs over
+(sandbox_processes.py beside this module) is PID 1 of the new PID namespace: it mounts a private size-limited tmpfs over
 /tmp, /var/tmp, /dev/shm and /run/lock, hides this virtualenv and the repository under empty read-only mounts,
 and starts the model's code in a worker through ``setpriv`` under a fresh unprivileged uid (no supplementary
 groups, no capabilities, no-new-privs), then drops its own root for a second fresh uid. So the code:
@@ -58,9 +58,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import REPOSITORY
+
 logger = logging.getLogger(__name__)
-HARNESS_SOURCE = (Path(__file__).resolve().parent / "sandbox_harness.py").read_text(encoding="utf-8")
-REPOSITORY = Path(__file__).resolve().parent.parent
+HARNESS_SOURCE = (Path(__file__).resolve().parent / "sandbox_processes.py").read_text(encoding="utf-8")
 OUTPUT_BYTES = 64 << 10
 PROBE = {"code": "import copy\ndef answer():\n    return copy.copy(42)\n", "prompt": "", "entry_point": "answer",
          "test": "def check(candidate):\n    import string\n    assert candidate() == 42\n"}

@@ -1,4 +1,4 @@
-"""The two processes inside one sandbox run (started by benchmarks/sandbox.py; standard library only).
+"""The two processes inside one sandbox run (started by sandbox.py beside this module; standard library only).
 
 ``supervise``: trusted. In an isolated run it is PID 1 of the run's own PID, mount, network, IPC and UTS
 namespaces, and starts as root there. It reads the job (code, tests, nonce) from stdin, mounts a small private

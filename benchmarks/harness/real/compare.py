@@ -1,4 +1,4 @@
-"""`benchmarks/run.py --optimizers ...`: several optimizers on one real task, scored on a held-out test split.
+"""``python -m benchmarks run --optimizers ...``: several optimizers on one real task, scored on a held-out test split.
 
 For each optimizer: compile on the trainset (and valset) with the student as DSPy's LM and the teacher as its
 instruction writer; count the student's and the teacher's calls and tokens at the LM (DSPy's caches off, so
@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from call_meter import CallMeter, Usage, disable_caches
-from real_optimizers import CompileInputs, Plan, compile_with, plan
-from run_setup import Setup
+
+from ..metering import CallMeter, Usage, disable_caches
+from ..optimizers import Plan, RunContext, compile_with, plan
+from .setup import Setup
 
 logger = logging.getLogger(__name__)
 Z95 = 1.959963984540054
@@ -157,8 +158,8 @@ def run_one(key: str, setup: Setup, meter: CallMeter, scores: ScoreCache, *, bud
                         predictors=len(program.named_predictors()))
     row = Row(setup.task, key, chosen.settings, budget=budget, planned_student_calls=chosen.planned_calls,
               n_test=len(setup.testset))
-    inputs = CompileInputs(program, list(setup.trainset), list(setup.valset), setup.metric, setup.teacher, seed,
-                           num_threads)
+    inputs = RunContext(program, list(setup.trainset), list(setup.valset), setup.metric, setup.student, setup.teacher,
+                        seed, num_threads)
     before, wall, cpu = meter.snapshot(), time.perf_counter(), time.process_time()
     optimized, result = None, None
     try:

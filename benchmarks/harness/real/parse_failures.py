@@ -19,21 +19,15 @@ first N MultiArith questions, under these set-ups (the first three in process, t
 Predict, not ChainOfThought: the question here is format adherence, and a reasoning field would need far more
 tokens before the answer, so small budgets would turn truncation into parse failures and blur the comparison.
 
-    python benchmarks/parse_failures.py --n 20
-
-Writes runs/parse_failures.json (untracked; pass ``--out benchmarks/results/parse_failures.json`` to update the
-committed results) and prints a table.
+Run by ``python -m benchmarks parse-failures``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import math
 import platform
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,9 +37,10 @@ import dspy
 
 from dspy_concept_distill.lms import LlamaCppEngine, OpenAIServer, default_model_path, start_server
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / "benchmarks" / "data" / "multiarith" / "MultiArith.json"  # the copy shipped in the repo
-DEFAULT_OUT = REPO / "runs" / "parse_failures.json"  # untracked; benchmarks/results/ changes only with --out
+from ..paths import LOCAL_RESULTS, SHIPPED_DATA
+
+DEFAULT_DATA = SHIPPED_DATA / "multiarith" / "MultiArith.json"  # the copy shipped in the repo
+DEFAULT_OUT = LOCAL_RESULTS / "parse_failures.json"  # untracked; benchmarks/results/ changes only with --out
 
 SETUPS: dict[str, dict[str, Any]] = {
     "chat": {"adapter": "ChatAdapter", "json_fallback": True, "constrained": False},
@@ -130,55 +125,41 @@ def run_setup(name: str, examples: list[dspy.Example], *, max_tokens: int, model
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=20, help="number of MultiArith questions (first N)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="completion budget per call")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="path to MultiArith.json")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
-    parser.add_argument("--threads", type=int, default=None,
-                        help="llama.cpp threads, in process and in the server (default: every core; 1 on a crowded "
-                             "machine, where spinning threads wait on each other)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
+def measure(setups: list[str], *, n: int, max_tokens: int, data: Path, threads: int | None) -> dict[str, Any]:
+    """Every set-up in ``setups`` on the first ``n`` MultiArith problems (a server started for the HTTP ones);
+    the report."""
     logging.getLogger("dspy").setLevel(logging.ERROR)  # one truncation/parse warning per example is noise here
-
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    examples = load_multiarith(args.data, args.n)
+    examples = load_multiarith(data, n)
     model_path = default_model_path()
-    over_http = any(SETUPS[name].get("transport") == "http" for name in args.setups)
-    serving = start_server(model_path, n_ctx=2048, n_threads=args.threads) if over_http else None
+    over_http = any(SETUPS[name].get("transport") == "http" for name in setups)
+    serving = start_server(model_path, n_ctx=2048, n_threads=threads) if over_http else None
     with serving or contextlib.nullcontext() as server:
-        results = {name: run_setup(name, examples, max_tokens=args.max_tokens, model_path=model_path, server=server,
-                                   threads=args.threads) for name in args.setups}
-
-    report = {
+        results = {name: run_setup(name, examples, max_tokens=max_tokens, model_path=model_path, server=server,
+                                   threads=threads) for name in setups}
+    return {
         "task": "MultiArith (first N problems)",
         "program": 'dspy.Predict("question -> answer: float")',
         "model": model_path.name,
         "temperature": 0.0,
-        "max_tokens": args.max_tokens,
-        "threads": args.threads,
+        "max_tokens": max_tokens,
+        "threads": threads,
         "n": len(examples),
         "dspy": dspy.__version__,
         "python": platform.python_version(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "setups": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-
-    print(f"SmolLM2-135M on the first {len(examples)} MultiArith problems, Predict('question -> answer: float'), "
-          f"temperature 0, max_tokens {args.max_tokens}")
-    print(f"{'set-up':<17} {'transport':<11} {'adapter':<12} {'schema':<7} {'parse failures':>15} {'correct':>8} "
-          f"{'LM calls':>9} {'seconds':>8}")
-    for name, r in results.items():
-        print(f"{name:<17} {r['transport']:<11} {r['adapter']:<12} {'yes' if r['constrained'] else 'no':<7} "
-              f"{r['parse_failures']:>9}/{r['examples']:<5} {r['correct']:>8} {r['lm_calls']:>9} {r['seconds']:>8}")
-    print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def table(report: dict[str, Any]) -> str:
+    """The terminal table: parse failures, correct answers, LM calls and time per set-up."""
+    lines = [f"SmolLM2-135M on the first {report['n']} MultiArith problems, Predict('question -> answer: float'), "
+             f"temperature 0, max_tokens {report['max_tokens']}",
+             f"{'set-up':<17} {'transport':<11} {'adapter':<12} {'schema':<7} {'parse failures':>15} {'correct':>8} "
+             f"{'LM calls':>9} {'seconds':>8}"]
+    for name, r in report["setups"].items():
+        lines.append(f"{name:<17} {r['transport']:<11} {r['adapter']:<12} {'yes' if r['constrained'] else 'no':<7} "
+                     f"{r['parse_failures']:>9}/{r['examples']:<5} {r['correct']:>8} {r['lm_calls']:>9} "
+                     f"{r['seconds']:>8}")
+    return "\n".join(lines)

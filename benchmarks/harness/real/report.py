@@ -4,45 +4,17 @@ the library or benchmark code had uncommitted changes)."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import os
-import platform
-import subprocess
-import sys
 import textwrap
 from collections import defaultdict
 from dataclasses import asdict, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from real_compare import Row
+from .compare import Row
 
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def revision(root: Path = ROOT) -> str:
-    """``git rev-parse --short HEAD``, plus ``+dirty`` when tracked files of the library or benchmarks changed."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                "dspy_concept_distill", "benchmarks"], cwd=root, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}+dirty" if dirty else head
-
-
-def metadata(command: str, *, revision_at_start: str | None = None, **extra: Any) -> dict[str, Any]:
-    """Where and how a result was made (``revision_at_start``: the revision read when the run began)."""
-    return {"command": command, "revision": revision_at_start or revision(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}",
-            **extra}
 
 
 def write_csv(rows: list[Row], path: Path, meta: dict[str, Any]) -> None:
@@ -153,20 +125,3 @@ def write_all(rows: list[Row], out_dir: Path, stem: str, meta: dict[str, Any], *
     if plot(rows, out_dir / f"{stem}.png", meta, title=title):
         written.append(out_dir / f"{stem}.png")
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Redraw the PNG of a comparison from its CSV: ``python benchmarks/real_report.py runs/real_reviews.csv``."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("csv", type=Path)
-    parser.add_argument("--title", help="plot title (default: the title recorded in the CSV)")
-    args = parser.parse_args(argv)
-    meta, rows = read_csv(args.csv)
-    title = args.title or meta.get("title") or args.csv.stem
-    ok = plot(rows, args.csv.with_suffix(".png"), meta, title=title)
-    print(f"wrote {args.csv.with_suffix('.png')}" if ok else "matplotlib is not installed")
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

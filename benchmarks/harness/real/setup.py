@@ -1,5 +1,5 @@
-"""What benchmarks/run.py sets up before any optimizer runs: the task's seeded splits, the student and teacher LMs,
-and the student's adapter. Shared by the main job and the optimizer comparison."""
+"""What ``python -m benchmarks run`` sets up before any optimizer runs: the task's seeded splits, the student and
+teacher LMs, and the student's adapter. Shared by the main job and the optimizer comparison."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def build(args: argparse.Namespace) -> Setup:
     n_train, n_val, n_test = sizes(args)
     if args.task == "simulated":
         return _simulated(n_train, n_val, n_test, args.seed)
-    from tasks import load_task
+    from .tasks import load_task
 
     task = load_task(args.task, n_train=n_train, n_val=n_val, n_test=n_test, seed=args.seed,
                      data_dir=args.data_dir, hub=args.hub, allow_weak_sandbox=args.allow_weak_sandbox)

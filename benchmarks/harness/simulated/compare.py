@@ -1,26 +1,20 @@
 """How many student-LM calls DSPy's own optimizers spend on the simulated task ConceptDistillation solves, and
-whether each one reaches the best rule set.
-
-Usage: ``python benchmarks/compare_optimizers.py [--seeds 0 1 2] [--flip-rate 0.0]
-[--out benchmarks/results/compare_optimizers.json]`` (also writes the Markdown table next to the JSON file and
-prints it; progress goes to the log on stderr). Without ``--out`` it writes runs/compare_optimizers.json
-(untracked); the committed results in benchmarks/results/ change only when named with ``--out``.
-``benchmarks/family.py`` runs the same optimizers (settings in ``benchmarks/optimizer_runs.py``) over the whole task
-family; this script keeps the original single-task claim check.
+whether each one reaches the best rule set (``python -m benchmarks compare``).
 
 Per seed, every optimizer gets the same fresh ``SimulatedTask.create(20, 20, seed=seed)`` (scripted student, 20
 train and 20 validation examples), its own fresh student LM with caching off, and ``ChainOfThought("question ->
-answer: float")`` to optimize. DSPy's optimizers get ``SimulatedProposerEngine`` (benchmarks/simulated_proposer.py)
-as their prompt/reflection/teacher model: it writes instructions with random subsets of the world's rules, so they
-must search for the best set. ConceptDistillation gets the world's scripted teacher. Student calls are counted at
-the student engine during ``compile`` only; the returned program is then scored on the valset with another fresh
+answer: float")`` to optimize. DSPy's optimizers get ``SimulatedProposerEngine`` (``proposer.py``) as their
+prompt/reflection/teacher model: it writes instructions with random subsets of the world's rules, so they must
+search for the best set. ConceptDistillation gets the world's scripted teacher. Student calls are counted at the
+student engine during ``compile`` only; the returned program is then scored on the valset with another fresh
 student LM (not counted). "Found best" means its instructions hold every helpful concept phrase and no harmful
-distractor phrase (the simulated student then scores 1.0 on the valset).
+distractor phrase (the simulated student then scores 1.0 on the valset). The optimizers and their settings are
+those of the registry (``benchmarks/harness/optimizers.py``), which the task family (``family.py``) runs over the
+whole family; this comparison keeps the original single-task claim check.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import platform
@@ -28,35 +22,27 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import dspy
-from bench_meta import library_revision, package_versions
-from compare_report import NOTES, OURS, markdown, summarize
-from optimizer_runs import (
-    NUM_THREADS,
-    RunContext,
-    instructions_of,
-    run_cd,
-    run_copro,
-    run_gepa,
-    run_infer_rules,
-    run_mipro,
-    run_optimizer,
-    run_simba,
-    score_with,
-)
-from simulated_proposer import SimulatedProposerEngine, proposer_lm, world_pool
 
 from dspy_concept_distill.testing import Prompt, SimExample, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
+
+from ..optimizers import NUM_THREADS, OPTIMIZERS, RunContext
+from ..paths import LOCAL_RESULTS
+from ..provenance import library_revision, package_versions
+from .compare_report import NOTES, OURS, markdown, summarize
+from .proposer import SimulatedProposerEngine, proposer_lm, world_pool
+from .runs import instructions_of, run_optimizer, score_with
 
 logger = logging.getLogger("compare_optimizers")
 
 N_TRAIN = 20
 N_VAL = 20
 P_HELPFUL, P_DISTRACTOR = 0.5, 0.3  # the proposer's chance to include a helpful rule / a distractor
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "runs" / "compare_optimizers.json"  # untracked
+DEFAULT_OUT = LOCAL_RESULTS / "compare_optimizers.json"
 SAMPLING_NOISE = 0.2
 
 
@@ -106,47 +92,49 @@ def make_program() -> dspy.Module:
     return dspy.ChainOfThought("question -> answer: float")
 
 
+def with_settings(key: str, **init: Any) -> Callable[[RunContext], dspy.Module]:
+    """Registry optimizer ``key`` at its simulated settings, with ``init`` replacing some of them."""
+    spec = OPTIMIZERS[key]
+    chosen = replace(spec.simulated, init={**spec.simulated.init, **init})
+    return lambda ctx: spec.compile(chosen, ctx)
+
+
 def run_simba_sampling(ctx: RunContext) -> dspy.Module:
     """SIMBA as above, sequential (so the sampling noise is repeatable), on a student with sampling variance."""
-    ctx.num_threads = 1
-    return run_simba(ctx)
-
-
-def run_ours(ctx: RunContext) -> dspy.Module:
-    return run_cd(ctx, auto="light")
+    return OPTIMIZERS["simba"].run(replace(ctx, num_threads=1))
 
 
 INFER_RULES_BEST = r"Final best score: ([\d.]+)"
 
 SPECS: list[OptimizerSpec] = [
     OptimizerSpec("copro", "COPRO", "breadth=4, depth=2, init_temperature=1.4 (default); scores on the trainset",
-                  160, True, run_copro),
+                  160, True, OPTIMIZERS["copro"].run),
     OptimizerSpec("infer_rules", "InferRules",
                   "num_candidates=10 (default), num_rules=10, max_bootstrapped_demos=0, max_labeled_demos=0, "
-                  "valset=valset", 200, True, run_infer_rules, INFER_RULES_BEST),
+                  "valset=valset", 200, True, OPTIMIZERS["infer-rules"].run, INFER_RULES_BEST),
     OptimizerSpec("mipro", "MIPROv2 light",
                   "auto='light', max_bootstrapped_demos=0, max_labeled_demos=0 (0-shot), valset=valset",
-                  235, True, run_mipro),
+                  235, True, OPTIMIZERS["miprov2"].run),
     OptimizerSpec("gepa", "GEPA light",
                   "auto='light', reflection_minibatch_size=3 (default), use_merge=True (default), valset=valset",
-                  471, True, run_gepa),
+                  471, True, OPTIMIZERS["gepa"].run),
     OptimizerSpec("simba", "SIMBA",
                   "bsize=8, max_steps=4, num_candidates=6 (default), max_demos=4 (default); trainset only",
-                  516, True, run_simba),
+                  516, True, OPTIMIZERS["simba"].run),
     OptimizerSpec(OURS, "ConceptDistillation light", "auto='light', teacher_lm=world.teacher_lm(cache=False)",
-                  None, False, run_ours),
+                  None, False, OPTIMIZERS["cd-light"].run),
 ]
 
 EXTRA_SPECS: list[OptimizerSpec] = [
     OptimizerSpec("copro_min", "COPRO (smallest)", "breadth=2, depth=1: the least COPRO accepts (breadth > 1)",
-                  None, False, lambda ctx: run_copro(ctx, breadth=2, depth=1)),
+                  None, False, with_settings("copro", breadth=2, depth=1)),
     OptimizerSpec("simba_sampling", "SIMBA (student with sampling noise)",
                   f"as SIMBA above, num_threads=1, and a student whose answers flip with p={SAMPLING_NOISE} "
                   "when sampled at temperature > 0 (SIMBA's trajectory sampling); default-temperature calls "
                   "are unchanged", None, False, run_simba_sampling),
     OptimizerSpec("infer_rules_min", "InferRules (2 candidates)",
                   "num_candidates=2, otherwise as above: the least that is still a choice",
-                  None, False, lambda ctx: run_infer_rules(ctx, num_candidates=2), INFER_RULES_BEST),
+                  None, False, with_settings("infer-rules", num_candidates=2), INFER_RULES_BEST),
 ]
 
 
@@ -211,7 +199,7 @@ def run_one(spec: OptimizerSpec, seed: int, *, flip_rate: float = 0.0, num_threa
     helper = task.world.teacher_lm(cache=False) if spec.key == OURS else proposer_lm(
         world_pool(task.world), seed=seed, p_helpful=P_HELPFUL, p_other=P_DISTRACTOR)
     ctx = RunContext(make_program(), task.trainset, task.valset, task.world.metric, student, helper, seed,
-                     num_threads)
+                     num_threads, feedback_field="answer")
     record = RunRecord(spec.key, spec.label, seed)
     logger.info("seed %d: %s (%s)", seed, spec.label, spec.settings)
     outcome = run_optimizer(spec, ctx)
@@ -254,43 +242,27 @@ def run_benchmark(seeds: Sequence[int], *, flip_rate: float = 0.0, extras: bool 
     return specs, records
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--flip-rate", type=float, default=0.0, help="the simulated student's answer noise")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; the .md goes next to it")
-    parser.add_argument("--extras", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run the smallest COPRO and InferRules settings")
-    parser.add_argument("--threads", type=int, default=NUM_THREADS)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
-
+def measure(seeds: Sequence[int], *, flip_rate: float, extras: bool, num_threads: int,
+            out: Path) -> str:
+    """Run the comparison, write ``out`` (JSON) and the Markdown report next to it; returns the terminal table."""
     started = time.perf_counter()
-    specs, records = run_benchmark(args.seeds, flip_rate=args.flip_rate, extras=args.extras,
-                                   num_threads=args.threads)
-    summary = summarize(specs, records, args.seeds)
+    specs, records = run_benchmark(seeds, flip_rate=flip_rate, extras=extras, num_threads=num_threads)
+    summary = summarize(specs, records, seeds)
     meta = {
-        "seeds": list(args.seeds), "flip_rate": args.flip_rate, "n_train": N_TRAIN, "n_val": N_VAL,
-        "num_threads": args.threads, "program": 'ChainOfThought("question -> answer: float")',
+        "seeds": list(seeds), "flip_rate": flip_rate, "n_train": N_TRAIN, "n_val": N_VAL,
+        "num_threads": num_threads, "program": 'ChainOfThought("question -> answer: float")',
         "versions": package_versions("dspy", "gepa", "optuna", "dspy-concept-distill"),
         "python": platform.python_version(), "library_revision": library_revision(),
         "proposer": {"p_helpful": P_HELPFUL, "p_distractor": P_DISTRACTOR},
         "total_seconds": round(time.perf_counter() - started, 1), "notes": NOTES,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": meta, "settings": {s.key: {"label": s.label, "settings": s.settings,
                                                   "claimed_calls": s.claimed_calls, "in_claim": s.in_claim}
                                           for s in specs},
                "summary": summary, "runs": [asdict(r) for r in records]}
-    args.out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     full, terminal = markdown(summary, records, meta)
-    args.out.with_suffix(".md").write_text(full)
-    logger.info("wrote %s and %s in %.1fs", args.out, args.out.with_suffix(".md"), meta["total_seconds"])
-    print(terminal)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    out.with_suffix(".md").write_text(full)
+    logger.info("wrote %s and %s in %.1fs", out, out.with_suffix(".md"), meta["total_seconds"])
+    return terminal

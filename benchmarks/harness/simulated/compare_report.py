@@ -1,4 +1,5 @@
-"""Summary, claim verdict and Markdown report of benchmarks/compare_optimizers.py."""
+"""Summary, claim verdict and Markdown report of the optimizer comparison (``compare.py``,
+``python -m benchmarks compare``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Per-task summaries, the targets of issue 6 Must 3, and the JSON / Markdown / CSV outputs of benchmarks/family.py."""
+"""Per-task summaries, the targets of issue 6 Must 3, and the JSON / Markdown / CSV outputs of the task family
+(``family.py``)."""
 
 from __future__ import annotations
 

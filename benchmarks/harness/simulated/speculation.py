@@ -1,8 +1,6 @@
 """What racing ahead costs across the task family: requests a multi-threaded compile makes beyond the 1-thread
-run's, and a check that its decisions are the 1-thread run's (scripted LMs, NOT real models).
-
-    python benchmarks/speculation.py                                  # every task, seeds 0-4, light and medium
-    python benchmarks/speculation.py --tasks diffuse-noisy --seeds 0-9 --threads 1,16,32 --jobs 2
+run's, and a check that its decisions are the 1-thread run's (scripted LMs, NOT real models;
+``python -m benchmarks speculation``).
 
 With more threads than a first chunk, verification races ahead on threads that would otherwise idle (see
 ``dspy_concept_distill/racing.py``): later chunks of the candidate in front, candidates behind it against the rules
@@ -12,21 +10,16 @@ order, never on timing, so the scripted LMs here answer at once and the counts a
 
 Per task and preset: the mean extra student requests per compile at each thread count relative to 1 thread (95% CI
 over seeds, t interval), the most seen, the extra as a share of the 1-thread run's requests, and whether every rule
-got the same status, reason, gain and examples seen, and the returned program the same oracle accuracy. Results go
-to ``benchmarks/results/local/speculation.{json,md}`` unless ``--out`` says otherwise.
+got the same status, reason, gain and examples seen, and the returned program the same oracle accuracy.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
 import platform
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,15 +27,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("TQDM_DISABLE", "1")
+from ..paths import LOCAL_RESULTS
+from ..provenance import library_revision, package_versions
+from .family import run_one
+from .family_report import mean_ci
 
-from bench_meta import library_revision, package_versions
-from family import parse_list, parse_seeds, run_one
-from family_report import mean_ci
-from family_tasks import TASKS_BY_NAME
-
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "speculation"
+DEFAULT_OUT = LOCAL_RESULTS / "speculation"
 PRESETS = ("cd-light", "cd-medium")
 
 
@@ -116,41 +106,27 @@ def markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", help=f"comma-separated task names (default: all): {', '.join(TASKS_BY_NAME)}")
-    parser.add_argument("--presets", default=",".join(PRESETS), help="comma-separated: cd-light, cd-medium, cd-heavy")
-    parser.add_argument("--seeds", default="0-4", help="e.g. 0-9, 0,3,5 (default 0-4)")
-    parser.add_argument("--threads", default="1,16", help="thread counts; the first is the reference (default 1,16)")
-    parser.add_argument("--jobs", type=int, default=1, help="processes (default 1)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix (.json and .md)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    tasks = parse_list(args.tasks, list(TASKS_BY_NAME), "tasks")
-    presets = parse_list(args.presets, ["cd-light", "cd-medium", "cd-heavy"], "presets")
-    seeds, threads = parse_seeds(args.seeds), [int(t) for t in args.threads.split(",")]
-    jobs = [(task, preset, seed, t) for task in tasks for preset in presets for seed in seeds for t in threads]
+def measure(tasks: Sequence[str], presets: Sequence[str], seeds: Sequence[int], threads: Sequence[int], *,
+            seeds_label: str, jobs: int, command: str) -> dict[str, Any]:
+    """Every (task, preset, seed, thread count) compile, over ``jobs`` processes, and their summary; ``command`` is
+    recorded."""
+    threads = list(threads)
+    work = [(task, preset, seed, t) for task in tasks for preset in presets for seed in seeds for t in threads]
     started = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            runs = list(pool.map(_job, jobs))
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            runs = list(pool.map(_job, work))
     else:
-        runs = [_job(job) for job in jobs]
-    meta = {"command": "python benchmarks/speculation.py " + shlex.join(argv), "seeds_label": args.seeds,
+        runs = [_job(job) for job in work]
+    meta = {"command": command, "seeds_label": seeds_label,
             "threads": threads, "wall_seconds": round(time.perf_counter() - started, 1),
             "library_revision": library_revision(), "versions": package_versions("dspy"),
             "python": platform.python_version()}
-    payload = {"meta": meta, "summary": summarize(runs, threads), "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{args.out}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
-    Path(f"{args.out}.md").write_text(markdown(payload), encoding="utf-8")
-    print(markdown(payload))
-    return payload
+    return {"meta": meta, "summary": summarize(runs, threads), "runs": runs}
 
 
-if __name__ == "__main__":
-    main()
+def write(payload: dict[str, Any], out: Path) -> None:
+    """``out``.json and ``out``.md."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n", encoding="utf-8")
+    Path(f"{out}.md").write_text(markdown(payload), encoding="utf-8")

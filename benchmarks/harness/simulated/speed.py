@@ -1,60 +1,50 @@
-"""Speed of the optimizer itself, with scripted LMs (NOT real models) that answer at once or after a set latency.
+"""Speed of the optimizer itself, with scripted LMs (NOT real models) that answer at once or after a set latency
+(``python -m benchmarks speed``).
 
-    python benchmarks/speed.py                      # both measurements, results to benchmarks/results/local/
-    python benchmarks/speed.py --skip-parallel --profile /tmp/overhead.prof     # the overhead case under cProfile
-    python benchmarks/speed.py --out benchmarks/results/speed                   # the committed results
-
-a. Overhead per LM call (instant LM, ``--train`` training examples, one thread): a whole ConceptDistillation compile
+a. Overhead per LM call (instant LM, ``train`` training examples, one thread): a whole ConceptDistillation compile
    (light preset) whose teacher proposes no rule, so the run is phase 1 (the trainset), the valset baseline and the
    teacher's empty replies; against plain ``dspy.Evaluate`` of the same program on the same train + val examples
    in the same process. For both: (wall time - time inside the LM engines) / requests. The engine time (the
    scripted LMs reading prompts and writing replies) is taken out; what remains is DSPy's own work (adapters,
    parsing, LM bookkeeping) plus, for the compile, the optimizer's. ``extra`` is the compile's figure minus
    ``dspy.Evaluate``'s: the optimizer's own cost per call.
-b. Parallel efficiency (``--latency`` seconds per student request, 40 train / 40 val examples, auto="medium",
-   screen_size=0) at each of ``--threads``: efficiency = (requests x latency / threads) / wall time, i.e. the share
+b. Parallel efficiency (``latency`` seconds per student request, 40 train / 40 val examples, auto="medium",
+   screen_size=0) at each thread count: efficiency = (requests x latency / threads) / wall time, i.e. the share
    of the thread pool's time spent waiting on the LM; 1.0 means no idle thread and no overhead. The teacher answers
-   at once unless ``--teacher-latency`` is given (its requests then count in the numerator with their latency).
-   Each request is also logged with its phase and start/end times, to show where threads sit idle. With
-   ``--structure-latency`` (default 0.25 s; 0 turns it off) each multi-threaded run is repeated at that latency:
-   wall = waves x latency + fixed splits its wall time into sequential LM round trips (the critical path, set by
-   the optimizer's phase barriers and racing) and time that does not scale with latency (CPU work not hidden
-   behind waiting, late wake-ups on a busy machine). ``--latency-sigma`` draws each latency from a lognormal with
-   that mean instead (remote models answer in varying time).
-c. Parallel efficiency across the task family (``--family-threads``, default 16): every task of
-   benchmarks/family_tasks.py compiled with a latency-simulating student, fixed and lognormal (``--family-sigmas``),
-   with efficiency and net efficiency per run (see ``speed_family.py``). ``--skip-family`` leaves it out.
+   at once unless ``teacher_latency`` is given (its requests then count in the numerator with their latency).
+   Each request is also logged with its phase and start/end times, to show where threads sit idle. With a
+   ``structure_latency`` each multi-threaded run is repeated at that latency: wall = waves x latency + fixed
+   splits its wall time into sequential LM round trips (the critical path, set by the optimizer's phase barriers
+   and racing) and time that does not scale with latency (CPU work not hidden behind waiting, late wake-ups on a
+   busy machine). ``sigma`` draws each latency from a lognormal with that mean instead (remote models answer in
+   varying time).
+c. Parallel efficiency across the task family: every task of ``tasks.py`` compiled with a latency-simulating
+   student, fixed and lognormal, with efficiency and net efficiency per run (see ``speed_family.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import json
 import os
 import platform
-import shlex
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-os.environ.setdefault("TQDM_DISABLE", "1")
-
 import dspy
-from bench_meta import library_revision, package_versions
-from family import parse_list, parse_seeds
-from family_tasks import TASKS_BY_NAME
-from speed_family import Latency, family_markdown, measure_family
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.budget import _phase as booked_phase  # the phase a request is booked under (diagnostics)
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask, SimulatedWorld
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "local" / "speed"
+from ..library import booked_phase  # the phase a request is booked under (diagnostics)
+from ..paths import LOCAL_RESULTS
+from ..provenance import library_revision, package_versions
+from .speed_family import Latency, family_markdown, measure_family
+
+DEFAULT_OUT = LOCAL_RESULTS / "speed"
 
 
 # -- engines ----------------------------------------------------------------------------------------------------------
@@ -363,38 +353,6 @@ def write(report: dict[str, Any], out: Path) -> None:
     out.with_suffix(".md").write_text(markdown(report), encoding="utf-8")
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=5000, help="training examples for the overhead case")
-    parser.add_argument("--val", type=int, default=50, help="validation examples for the overhead case")
-    parser.add_argument("--overhead-threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="overhead runs of each kind; the best is reported")
-    parser.add_argument("--threads", default="1,4,16,32", help="thread counts for the parallel case")
-    parser.add_argument("--latency", type=float, default=0.05, help="seconds per student request (parallel case)")
-    parser.add_argument("--structure-latency", type=float, default=0.25,
-                        help="run the multi-threaded cases again at this latency to find their critical path (0: no)")
-    parser.add_argument("--teacher-latency", type=float, default=0.0, help="seconds per teacher request")
-    parser.add_argument("--parallel-repeats", type=int, default=3,
-                        help="runs of each multi-threaded case; the shortest wall time is reported (all in the JSON)")
-    parser.add_argument("--parallel-train", type=int, default=40)
-    parser.add_argument("--parallel-val", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-overhead", action="store_true")
-    parser.add_argument("--skip-parallel", action="store_true")
-    parser.add_argument("--latency-sigma", type=float, default=0.0,
-                        help="parallel case: lognormal log-sd of the student's latency around --latency (0: fixed)")
-    parser.add_argument("--skip-family", action="store_true")
-    parser.add_argument("--family-tasks", help="family case: comma-separated task names (default all): "
-                        + ", ".join(TASKS_BY_NAME))
-    parser.add_argument("--family-presets", default="cd-light,cd-medium")
-    parser.add_argument("--family-seeds", default="0-1")
-    parser.add_argument("--family-threads", type=int, default=16)
-    parser.add_argument("--family-sigmas", default="0,0.5", help="lognormal log-sds of the student's latency")
-    parser.add_argument("--profile", help="write cProfile stats of the overhead compile to this file")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output path without suffix (.json/.md)")
-    return parser.parse_args(argv)
-
-
 def best_parallel(threads: int, repeats: int, **kwargs: Any) -> dict[str, Any]:
     """``measure_parallel`` ``repeats`` times; the run with the shortest wall time (the one least disturbed by other
     processes), with every wall time kept in ``walls_s``. The runs make the same requests every time."""
@@ -403,56 +361,52 @@ def best_parallel(threads: int, repeats: int, **kwargs: Any) -> dict[str, Any]:
     return {**best, "walls_s": [r["wall_s"] for r in runs]}
 
 
-def measure_structure(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each multi-threaded run again at ``--structure-latency``, to split its wall time into waves and fixed time."""
+def measure_structure(runs: list[dict[str, Any]], *, structure_latency: float, latency: float,
+                      teacher_latency: float, n_train: int, n_val: int, seed: int, sigma: float) -> dict[str, Any]:
+    """Each multi-threaded run again at ``structure_latency``, to split its wall time into waves and fixed time."""
     out = []
     for run in runs:
         if run["threads"] == 1:
             continue
-        again = measure_parallel(run["threads"], latency=args.structure_latency, teacher_latency=args.teacher_latency,
-                                 n_train=args.parallel_train, n_val=args.parallel_val, seed=args.seed,
-                                 sigma=args.latency_sigma)
-        out.append({**critical_path(run, again, (args.latency, args.structure_latency)), "second_run": again})
-    return {"latency": args.structure_latency, "runs": out}
+        again = measure_parallel(run["threads"], latency=structure_latency, teacher_latency=teacher_latency,
+                                 n_train=n_train, n_val=n_val, seed=seed, sigma=sigma)
+        out.append({**critical_path(run, again, (latency, structure_latency)), "second_run": again})
+    return {"latency": structure_latency, "runs": out}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def measure(*, command: str, overhead: dict[str, Any] | None, parallel: dict[str, Any] | None,
+            family: dict[str, Any] | None) -> dict[str, Any]:
+    """The report of the cases asked for (None leaves a case out): ``overhead`` holds ``measure_overhead``'s
+    arguments; ``parallel`` the thread counts (``threads``), ``latency``, ``teacher_latency``, ``repeats``,
+    ``train``, ``val``, ``seed``, ``sigma`` and ``structure_latency`` (0: no second run); ``family`` the arguments
+    of ``measure_family``. ``command`` is recorded."""
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=False)
-    words = sys.argv[1:] if argv is None else list(argv)
     report: dict[str, Any] = {
-        "command": shlex.join(["python", "benchmarks/speed.py", *words]), "revision": library_revision(),
+        "command": command, "revision": library_revision(),
         "versions": package_versions("dspy", "litellm"), "python": platform.python_version(),
         "cpus": os.cpu_count(), "load_average_at_start": [round(x, 1) for x in os.getloadavg()],
         "note": "scripted LMs (not real models); see the module docstring for definitions",
     }
-    if not args.skip_overhead:
-        report["overhead"] = measure_overhead(args.train, args.val, threads=args.overhead_threads, seed=args.seed,
-                                              repeats=args.repeats, profile=args.profile)
-    if not args.skip_parallel:
-        report["parallel_settings"] = {"train": args.parallel_train, "val": args.parallel_val,
-                                       "latency": args.latency, "teacher_latency": args.teacher_latency,
-                                       "repeats": args.parallel_repeats, "sigma": args.latency_sigma}
+    if overhead is not None:
+        report["overhead"] = measure_overhead(**overhead)
+    if parallel is not None:
+        p = parallel
+        report["parallel_settings"] = {"train": p["train"], "val": p["val"], "latency": p["latency"],
+                                       "teacher_latency": p["teacher_latency"], "repeats": p["repeats"],
+                                       "sigma": p["sigma"]}
         report["parallel"] = runs = [
-            best_parallel(int(t), args.parallel_repeats if int(t) > 1 else 1, latency=args.latency,
-                          teacher_latency=args.teacher_latency, n_train=args.parallel_train, n_val=args.parallel_val,
-                          seed=args.seed, sigma=args.latency_sigma)
-            for t in args.threads.split(",")]
-        add_net_efficiency(runs, args.latency, args.teacher_latency)
+            best_parallel(t, p["repeats"] if t > 1 else 1, latency=p["latency"], teacher_latency=p["teacher_latency"],
+                          n_train=p["train"], n_val=p["val"], seed=p["seed"], sigma=p["sigma"])
+            for t in p["threads"]]
+        add_net_efficiency(runs, p["latency"], p["teacher_latency"])
         for run in runs:
             run["evaluate_ceiling"] = measure_evaluate_ceiling(run["threads"], run["student_requests"],
-                                                               latency=args.latency, seed=args.seed)
-        if args.structure_latency:
-            report["structure"] = measure_structure(args, runs)
-    if not args.skip_family:
-        report["family"] = measure_family(
-            parse_list(args.family_tasks, list(TASKS_BY_NAME), "tasks"), args.family_presets.split(","),
-            parse_seeds(args.family_seeds), args.family_threads, args.latency,
-            [float(x) for x in args.family_sigmas.split(",")])
-    write(report, args.out)
-    print(markdown(report))
+                                                               latency=p["latency"], seed=p["seed"])
+        if p["structure_latency"]:
+            report["structure"] = measure_structure(
+                runs, structure_latency=p["structure_latency"], latency=p["latency"],
+                teacher_latency=p["teacher_latency"], n_train=p["train"], n_val=p["val"], seed=p["seed"],
+                sigma=p["sigma"])
+    if family is not None:
+        report["family"] = measure_family(**family)
     return report
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,8 @@
-"""c. Parallel efficiency across the task family (scripted LMs, NOT real models): part of benchmarks/speed.py.
+"""c. Parallel efficiency across the task family (scripted LMs, NOT real models): part of the speed benchmark
+(``speed.py``, ``python -m benchmarks speed``).
 
 The parallel case of speed.py runs one world, where the racer's predictions come true. Here every task of the
-family (benchmarks/family_tasks.py: concept and diffuse effects, noise, 1 and 2 predictors, valsets of 20 to 100,
+family (``tasks.py``: concept and diffuse effects, noise, 1 and 2 predictors, valsets of 20 to 100,
 blind and diagnosing proposers) is compiled at ``threads`` with a student that sleeps ``latency`` seconds per
 request, fixed (sigma 0) or drawn from a lognormal with that mean and log-sd ``sigma`` (remote models answer in
 varying time). Per run:
@@ -23,9 +24,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import dspy
-from family_report import mean_ci
-from family_tasks import TASKS_BY_NAME
-from optimizer_runs import OPTIMIZERS, RunContext, run_optimizer
+
+from ..optimizers import OPTIMIZERS, RunContext
+from .family_report import mean_ci
+from .runs import run_optimizer
+from .tasks import TASKS_BY_NAME
 
 
 class Latency:
@@ -68,7 +71,7 @@ def compile_once(task: str, preset: str, seed: int, threads: int, latency: float
     student = inst.student_lm()
     pauses = delay(student.engine, latency, sigma, seed) if latency > 0 else None
     ctx = RunContext(inst.program(), inst.trainset, inst.valset, inst.metric, student, inst.cd_teacher_lm(), seed,
-                     threads, {})
+                     threads, {}, feedback_field="answer")
     start = time.perf_counter()
     outcome = run_optimizer(OPTIMIZERS[preset], ctx)
     wall = time.perf_counter() - start
@@ -117,7 +120,8 @@ def family_markdown(report: dict[str, Any]) -> list[str]:
     lines = [f"## c. Parallel efficiency across the task family ({report['threads']} threads, student latency "
              f"{report['latency'] * 1000:g} ms fixed or lognormal with log-sd sigma, ConceptDistillation presets "
              "at their defaults)", "",
-             "Every task of benchmarks/family_tasks.py, seeds " + ", ".join(map(str, report["seeds"])) + ". "
+             "Every task of the family (benchmarks/harness/simulated/tasks.py), seeds "
+             + ", ".join(map(str, report["seeds"])) + ". "
              "efficiency = (student LM time / threads) / wall time; net efficiency counts only the requests the same "
              "compile makes at 1 thread. 95% CI over runs (t interval). Extra requests: made at "
              f"{report['threads']} threads beyond the 1-thread run's, all runs together.", "",
