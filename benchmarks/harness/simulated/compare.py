@@ -106,21 +106,19 @@ def run_simba_sampling(ctx: RunContext) -> dspy.Module:
 
 INFER_RULES_BEST = r"Final best score: ([\d.]+)"
 
+def claimed(key: str, row: str, calls: int, best_score_log: str | None = None) -> OptimizerSpec:
+    """A row of the product claim: registry optimizer ``key`` at its simulated settings, under the row key ``row``,
+    with the student calls the claim states."""
+    spec = OPTIMIZERS[key]
+    return OptimizerSpec(row, spec.label, spec.settings, calls, True, spec.run, best_score_log)
+
+
 SPECS: list[OptimizerSpec] = [
-    OptimizerSpec("copro", "COPRO", "breadth=4, depth=2, init_temperature=1.4 (default); scores on the trainset",
-                  160, True, OPTIMIZERS["copro"].run),
-    OptimizerSpec("infer_rules", "InferRules",
-                  "num_candidates=10 (default), num_rules=10, max_bootstrapped_demos=0, max_labeled_demos=0, "
-                  "valset=valset", 200, True, OPTIMIZERS["infer-rules"].run, INFER_RULES_BEST),
-    OptimizerSpec("mipro", "MIPROv2 light",
-                  "auto='light', max_bootstrapped_demos=0, max_labeled_demos=0 (0-shot), valset=valset",
-                  235, True, OPTIMIZERS["miprov2"].run),
-    OptimizerSpec("gepa", "GEPA light",
-                  "auto='light', reflection_minibatch_size=3 (default), use_merge=True (default), valset=valset",
-                  471, True, OPTIMIZERS["gepa"].run),
-    OptimizerSpec("simba", "SIMBA",
-                  "bsize=8, max_steps=4, num_candidates=6 (default), max_demos=4 (default); trainset only",
-                  516, True, OPTIMIZERS["simba"].run),
+    claimed("copro", "copro", 160),
+    claimed("infer-rules", "infer_rules", 200, INFER_RULES_BEST),
+    claimed("miprov2", "mipro", 235),
+    claimed("gepa", "gepa", 471),
+    claimed("simba", "simba", 516),
     OptimizerSpec(OURS, "ConceptDistillation light", "auto='light', teacher_lm=world.teacher_lm(cache=False)",
                   None, False, OPTIMIZERS["cd-light"].run),
 ]
