@@ -1,11 +1,10 @@
-"""The machinery of benchmarks/compare_optimizers.py: the scripted proposer answers the signatures DSPy's optimizers
-send it with parseable, type-valid, fairly random instructions, and the benchmark counts student calls during
-compile only, records failures instead of crashing, and judges rule sets and the claim correctly."""
+"""The machinery of ``python -m benchmarks compare`` (benchmarks/harness/simulated/compare.py): the scripted proposer
+answers the signatures DSPy's optimizers send it with parseable, type-valid, fairly random instructions, and the
+benchmark counts student calls during compile only, records failures instead of crashing, and judges rule sets and
+the claim correctly."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any, Literal
 
 import dspy
@@ -16,18 +15,15 @@ from dspy.teleprompt.infer_rules import RulesInductionProgram
 from dspy.teleprompt.simba_utils import OfferFeedback
 from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
+from benchmarks.harness.simulated import compare as bench
+from benchmarks.harness.simulated.proposer import BASE_INSTRUCTION, SimulatedProposerEngine, world_pool
+from benchmarks.harness.simulated.proposer import proposer_lm as pool_proposer_lm
 from dspy_concept_distill.settings import PRESETS
 from dspy_concept_distill.testing import SimulatedWorld
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
-
-import compare_optimizers as bench
-from simulated_proposer import BASE_INSTRUCTION, SimulatedProposerEngine, world_pool
-from simulated_proposer import proposer_lm as pool_proposer_lm
-
 
 def proposer_lm(world: SimulatedWorld, seed: int = 0) -> dspy.LM:
-    """The proposer compare_optimizers.py gives DSPy's optimizers."""
+    """The proposer the comparison gives DSPy's optimizers."""
     return pool_proposer_lm(world_pool(world), seed=seed, p_helpful=bench.P_HELPFUL, p_other=bench.P_DISTRACTOR)
 
 

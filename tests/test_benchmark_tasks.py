@@ -6,9 +6,10 @@ import shutil
 
 import dspy
 import pytest
-import sandbox
-import tasks
-from tasks import DataIntegrityError, extract_code, humaneval_metric, load_task, parse_number
+
+from benchmarks.harness import sandbox
+from benchmarks.harness.real import tasks
+from benchmarks.harness.real.tasks import DataIntegrityError, extract_code, humaneval_metric, load_task, parse_number
 
 
 @pytest.fixture

@@ -1,12 +1,10 @@
-"""The task family of benchmarks/family.py: the simulated worlds behave as documented, the blind proposer answers
-every optimizer's signatures (ConceptDistillation's teacher signature included), the judges compute oracle accuracy,
-recall and harmful acceptance correctly, and the runner produces every report field."""
+"""The task family of ``python -m benchmarks family``: the simulated worlds behave as documented, the blind proposer
+answers every optimizer's signatures (ConceptDistillation's teacher signature included), the judges compute oracle
+accuracy, recall and harmful acceptance correctly, and the runner produces every report field."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import dspy
 import pytest
@@ -14,16 +12,14 @@ from dspy.teleprompt.copro_optimizer import BasicGenerateInstruction
 from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
 from dspy.teleprompt.simba_utils import OfferFeedback
 
+from benchmarks import cli
+from benchmarks.harness.simulated import family
+from benchmarks.harness.simulated import family_report as report
+from benchmarks.harness.simulated.proposer import PoolRule, SimulatedProposerEngine, proposer_lm
+from benchmarks.harness.simulated.tasks import TASKS, TASKS_BY_NAME, _counts
+from benchmarks.harness.simulated.worlds import DiffuseWorld, PlanThenAnswer, best_rule_set, stages_with
 from dspy_concept_distill.phases.induction import InduceConcepts, induction_signature
 from dspy_concept_distill.testing import SimulatedTask
-
-sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
-
-import family
-import family_report as report
-from family_tasks import TASKS, TASKS_BY_NAME, _counts
-from family_world import DiffuseWorld, PlanThenAnswer, best_rule_set, stages_with
-from simulated_proposer import PoolRule, SimulatedProposerEngine, proposer_lm
 
 HELP = PoolRule("Convert every quantity to the same unit first.", "same unit", "helpful", effect=0.2)
 HARM = PoolRule("Answer with the number written out in words.", "written out in words", "harmful", effect=-0.2)
@@ -263,7 +259,7 @@ def test_targets_pass_and_fail_with_shortfalls():
 
 def test_runner_reports_every_field_on_a_tiny_subset(tmp_path):
     out = tmp_path / "fam"
-    assert family.main(["--tasks", "diffuse-issue", "--optimizers", "cd-light,copro", "--seeds", "0-1",
+    assert cli.main(["family", "--tasks", "diffuse-issue", "--optimizers", "cd-light,copro", "--seeds", "0-1",
                         "--out", str(out)]) == 0
     payload = json.loads(out.with_suffix(".json").read_text())
     assert payload["meta"]["command"].endswith("--seeds 0-1 --out " + str(out))
@@ -293,9 +289,9 @@ def test_missed_helpful_rules_are_explained_by_their_measured_reason():
 
 def test_stored_runs_render_to_the_same_summary(tmp_path):
     out = tmp_path / "fam"
-    family.main(["--tasks", "today-blind", "--optimizers", "cd-light", "--seeds", "3", "--out", str(out)])
+    cli.main(["family", "--tasks", "today-blind", "--optimizers", "cd-light", "--seeds", "3", "--out", str(out)])
     first = json.loads(out.with_suffix(".json").read_text())
-    family.main(["--render", str(out.with_suffix(".json")), "--out", str(tmp_path / "again")])
+    cli.main(["family", "--render", str(out.with_suffix(".json")), "--out", str(tmp_path / "again")])
     again = json.loads((tmp_path / "again.json").read_text())
     assert again["summary"] == first["summary"] and again["targets"] == first["targets"]
     assert again["meta"]["command"] == first["meta"]["command"] and "recomputed" in again["meta"]["rendered"]
@@ -307,9 +303,10 @@ def test_cd_kwargs_reach_concept_distillation_and_reference_rows_fill_in(tmp_pat
     record = family.run_one("today", "cd-light", 0, cd_kwargs={"max_student_calls": 30})
     assert record.status == "ok" and record.student_calls <= 30
     reference = tmp_path / "ref.json"
-    family.main(["--tasks", "today", "--optimizers", "copro", "--seeds", "0", "--out", str(reference.with_suffix(""))])
+    cli.main(["family", "--tasks", "today", "--optimizers", "copro", "--seeds", "0", "--out",
+              str(reference.with_suffix(""))])
     out = tmp_path / "cd"
-    family.main(["--tasks", "today", "--optimizers", "cd-light", "--seeds", "0", "--reference", str(reference),
+    cli.main(["family", "--tasks", "today", "--optimizers", "cd-light", "--seeds", "0", "--reference", str(reference),
                  "--out", str(out)])
     payload = json.loads(out.with_suffix(".json").read_text())
     sources = {r["optimizer"]: r["source"] for r in payload["summary"]}

@@ -1,4 +1,4 @@
-"""benchmarks/run.py: argument handling, the main job and the optimizer comparison, driven with the scripted
+"""``python -m benchmarks run``: argument handling, the main job and the optimizer comparison, driven with the scripted
 world (``--task simulated``: scripted student and teacher engines, not real models)."""
 
 from __future__ import annotations
@@ -9,27 +9,31 @@ import math
 from contextlib import redirect_stdout
 from pathlib import Path
 
-import call_meter
 import dspy
 import pytest
-import real_compare
-import real_optimizers
-import real_report
-import run
-import run_setup
-from call_meter import CallMeter
-from real_compare import ScoreCache, accuracy_ci, bootstrap_interval, compare, wilson_interval
-from real_optimizers import plan
-from run_setup import Setup
 
+from benchmarks import cli
+from benchmarks.harness import metering, optimizers
+from benchmarks.harness.metering import CallMeter
+from benchmarks.harness.optimizers import plan
+from benchmarks.harness.real import compare as real_compare
+from benchmarks.harness.real import main_job, tasks
+from benchmarks.harness.real import report as real_report
+from benchmarks.harness.real import setup as run_setup
+from benchmarks.harness.real.compare import ScoreCache, accuracy_ci, bootstrap_interval, compare, wilson_interval
+from benchmarks.harness.real.setup import Setup
 from dspy_concept_distill.testing import SimulatedTask
 from dspy_concept_distill.testing.scripted import Prompt, ScriptedEngine, format_reply
+
+
+def parse_args(argv: list[str]):
+    return cli.parse_args(["run", *argv])
 
 
 def run_main(argv: list[str]) -> tuple[int, str]:
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        code = run.main(argv)
+        code = cli.main(["run", *argv])
     return code, buffer.getvalue()
 
 
@@ -52,12 +56,12 @@ def read_csv(path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
 ])
 def test_bad_arguments_stop_before_any_work(argv, capsys):
     with pytest.raises(SystemExit) as stop:
-        run.parse_args(argv)
+        parse_args(argv)
     assert stop.value.code == 2
 
 
 def test_defaults_are_the_main_job():
-    args = run.parse_args([])
+    args = parse_args([])
     assert (args.task, args.student, args.teacher, args.optimizers, args.n_test) == ("reviews", "local", "local",
                                                                                      None, 0)
     assert args.allow_weak_sandbox is False
@@ -65,15 +69,13 @@ def test_defaults_are_the_main_job():
 
 def test_data_dir_help_names_the_shipped_copy_and_the_published_file_names(capsys):
     with pytest.raises(SystemExit):
-        run.parse_args(["--help"])
+        parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "gsm8k/test.jsonl" in text and "shipped" in text
     assert "gsm8k/train.jsonl" not in text
 
 
 def test_sizes_sandbox_flag_and_data_options_reach_load_task(monkeypatch):
-    import tasks
-
     seen = {}
 
     def fake_load_task(name, **kwargs):
@@ -82,7 +84,7 @@ def test_sizes_sandbox_flag_and_data_options_reach_load_task(monkeypatch):
 
     monkeypatch.setattr(tasks, "load_task", fake_load_task)
     monkeypatch.setattr(run_setup, "make_lm", lambda spec, **kw: dspy.LM(f"openai/{spec}-{kw.get('name')}"))
-    args = run.parse_args(["--task", "humaneval", "--allow-weak-sandbox", "--n-train", "3", "--n-val", "6",
+    args = parse_args(["--task", "humaneval", "--allow-weak-sandbox", "--n-train", "3", "--n-val", "6",
                            "--n-test", "7", "--seed", "4", "--data-dir", "/data", "--student", "x",
                            "--teacher", "y"])
     run_setup.build(args)
@@ -91,13 +93,11 @@ def test_sizes_sandbox_flag_and_data_options_reach_load_task(monkeypatch):
 
 
 def test_a_teacher_that_is_the_student_model_gets_its_own_model_string(monkeypatch):
-    import tasks
-
     monkeypatch.setattr(tasks, "load_task", lambda name, **kw: tasks.Task(
         name, [], [], lambda: dspy.Predict("a -> b"), lambda e, p, t=None: 1.0, "fake", []))
     names = []
     monkeypatch.setattr(run_setup, "make_lm", lambda spec, **kw: names.append(kw.get("name")) or dspy.LM("openai/x"))
-    run_setup.build(run.parse_args(["--task", "reviews"]))
+    run_setup.build(parse_args(["--task", "reviews"]))
     assert names[0] is None and names[1] and "teacher" in names[1]
 
 
@@ -111,7 +111,7 @@ def test_wilson_interval_matches_the_textbook_values():
 
 def test_an_interval_always_holds_its_own_estimate_and_the_plot_takes_it(tmp_path):
     pytest.importorskip("matplotlib")
-    from real_report import plot
+    plot = real_report.plot
 
     for successes, n in [(0, 24), (24, 24), (4, 24), (1, 3)]:
         low, high = wilson_interval(successes, n)
@@ -130,7 +130,7 @@ def test_accuracy_ci_uses_wilson_for_0_1_scores_and_bootstrap_otherwise():
 
 # -- counting calls at the LM ---------------------------------------------------------------------------------------
 def test_call_meter_counts_every_request_of_an_lm_and_its_copies_as_the_engine_sees_them():
-    call_meter.disable_caches()
+    metering.disable_caches()
     sim = SimulatedTask.create(6, 6, seed=1)
     student = sim.world.student_lm()
     meter = CallMeter()
@@ -147,7 +147,7 @@ def test_call_meter_counts_every_request_of_an_lm_and_its_copies_as_the_engine_s
 
 
 def test_a_program_with_the_same_instructions_is_scored_once():
-    call_meter.disable_caches()
+    metering.disable_caches()
     sim = SimulatedTask.create(6, 6, seed=1)
     student = sim.world.student_lm()
     cache = ScoreCache(sim.world.metric, num_threads=2)
@@ -173,7 +173,7 @@ def test_main_job_on_the_simulated_world_writes_rules_report_and_program(tmp_pat
 def test_main_job_races_the_rules_shipped_with_the_task_through_verify(tmp_path, monkeypatch):
     sim = SimulatedTask.create(10, 10, seed=0)
     helpful = sim.world.helpful_rules[0]
-    monkeypatch.setitem(run.SHIPPED_RULES, "simulated", [helpful, "Always answer with the number seven."])
+    monkeypatch.setitem(main_job.SHIPPED_RULES, "simulated", [helpful, "Always answer with the number seven."])
     code, out = run_main(["--task", "simulated", "--out", str(tmp_path), "--n-train", "10", "--n-val", "10"])
     assert code == 0
     assert "Racing 2 candidate rule(s) shipped with the task" in out
@@ -191,7 +191,7 @@ def test_comparison_writes_csv_markdown_and_plot_with_command_revision_and_count
     assert code == 0
     assert "[simulated] cd-light: test " in out and "real_simulated.md" in out
     meta, rows = read_csv(tmp_path / "real_simulated.csv")
-    assert meta["command"] == "python benchmarks/run.py " + " ".join(argv)
+    assert meta["command"] == "python -m benchmarks run " + " ".join(argv)
     assert meta["revision"] and meta["revision"] != "unknown"
     by_name = {r["optimizer"]: r for r in rows}
     assert list(by_name) == ["baseline", "cd-light"]
@@ -213,7 +213,7 @@ def test_comparison_writes_csv_markdown_and_plot_with_command_revision_and_count
     png = tmp_path / "real_simulated.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
     png.unlink()
-    assert real_report.main([str(tmp_path / "real_simulated.csv")]) == 0  # redrawn from the CSV alone
+    assert cli.main(["plot", str(tmp_path / "real_simulated.csv")]) == 0  # redrawn from the CSV alone
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -230,7 +230,7 @@ def test_budget_matched_comparison_holds_concept_distillation_to_the_budget(tmp_
 
 
 def test_the_test_split_is_disjoint_from_train_and_validation():
-    setup = run_setup.build(run.parse_args(["--task", "simulated", "--n-test", "15"]))
+    setup = run_setup.build(parse_args(["--task", "simulated", "--n-test", "15"]))
     questions = [{ex.question for ex in split} for split in (setup.trainset, setup.valset, setup.testset)]
     assert len(questions[2]) == 15
     assert not questions[2] & (questions[0] | questions[1])
@@ -302,5 +302,5 @@ def test_budget_plans_come_near_the_budget_and_defaults_do_not_depend_on_it():
     assert plan("miprov2", budget=None, n_train=20, n_val=20).init["auto"] == "light"
     with pytest.raises(ValueError, match="unknown optimizer"):
         plan("bootstrap", budget=None, n_train=20, n_val=20)
-    assert set(real_optimizers.OPTIMIZER_KEYS) >= {"baseline", "cd-light", "cd-medium", "copro", "miprov2", "gepa",
+    assert set(optimizers.OPTIMIZER_KEYS) >= {"baseline", "cd-light", "cd-medium", "copro", "miprov2", "gepa",
                                                    "simba", "infer-rules"}

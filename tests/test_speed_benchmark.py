@@ -1,8 +1,8 @@
-"""The machinery of benchmarks/speed.py (not its timings): the latency-simulating scripted engines answer as the
-simulated world's student does and count, time and log every request from many threads; efficiency and the phase
-profile are computed as defined; one small run writes both measurements to JSON and Markdown. And the shortcuts in
-runtime/evaluator.py's hot path keep its behaviour: ``Outcome.to_dict`` is ``asdict``, each example is hashed once per
-evaluator yet equal examples still share cached outcomes, and the progress bar ends on the true mean."""
+"""The machinery of ``python -m benchmarks speed`` (not its timings): the latency-simulating scripted engines answer
+as the simulated world's student does and count, time and log every request from many threads; efficiency and the
+phase profile are computed as defined; one small run writes both measurements to JSON and Markdown. And the
+shortcuts in the evaluator's hot path keep its behaviour: ``Outcome.to_dict`` is ``asdict``, each example is hashed
+once per evaluator yet equal examples still share cached outcomes, and the progress bar ends on the true mean."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from dataclasses import asdict
 
 import dspy
 import pytest
-import speed
 
+from benchmarks import cli
+from benchmarks.harness.simulated import speculation, speed
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.records import ErrorKind, Outcome
 from dspy_concept_distill.rules import RuleSet
@@ -84,15 +85,24 @@ def test_phase_profile_merges_consecutive_requests_of_a_phase_and_counts_idle_th
     assert stretches[1]["idle_thread_s"] == pytest.approx(1.0)
 
 
-def test_one_small_run_writes_both_measurements(tmp_path, capsys):
+def written_by(module, monkeypatch) -> dict:
+    """What the command hands to ``module.write`` (the report it writes), kept while it is written."""
+    kept, write = {}, module.write
+    monkeypatch.setattr(module, "write", lambda report, out: kept.update(report=report) or write(report, out))
+    return kept
+
+
+def test_one_small_run_writes_both_measurements(tmp_path, capsys, monkeypatch):
     out = tmp_path / "speed"
-    report = speed.main(["--train", "12", "--val", "6", "--repeats", "2", "--threads", "1,2", "--latency", "0.002",
-                         "--parallel-train", "10", "--parallel-val", "10", "--structure-latency", "0.004",
-                         "--family-tasks", "today", "--family-presets", "cd-light", "--family-seeds", "0",
-                         "--family-threads", "8", "--family-sigmas", "0,0.5", "--out", str(out)])
+    written = written_by(speed, monkeypatch)
+    assert cli.main(["speed", "--train", "12", "--val", "6", "--repeats", "2", "--threads", "1,2", "--latency",
+                     "0.002", "--parallel-train", "10", "--parallel-val", "10", "--structure-latency", "0.004",
+                     "--family-tasks", "today", "--family-presets", "cd-light", "--family-seeds", "0",
+                     "--family-threads", "8", "--family-sigmas", "0,0.5", "--out", str(out)]) == 0
+    report = written["report"]
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved == json.loads(json.dumps(report))
-    assert saved["command"].startswith("python benchmarks/speed.py --train 12")
+    assert saved["command"].startswith("python -m benchmarks speed --train 12")
     assert saved["revision"] and saved["versions"]["dspy"].startswith("3.4")
 
     overhead = saved["overhead"]
@@ -135,7 +145,7 @@ def test_one_small_run_writes_both_measurements(tmp_path, capsys):
     assert text in capsys.readouterr().out
 
 
-# -- runtime/evaluator.py's hot path keeps its behaviour ---------------------------------------------------------
+# -- evaluation.py's hot path keeps its behaviour -----------------------------------------------------------------
 def make_evaluator(world: SimulatedWorld) -> tuple[Evaluator, SimulatedStudentEngine]:
     program = dspy.Predict("question -> answer: float")
     engine = SimulatedStudentEngine(world)
@@ -201,14 +211,14 @@ def test_progress_shows_the_final_mean_and_is_refreshed_about_a_hundred_times(wo
     assert len(bar.postfixes) <= 101
 
 
-def test_the_speculation_benchmark_counts_extra_requests_and_checks_decisions(tmp_path, capsys):
-    import speculation
-
+def test_the_speculation_benchmark_counts_extra_requests_and_checks_decisions(tmp_path, capsys, monkeypatch):
     out = tmp_path / "spec"
-    payload = speculation.main(["--tasks", "today-noisy", "--presets", "cd-medium", "--seeds", "0-1", "--threads",
-                                "1,16", "--out", str(out)])
+    written = written_by(speculation, monkeypatch)
+    assert cli.main(["speculation", "--tasks", "today-noisy", "--presets", "cd-medium", "--seeds", "0-1", "--threads",
+                     "1,16", "--out", str(out)]) == 0
+    payload = written["report"]
     saved = json.loads((tmp_path / "spec.json").read_text())
-    assert saved["meta"]["command"].startswith("python benchmarks/speculation.py --tasks today-noisy")
+    assert saved["meta"]["command"].startswith("python -m benchmarks speculation --tasks today-noisy")
     runs = {(r["seed"], r["threads"]): r for r in saved["runs"]}
     (row,) = payload["summary"]
     extra = [runs[(s, 16)]["student_calls"] - runs[(s, 1)]["student_calls"] for s in (0, 1)]

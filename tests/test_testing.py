@@ -3,18 +3,12 @@ asks for, inputs read with DSPy's own parser, and a teacher that does not depend
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import dspy
 import pytest
 
+from benchmarks.harness.simulated.worlds import PlanThenAnswer  # plan -> answer: "plan" and "answer.predict"
 from dspy_concept_distill.phases.induction import InduceConcepts, describe_task, induction_signature
 from dspy_concept_distill.testing import PLAIN, Concept, SimulatedWorld, predictor_for
-
-sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))  # appended: shadows nothing
-
-from family_world import PlanThenAnswer  # plan -> answer: predictors "plan" and "answer.predict"
 
 
 def ask_teacher(world: SimulatedWorld, mistakes: str, *, adapter: dspy.Adapter | None = None, max_rules: int = 8,
