@@ -2,7 +2,7 @@
 
 1. Mistakes: the student runs the program on the trainset; its mistakes are recorded.
 2. Induction: the teacher explains batches of mistakes and writes short rules, each for one predictor.
-3. Verification: each rule joins the student's instructions only if it raises the valset score by ``min_gain``.
+3. Verification: each rule joins the student's instructions only if its valset gain is shown to be real.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from .phases.induction import TeacherBrief, describe_rules, describe_task, induc
 from .phases.mistakes import collect_mistakes
 from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
-from .phases.statistics import VerificationSettings
-from .phases.verification import Verifier, limit_candidates
+from .phases.statistics import SelectionSettings
+from .phases.verification import Verifier, limit_candidates, returned_rules
 from .records import BatchReply, CallBounds, Mistake, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .runtime.evaluator import STOPPING_ERRORS
@@ -68,8 +68,9 @@ class ConceptDistillation(Teleprompter):
         max_candidates: candidate rules verified per round (after merging duplicates); the best supported first.
         screen_size: before using the valset, each candidate must fix at least one of its first ``screen_size``
             source mistakes on the trainset (0 turns the screen off).
-        min_gain: smallest rise of the mean valset score that admits a rule (default: one example's worth,
-            ``max_score / len(valset)``).
+        min_gain: the rise of the mean valset score a rule must be shown to exceed: it is accepted when the lower
+            confidence bound of its gain clears this (default 0: any gain shown to be real, in units of the
+            metric's own noise).
         metric_threshold: a training example is a mistake when it scores below this (default: below the metric's
             maximum, 1.0 or the largest score seen).
         max_student_calls / max_teacher_calls: hard limits on LM calls (default: from the preset; student calls
@@ -171,7 +172,9 @@ class ConceptDistillation(Teleprompter):
             rounds=self._setting("rounds") if rounds is None else rounds, num_batches=self._setting("num_batches"),
             mistakes_per_batch=self.mistakes_per_batch, max_rules_per_batch=self.max_rules_per_batch,
             max_candidates=self._setting("max_candidates"), screen_size=self._setting("screen_size"),
-            confidence_z=self._preset().confidence_z, min_gain=self.min_gain, metric_threshold=self.metric_threshold,
+            confidence_z=self._preset().confidence_z, futility_z=self._preset().futility_z,
+            window=self._preset().window, final_z=self._preset().final_z, extend=self._preset().extend,
+            min_gain=self.min_gain, metric_threshold=self.metric_threshold,
             teacher_retries=self.teacher_retries, num_threads=self.num_threads or dspy.settings.num_threads or 1,
             seed=self.seed,
         )
@@ -225,6 +228,7 @@ class ConceptDistillation(Teleprompter):
                 for round_index in range(state.settings.rounds):
                     if not self._round(state, round_index, estimate["bounds"]):
                         break
+                self._keep_shown(state)
                 if self.ablation and not state.stopped:
                     self._ablate(state, budgets)
             except STOPPING_ERRORS as exc:
@@ -252,7 +256,9 @@ class ConceptDistillation(Teleprompter):
                 state.baseline_scores = state.val_scores = self._scores(state)
                 result = self._verifier(state, screen=False).run(state.current, seeds, {})
                 state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+                state.rules += result.placements
                 state.stopped = result.stopped
+                self._keep_shown(state)
                 if self.ablation and not state.stopped:
                     self._ablate(state, budgets)
             except STOPPING_ERRORS as exc:
@@ -313,16 +319,19 @@ class ConceptDistillation(Teleprompter):
         candidates = self._induce(state, round_index, mistakes)  # the baseline keeps running meanwhile
         if first:
             state.baseline_scores = state.val_scores = self._scores(state)
-        retries = near_misses_to_retry(state.rules, candidates, round_index)
+        retries = near_misses_to_retry(state.rules, candidates, round_index, state.fresh)
         candidates += retries
         state.rules += retries
         pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], state.settings.max_candidates)
         before = _mean(state.val_scores)
         last = round_index + 1 >= state.settings.rounds
-        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in mistakes},
+        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
                                                         next_trainset=None if last else state.trainset)
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.stopped = state.stopped or result.stopped
+        state.raced_against.update(result.raced_against)
+        candidates += result.placements
+        state.rules += result.placements
         accepted = sum(c.status == ACCEPTED for c in candidates)
         state.summaries.append(RoundSummary(number, train_score, len(mistakes), len(pending), accepted, before,
                                             _mean(state.val_scores)))
@@ -363,17 +372,40 @@ class ConceptDistillation(Teleprompter):
         candidates = rules_from_replies(
             usable, [batches[r.batch] for r in usable], predictor_names=state.names,
             leak_checker=LeakChecker(state.trainset), known_rules=state.rules, round_index=round_index,
+            fresh=state.fresh,
         )
         state.rules += candidates
         return candidates
 
-    def _verifier(self, state: CompileState, *, screen: bool) -> Verifier:
+    @staticmethod
+    def _selection_settings(state: CompileState, *, screen: bool) -> SelectionSettings:
         s = state.settings
-        settings = VerificationSettings(
-            min_gain=state.min_gain, confidence_z=s.confidence_z, screen_size=s.screen_size if screen else 0,
-            max_score=state.max_score,
+        return SelectionSettings(
+            min_gain=state.min_gain, confidence_z=s.confidence_z, futility_z=s.futility_z,
+            screen_size=s.screen_size if screen else 0, max_score=state.max_score, prior_variance=0.0,
+            window=s.window, final_z=s.final_z, extend=s.extend,
         )
-        return Verifier(state.evaluator, state.valset, state.trainset, settings, state.rng, progress=progress)
+
+    def _verifier(self, state: CompileState, *, screen: bool) -> Verifier:
+        return Verifier(state.evaluator, state.valset, state.trainset, self._selection_settings(state, screen=screen),
+                        state.rng, account=state.evaluator.account, predictors=state.names, progress=progress)
+
+    def _keep_shown(self, state: CompileState) -> None:
+        """Return only rules whose joint gain over the starting instructions is shown to be real (the longest such
+        prefix of the accepted path); the others stay accepted in the report, marked as not returned."""
+        if not len(state.current) or state.baseline_scores is None:
+            return
+        kept, why = returned_rules(state.evaluator, state.valset, state.current, state.baseline_scores,
+                                   self._selection_settings(state, screen=False))
+        if why is None:
+            return
+        for rule in state.current:
+            if rule not in list(kept):
+                rule.reason = f"{rule.reason}; {why}"
+        logger.warning("%s", why)
+        scores = state.evaluator.scores(kept, state.valset)
+        state.current = kept
+        state.val_scores = [s for s in scores if s is not None] if len(kept) else state.baseline_scores
 
 
 def _mean(scores: list[float] | None) -> float | None:

@@ -71,6 +71,7 @@ class Rule:
     gain_ci: list[float] | None = None  # paired 95% confidence interval [low, high] of ``gain`` on the valset
     adherence: dict[str, Any] | None = None  # does the student act on it? see ``DistillationResult``
     ablation_gain: float | None = None  # valset score lost when it alone is left out of the final rule set
+    placement_of: str | None = None  # the id of the rule whose text this one races in another predictor
     id: str = ""
 
     def __post_init__(self) -> None:

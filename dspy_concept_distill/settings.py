@@ -25,7 +25,11 @@ class Preset:
     num_batches: int
     max_candidates: int
     screen_size: int
-    confidence_z: float
+    confidence_z: float  # the lower confidence bound that accepts a rule: mean gain - confidence_z * se
+    futility_z: float  # optimism of the projection that drops a candidate before the end of the valset
+    window: int  # candidates raced side by side
+    final_z: float  # the returned rules' gain over the starting instructions must be shown at this confidence
+    extend: bool  # a near miss on the valset goes on to trainset examples it was not written for
     train_passes: float  # student budget: runs per training example ...
     val_passes: float  # ... plus runs per validation example
 
@@ -33,11 +37,14 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # light: one round; enough teacher calls that a rule in the teacher's reach is proposed (5 batches); a student
     # budget of train + 5 x val runs, at most 0.75x COPRO(4, 2)'s when train and val are the same size.
-    "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=1.5,
+    "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=0.8, futility_z=3.0,
+                    window=1, final_z=1.0, extend=False,
                     train_passes=1, val_passes=5),
-    "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=2.0,
+    "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=1.0, futility_z=3.0,
+                     window=3, final_z=1.0, extend=True,
                      train_passes=2, val_passes=16),
-    "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=2.5,
+    "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=1.64, futility_z=2.0,
+                    window=6, final_z=1.0, extend=True,
                     train_passes=3, val_passes=48),
 }
 
@@ -52,6 +59,10 @@ class RunSettings:
     max_candidates: int
     screen_size: int
     confidence_z: float
+    futility_z: float
+    window: int
+    final_z: float
+    extend: bool
     min_gain: float | None
     metric_threshold: float | None
     teacher_retries: int
@@ -112,7 +123,7 @@ def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: di
     for name in ("screen_size", "teacher_retries", "max_student_calls", "max_teacher_calls"):
         check_int(name, v[name], minimum=0)
     check_int("seed", v["seed"], minimum=None)
-    check_number("min_gain", v["min_gain"], positive=True)
+    check_number("min_gain", v["min_gain"], minimum=0.0)
     check_number("max_cost_usd", v["max_cost_usd"], positive=True)
     check_number("metric_threshold", v["metric_threshold"])
     fraction = v["val_fraction"]
@@ -137,14 +148,16 @@ def check_int(name: str, value: Any, minimum: int | None) -> None:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
 
 
-def check_number(name: str, value: Any, *, positive: bool = False) -> None:
-    """A finite real number (bools refused), above 0 when ``positive``; ``None`` passes."""
+def check_number(name: str, value: Any, *, positive: bool = False, minimum: float | None = None) -> None:
+    """A finite real number (bools refused), above 0 when ``positive``, at least ``minimum``; ``None`` passes."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if positive and not value > 0:
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be a number >= {minimum:g}, got {value!r}")
 
 
 def check_program(student: Any) -> list[str]:

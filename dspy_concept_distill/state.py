@@ -45,6 +45,7 @@ class CompileState:
     mistakes: list[Mistake] = field(default_factory=list)
     replies: list[BatchReply] = field(default_factory=list)
     summaries: list[RoundSummary] = field(default_factory=list)
+    raced_against: dict[str, RuleSet] = field(default_factory=dict)  # rule id -> the rules in force it last raced
     baseline_scores: list[float] | None = None
     val_scores: list[float] | None = None
     threshold: float | None = None
@@ -64,9 +65,8 @@ class CompileState:
 
     @property
     def min_gain(self) -> float:
-        if self.settings.min_gain is not None:
-            return self.settings.min_gain
-        return self.max_score / len(self.valset)
+        """The gain a rule must be shown to exceed: the user's ``min_gain``, else 0 (any gain shown to be real)."""
+        return self.settings.min_gain if self.settings.min_gain is not None else 0.0
 
     def record_reply(self, reply: BatchReply) -> None:
         self.replies.append(reply)
@@ -77,6 +77,10 @@ class CompileState:
         stop at their next request, and every request the LMs received is booked before the result is made."""
         self.budget.close("the run is over")
         self.executor.close()
+
+    def fresh(self, rule: Rule) -> bool:
+        """Whether measuring ``rule`` again would be new evidence: the rules in force changed since it was raced."""
+        return self.raced_against.get(rule.id) != self.current
 
     def stop_with(self, exc: BaseException) -> None:
         self.stopped = str(exc)

@@ -4,7 +4,7 @@ near miss of an earlier round may be measured once more."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..records import BatchReply, Mistake
@@ -47,13 +47,15 @@ def rules_from_replies(
     leak_checker: LeakChecker,
     known_rules: Sequence[Rule],
     round_index: int,
+    fresh: Callable[[Rule], bool] = lambda rule: True,
 ) -> list[Rule]:
     """Turn teacher replies into candidate rules, in the teacher's order of preference (the mean position of a
     rule in the replies that proposed it, best first; then support); invalid, leaking and duplicate ones come back
     rejected.
 
     ``known_rules`` are rules from earlier rounds (in force or rejected): a near-duplicate of one of them is
-    rejected without spending calls on it again, unless it was rejected as a near miss (see ``_worth_retrying``).
+    rejected without spending calls on it again, unless it was rejected as a near miss and a new measurement would
+    be fresh evidence (``fresh``: the rules in force changed since it was raced; see ``_worth_retrying``).
     """
     out: list[Rule] = []
     kept: list[Rule] = []
@@ -88,7 +90,7 @@ def rules_from_replies(
                 rule.reject(f"near-duplicate of candidate {original.id}, merged into it")
                 continue
             earlier = _find_duplicate(rule, known_rules)
-            if earlier is not None and _worth_retrying(earlier):
+            if earlier is not None and _worth_retrying(earlier, fresh):
                 rule.attempts = earlier.attempts + 1  # proposed again after a near miss: one more, fresh measurement
             elif earlier is not None:
                 what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round + 1}"
@@ -136,16 +138,18 @@ def _over_budget_reason(in_force: Sequence[Rule], rule: Rule) -> str:
             f"{MAX_RULES_CHARS_PER_PREDICTOR}")
 
 
-def _worth_retrying(earlier: Rule) -> bool:
-    """A rejected rule the teacher proposes again in a later round is measured once more if it was a near miss:
-    it fixed its own source mistakes and did not lose on the valset examples it was scored on (gain >= 0), but
-    did not reach ``min_gain``. With a noisy student, one unlucky measurement should not bury a helpful rule for
-    good; a rule that lost, or was already measured twice, stays rejected."""
-    return (earlier.status == REJECTED and earlier.gain is not None and earlier.gain >= 0
-            and earlier.attempts < MAX_ATTEMPTS)
+def _worth_retrying(earlier: Rule, fresh: Callable[[Rule], bool]) -> bool:
+    """A rejected rule is measured once more in a later round if it was a near miss (a positive gain on the
+    examples it was scored on that was not shown to be real) and a new measurement is fresh evidence: the rules in
+    force changed since it was raced, so its prompts (and a real LM's answers) are new. Against the same rules the
+    evaluation cache would answer the same pairs again, which is no evidence at all. A rule that lost, or was
+    already measured twice, stays rejected."""
+    return (earlier.status == REJECTED and earlier.gain is not None and earlier.gain > 0 and earlier.evaluated_on > 0
+            and earlier.attempts < MAX_ATTEMPTS and fresh(earlier))
 
 
-def near_misses_to_retry(known_rules: Sequence[Rule], proposed: Sequence[Rule], round_index: int) -> list[Rule]:
+def near_misses_to_retry(known_rules: Sequence[Rule], proposed: Sequence[Rule], round_index: int,
+                         fresh: Callable[[Rule], bool] = lambda rule: True) -> list[Rule]:
     """Near misses of earlier rounds (see ``_worth_retrying``) that the teacher did not propose again: each gets one
     more, fresh measurement on top of the rules now in force, as a new candidate of this round."""
     this_round = {r.id for r in proposed}
@@ -155,7 +159,7 @@ def near_misses_to_retry(known_rules: Sequence[Rule], proposed: Sequence[Rule], 
             latest[rule.id] = rule  # the last measurement of each rule
     return [Rule(text=r.text, predictor=r.predictor, source_mistakes=list(r.source_mistakes), round=round_index,
                  attempts=r.attempts + 1)
-            for r in latest.values() if r.id not in this_round and _worth_retrying(r)]
+            for r in latest.values() if r.id not in this_round and _worth_retrying(r, fresh)]
 
 
 def _find_duplicate(rule: Rule, pool: Sequence[Rule]) -> Rule | None:

@@ -1,330 +1,348 @@
-"""Racing candidates on the valset, several at once when threads are spare.
+"""Racing candidate rules on the valset: the policy that decides (``Selection``) and the runner that feeds it
+(``Racer``), several candidates at once.
 
-A ``Race`` scores one candidate (the rules in force plus one rule) on the valset in the racing order and is
-decided at the chunk boundaries by ``statistics.decide``, so it stops as soon as the candidate provably cannot
-reach ``min_gain`` or is a clear loser.
+``Selection`` is greedy forward selection, best first. A ``Race`` scores one candidate (the rules in force plus one
+rule) on the valset in the racing order, chunk by chunk, and is decided at the chunk boundaries by
+``statistics.decide``. Candidates are taken in queue order (the teacher's preference, or the screen's), ``window``
+at a time: every candidate of the window that was never measured first runs its first chunk (all at once), then the
+one with the best mean gain so far, the leader, runs its next chunk, until it is accepted (it ran the whole valset
+and its gain is shown to be real), dropped (it cannot show a gain any more), or overtaken by another. An accepted
+rule joins the rules in force, and the races of the others start again against them: the gain they showed against
+the earlier rules orders them until they have evidence against the new ones. So two
+candidates written for the same mistakes (a rule that helps a subgroup and hurts the rest, and its conditional
+form) are compared, and the better one is decided first. In a program of several predictors, a rule that could not
+show a gain where the teacher put it, but did not hurt either, is raced once more in each other predictor.
 
-``Racer`` decides the candidates one after another, each against the rules in force at its turn: greedy forward
-selection. Work is submitted in units (a chunk or part of one) and its jobs are taken one at a time, strictly in
-the order they were submitted: the racer waits for the oldest job not yet taken, takes it, plans, and submits more
-while fewer than ``num_threads x (1 + QUEUE_SHARE)`` jobs are submitted and not yet taken. So a thread that
-finishes is given new work at once (not when the rest of its chunk is done), and the jobs queued beyond the threads
-start as soon as a thread is free, also while the oldest job is a slow one. The next chunk of the candidate in
-front always runs; with threads to spare, so does work ahead:
+The policy is a pure function of the outcomes it was given, in the order it asked for them, and it spends only the
+budget of the ``RequiredAccount``: its decisions are the same at any thread count.
 
-- the later chunks of the candidate in front, if it is on course to be accepted (its gain so far is at least
-  ``min_gain``), or while it has no evidence yet (threads would otherwise idle until its first chunk is taken);
-- chunks of the candidates behind it, each against the rules in force it is predicted to meet at its turn: those
-  in force now plus every candidate before it whose race predicts acceptance. One starts only once the candidate
-  before it has evidence (a finished chunk), and runs more than one chunk ahead only when it predicts
-  acceptance, or while threads would otherwise idle until its first chunk is taken. A candidate the predicted
-  rules leave nothing to gain is skipped, as it will most likely be refused before it costs a call;
-- once every candidate is under way, the next round's trainset (when one may follow), with the rules predicted to
-  be in force at the end of the round, if every prediction behind them comes from a race half-way through.
-
-A decision only ever sees the chunks before its boundary, against the rules in force at its turn, so every
-decision is the one a 1-thread run takes. Each plan depends only on the jobs already taken, in submission order
-(never on which job happened to finish first), so a run makes the same requests every time at a given thread
-count: a rerun answered by DSPy's cache or resumed from a checkpoint pays nothing twice. Racing ahead only uses
-places the chunk in front leaves free, and only budget left after every candidate still to decide could be raced
-over the whole valset (the race in front may run ahead on its own share of that), so it never starves the in-order
-decisions of the round. Work ahead whose prediction fails is paid for and thrown away: ``benchmarks/speculation.py``
-measures how much across the task family.
+``Racer`` runs what the policy asks for, each batch at once (urgent: before any work ahead), and fills spare threads
+with work ahead: what the policy is predicted to ask for next, found by running a copy of it on predicted outcomes
+(every unseen gain at the candidate's mean so far), and the next round's trainset with the rules predicted to be in
+force at the end. Work ahead is planned only when a batch is handed out, from the outcomes the policy has seen, so
+a run makes the same requests every time at a given thread count (a rerun answered by DSPy's cache or resumed from a
+checkpoint pays nothing twice); it never has more than the account's reserve outstanding, and at one thread there
+is none.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, wait
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dspy
 
 from ..records import Outcome
-from ..rules import CANDIDATE, Rule, RuleSet, fits_predictor_budget
-from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, raise_if_incomplete
-from ..runtime.metering import STUDENT
-from .statistics import EPS, Decision, Verdict, VerificationSettings, chunk_bounds, decide
+from ..rules import Rule, RuleSet, fits_predictor_budget
+from ..runtime.account import RequiredAccount
+from ..runtime.evaluator import Evaluator, raise_if_incomplete
+from .statistics import EPS, Decision, SelectionSettings, Verdict, chunk_bounds, decide
 
-# Jobs queued beyond the threads, as a share of them: a thread that finishes starts queued work at once, and one
-# slow request holds back less (jobs are taken in submission order). More queued work is more work ahead, so more
-# of it is thrown away when a prediction fails (benchmarks/speculation.py measures what that costs).
+# Jobs queued beyond the threads, as a share of them: a thread that finishes starts queued work at once.
 QUEUE_SHARE = 0.5
+LOOKAHEAD_BATCHES = 8  # batches of the policy a plan of work ahead looks at, at most
 
 
-@dataclass
-class Track:
-    """What every race of one verification shares."""
-
-    evaluator: Evaluator
-    valset: list[dspy.Example]
-    order: list[int]  # valset indices in racing order
-    settings: VerificationSettings
-    calls_per_run: int = 1  # the most LM calls one program run took on the valset baseline
-    next_trainset: list[dspy.Example] | None = None  # the next round's trainset (None: no next round)
-
-
-@dataclass
-class Unit:
-    """Examples of one race submitted together (race None: the next round's trainset, run ahead)."""
-
-    race: Race | None
-    examples: list[int]
-    futures: list[Future]
-    taken: int = 0  # examples taken so far, in order
-
-
+@dataclass(eq=False)
 class Race:
-    """One candidate's race against one set of rules in force.
+    """One candidate against one set of rules in force (``base``: their valset scores, the whole valset)."""
 
-    ``base`` is the valset scores of the rules in force, or, for a speculative race, the race whose candidate
-    is predicted to be in force at this one's turn: those scores are known once that race is accepted (it then
-    saw the whole valset). Until then this race decides nothing and runs its first chunk at most.
-    """
+    rule: Rule
+    current: RuleSet
+    base: list[float]
+    prior: float | None = None  # the mean gain it showed against earlier rules in force: orders, never decides
+    own: dict[int, float] = field(default_factory=dict)  # the candidate's scores taken, by example index
+    decision: Decision | None = None
+    extension: list[int] = field(default_factory=list)  # further examples (index >= len(base)) a near miss may run
+    extension_base: dict[int, float] = field(default_factory=dict)  # the rules in force's scores there
 
-    def __init__(self, track: Track, rule: Rule, current: RuleSet, base: list[float] | Race) -> None:
-        self.track, self.rule, self.current, self.base_source = track, rule, current, base
-        self.candidate = current.with_rule(rule)
-        self.bounds = chunk_bounds(len(track.valset))
-        self.own: dict[int, float] = {}  # the candidate's valset scores of the chunks taken, by example index
-        self.chunk = 0  # chunks taken
-        self.sent = 0  # examples submitted, in racing order
-        self.pending: dict[int, Future] = {}
-        self.arrived: set[int] = set()  # examples of pending whose unit was taken
-        self.decision: Decision | None = None
-        self.update()
+    def __post_init__(self) -> None:
+        self.candidate = self.current.with_rule(self.rule)
 
-    @property
-    def base(self) -> list[float] | None:
-        source = self.base_source
-        if not isinstance(source, Race):
-            return source
-        accepted = source.decision is not None and source.decision.verdict is Verdict.ACCEPT
-        return source.scores() if accepted else None
+    def base_of(self, index: int) -> float:
+        return self.base[index] if index < len(self.base) else self.extension_base[index]
 
     @property
     def diffs(self) -> dict[int, float]:
-        base = self.base
-        return {} if base is None else {i: score - base[i] for i, score in self.own.items()}
-
-    def update(self) -> None:
-        """Decide on the chunks taken so far, once the base scores are known."""
-        base = self.base
-        if self.decision is None and base is not None:
-            decision = decide(self.diffs, base, self.track.settings)
-            if decision.verdict is not Verdict.CONTINUE:
-                self.decision = decision
-
-    def predicts_accept(self) -> bool:
-        """Accepted, or undecided with a gain of at least ``min_gain`` so far (before the base is known: over the
-        examples its base race has taken too)."""
-        if self.decision is not None:
-            return self.decision.verdict is Verdict.ACCEPT
-        source = self.base_source
-        if self.base is None and isinstance(source, Race):
-            diffs = {i: score - source.own[i] for i, score in self.own.items() if i in source.own}
-        else:
-            diffs = self.diffs
-        return bool(diffs) and sum(diffs.values()) / len(diffs) >= self.track.settings.min_gain - EPS
-
-    def hopeless(self) -> bool:
-        """Whether the rules this race is predicted to run against look likely to leave too little to gain. With
-        a known base this is exact; before (the base race still running), the base race's scores so far stand
-        for it, unseen examples at their mean. A guess that only steers racing ahead, never a decision."""
-        base, source = self.base, self.base_source
-        if base is None and isinstance(source, Race) and source.own:
-            mean = sum(source.own.values()) / len(source.own)
-            base = [source.own.get(i, mean) for i in range(len(self.track.valset))]
-        if base is None:
-            return False
-        settings = self.track.settings
-        room = sum(settings.max_score - b for b in base)
-        return room < settings.min_gain * len(base) - EPS
-
-    def wanted(self, *, deep: bool) -> int:
-        """Examples to submit to reach the next chunk boundary (the end of the valset if ``deep``); before the
-        base is known, the first chunk at most, unless the race the base waits for predicts acceptance."""
-        if self.decision is not None:
-            return 0
-        source = self.base_source
-        known = self.base is not None or (isinstance(source, Race) and source.predicts_accept())
-        limit = len(self.track.order) if known else self.bounds[0]
-        target = limit if deep else min(limit, self.bounds[self.chunk])
-        return max(0, target - self.sent)
-
-    def submit(self, count: int, *, urgent: bool = False) -> Unit | None:
-        """Start the next ``count`` examples in racing order (``urgent``: before every job still waiting)."""
-        todo = self.track.order[self.sent:self.sent + count]
-        if not todo:
-            return None
-        self.sent += len(todo)
-        ev, valset = self.track.evaluator, self.track.valset
-        for i in todo:
-            self.pending[i] = ev.submit(self.candidate, valset[i], "verification", urgent=urgent)
-        return Unit(self, todo, [self.pending[i] for i in todo])
+        """Gains on the valset examples taken."""
+        n = len(self.base)
+        return {i: score - self.base[i] for i, score in self.own.items() if i < n}
 
     @property
-    def busy(self) -> bool:
-        """Some submitted examples are not taken yet."""
-        return len(self.pending) > len(self.arrived)
+    def extension_diffs(self) -> dict[int, float]:
+        n = len(self.base)
+        return {i: score - self.extension_base[i] for i, score in self.own.items() if i >= n}
 
-    def take(self, arrived: Sequence[int]) -> None:
-        """Mark the examples of a taken unit, then take every chunk whose examples have all arrived, in order,
-        deciding after each as a 1-thread run does; after a decision, later results are not looked at. A chunk
-        some of whose jobs did not run (budget, stop, student LM failure) raises why; its finished results stay
-        cached, and it is submitted again on the next ask."""
-        self.arrived.update(i for i in arrived if i in self.pending)
-        while self.decision is None and self.chunk < len(self.bounds) and self.bounds[self.chunk] <= self.sent:
-            first = self.bounds[self.chunk - 1] if self.chunk else 0
-            chunk = self.track.order[first:self.bounds[self.chunk]]
-            if not self.arrived.issuperset(chunk):
-                return
-            results = [self.pending[i].result() for i in chunk]
-            try:
-                raise_if_incomplete(results, len(results))
-            except STOPPING_ERRORS:
-                self.pending, self.arrived, self.sent = {}, set(), first
-                raise
-            for i, outcome in zip(chunk, results, strict=True):
-                assert isinstance(outcome, Outcome)
-                self.own[i] = outcome.score
-                del self.pending[i]
-            self.arrived.difference_update(chunk)
-            self.chunk += 1
-            self.update()
-        if self.decision is not None:
-            self.pending, self.arrived = {}, set()
+    @property
+    def seen(self) -> int:
+        return len(self.own)
+
+    @property
+    def mean(self) -> float:
+        """The mean gain so far (the prior before anything is seen against these rules in force)."""
+        if self.own:
+            return sum(score - self.base_of(i) for i, score in self.own.items()) / len(self.own)
+        return self.prior if self.prior is not None else 0.0
+
+    def decide(self, settings: SelectionSettings) -> Decision:
+        if settings.extend and self.extension:
+            return decide(self.diffs, self.base, settings, extension=self.extension_diffs,
+                          extension_size=len(self.extension))
+        return decide(self.diffs, self.base, settings)
 
     def scores(self) -> list[float]:
         """The candidate's valset scores, once it has seen the whole valset."""
-        return [self.own[i] for i in range(len(self.track.valset))]
+        return [self.own[i] for i in range(len(self.base))]
+
+    def copy(self) -> Race:
+        race = Race(self.rule, self.current, self.base, self.prior, dict(self.own), self.decision, self.extension,
+                    self.extension_base)
+        race.candidate = self.candidate
+        return race
+
+
+@dataclass(frozen=True)
+class Extension:
+    """Trainset examples a near miss may go on to: the rules in force at the start of the round (whose trainset
+    scores the round's first phase measured), their scores by example index (valset size + trainset position),
+    the order the examples are raced in, and the indices each rule may not use (the mistakes it was written for)."""
+
+    start: RuleSet
+    base: dict[int, float]
+    order: list[int]
+    excluded: dict[str, frozenset[int]]
+
+
+Job = tuple[Race, int]  # a race and a valset index
+
+
+class Selection:
+    """The decisions of one verification, best first (see the module docstring). Ask ``next_batch()`` what to run,
+    give the scores to ``take()``; ``decisions`` holds every rule's decision, ``in_force``/``scores`` the result."""
+
+    def __init__(self, queue: Iterable[Rule], in_force: RuleSet, scores: list[float], order: list[int],
+                 settings: SelectionSettings, *, predictors: Sequence[str] = (), runs: float = math.inf,
+                 extension: Extension | None = None) -> None:
+        self.queue = list(queue)
+        self.extension = extension
+        self.in_force, self.scores = in_force, list(scores)
+        self.order, self.settings = order, settings
+        self.bounds = chunk_bounds(len(order))
+        self.predictors = list(predictors)
+        self.runs = runs  # program runs the decisions may still spend
+        self.races: dict[str, Race] = {}
+        self.decisions: dict[str, Decision] = {}
+        self.accepted: list[tuple[Rule, Race]] = []  # in the order they joined the rules in force
+        self.placements: list[Rule] = []  # rules raced again in another predictor (they joined the queue)
+        self.stopped: str | None = None  # why the policy stopped before every candidate was decided
+
+    # -- asking and taking ------------------------------------------------------------------------------------------
+    def next_batch(self) -> list[Job] | None:
+        """The valset runs the next decision needs (they can all run at once), or None when every candidate is
+        decided or the budget cannot pay for what the next decision needs (``stopped`` says so)."""
+        while self.stopped is None:
+            window = self._window()
+            if not window:
+                return None
+            fresh = [race for race in window if not race.own and race.prior is None]  # never measured
+            batch = [(race, i) for race in fresh for i in self.order[:self.bounds[0]]]
+            if not batch:
+                leader = max(window, key=lambda race: (race.mean, -self.queue.index(race.rule)))
+                batch = [(leader, i) for i in self._next_chunk(leader)]
+            if len(batch) > self.runs:
+                self.stopped = "the student budget cannot pay for the next race"
+                return None
+            return batch
+        return None
+
+    def _next_chunk(self, race: Race) -> list[int]:
+        """The next chunk of ``race``'s examples: the valset in racing order, then its extension in two halves."""
+        if race.seen < len(self.order):
+            start = next(b for b in [0, *self.bounds] if b >= race.seen)
+            end = next(b for b in self.bounds if b > race.seen)
+            return self.order[start:end]
+        done = race.seen - len(self.order)
+        half = math.ceil(len(race.extension) / 2)
+        return race.extension[done:half] if done < half else race.extension[done:]
+
+    def take(self, scores: dict[Job, float]) -> None:
+        """The scores of a batch ``next_batch`` asked for (all of it); decides what they settle."""
+        self.runs -= len(scores)
+        touched: list[Race] = []
+        for (race, index), score in scores.items():
+            race.own[index] = score
+            if race not in touched:
+                touched.append(race)
+        finished = []
+        for race in touched:
+            decision = race.decide(self.settings)
+            if decision.verdict is Verdict.CONTINUE:
+                continue
+            if decision.verdict is Verdict.ACCEPT:
+                finished.append((race, decision))
+            else:
+                self._reject(race, decision)
+        if finished:  # a whole valset in one chunk: the best of them joins, the others race again against it
+            race, decision = max(finished, key=lambda found: (found[0].mean, -self.queue.index(found[0].rule)))
+            self._accept(race, decision)
+
+    # -- state ------------------------------------------------------------------------------------------------------
+    def _window(self) -> list[Race]:
+        """The races of the first ``window`` undecided candidates that can join the rules in force (those that
+        cannot are refused on the way, at no cost)."""
+        out: list[Race] = []
+        for rule in self.queue:
+            if len(out) >= self.settings.window:
+                break
+            if rule.id in self.decisions:
+                continue
+            race = self._race(rule)
+            if race is None:
+                continue
+            if not race.own:
+                decision = decide({}, race.base, self.settings)  # nothing left to gain: refused before it costs
+                if decision.verdict is not Verdict.CONTINUE:
+                    self._reject(race, decision)
+                    continue
+            out.append(race)
+        return out
+
+    def _race(self, rule: Rule) -> Race | None:
+        race = self.races.get(rule.id)
+        if race is not None and race.current == self.in_force:
+            return race
+        if not fits_predictor_budget(list(self.in_force), rule):
+            self.decisions[rule.id] = Decision(Verdict.CANNOT_REACH, 0.0, 0, (
+                f"not verified: predictor {rule.predictor!r} already holds the most rule text allowed"))
+            return None
+        prior = race.mean if race is not None else None
+        race = self.races[rule.id] = Race(rule, self.in_force, self.scores, prior)
+        found = self.extension
+        if self.settings.extend and found is not None and found.start == self.in_force:
+            excluded = found.excluded.get(rule.id, frozenset())
+            race.extension = [i for i in found.order if i not in excluded]
+            race.extension_base = found.base
+        return race
+
+    def _accept(self, race: Race, decision: Decision) -> None:
+        self.decisions[race.rule.id] = decision
+        race.decision = decision
+        self.accepted.append((race.rule, race))
+        self.in_force, self.scores = race.candidate, race.scores()
+
+    def _reject(self, race: Race, decision: Decision) -> None:
+        self.decisions[race.rule.id] = decision
+        race.decision = decision
+        if decision.gain >= -EPS and race.seen and len(self.predictors) > 1 and race.rule.placement_of is None:
+            self._place_elsewhere(race.rule)
+
+    def _place_elsewhere(self, rule: Rule) -> None:
+        """The rule could not show a gain where it was put, and did not hurt there: race it in each other
+        predictor, right after it in the queue."""
+        known = {r.id for r in self.queue}
+        position = self.queue.index(rule) + 1
+        for name in self.predictors:
+            moved = Rule(text=rule.text, predictor=name, source_mistakes=list(rule.source_mistakes),
+                         round=rule.round, batch=rule.batch, attempts=rule.attempts, placement_of=rule.id)
+            if name != rule.predictor and moved.id not in known:
+                self.queue.insert(position, moved)
+                self.placements.append(moved)
+                position += 1
+
+    def fork(self) -> Selection:
+        """A copy to run ahead on predicted outcomes; the original is not changed by anything done to the copy."""
+        twin = Selection.__new__(Selection)
+        twin.__dict__.update(self.__dict__)
+        twin.queue, twin.scores = list(self.queue), list(self.scores)
+        twin.races = {rule_id: race.copy() for rule_id, race in self.races.items()}
+        twin.decisions, twin.accepted = dict(self.decisions), list(self.accepted)
+        twin.placements = list(self.placements)
+        return twin
+
+
+def predicted_score(race: Race, index: int, max_score: float) -> float:
+    """A guess at the candidate's score on an example it has not run: the base score moved by its mean gain."""
+    return min(max_score, max(0.0, race.base_of(index) + race.mean))
 
 
 class Racer:
-    """Decides candidates in queue order, racing ahead (see the module docstring)."""
+    """Runs a ``Selection`` on the evaluator, with work ahead on spare threads (see the module docstring)."""
 
-    def __init__(self, track: Track) -> None:
-        self.track = track
-        self.races: dict[tuple[str, RuleSet], Race] = {}
-        self.units: deque[Unit] = deque()  # submitted and not yet wholly taken, oldest first
-        self.untaken = 0  # jobs submitted and not yet taken
-        threads = track.evaluator.executor.num_threads
-        self.window = threads + math.ceil(QUEUE_SHARE * threads)  # jobs submitted and not yet taken, at most
-        self.run_ahead: dict[RuleSet, int] = {}  # next-round trainset examples submitted, by predicted rule set
-        self.budget_left = self._budget_left()  # program runs this racer may still start (inf: no budget)
+    def __init__(self, evaluator: Evaluator, examples: Sequence[dspy.Example], selection: Selection, *,
+                 account: RequiredAccount, calls_per_run: int = 1,
+                 next_trainset: Sequence[dspy.Example] | None = None,
+                 on_decided: Callable[[Selection], None] | None = None) -> None:
+        self.evaluator, self.valset, self.selection = evaluator, list(examples), selection  # valset, then trainset
+        self.account, self.calls_per_run = account, max(1, calls_per_run)
+        self.next_trainset = None if next_trainset is None else list(next_trainset)
+        self.on_decided = on_decided
+        threads = evaluator.executor.num_threads
+        self.window = 0 if threads <= 1 else threads + math.ceil(QUEUE_SHARE * threads)
 
-    def decide(self, queue: Sequence[Rule], position: int, in_force: RuleSet, scores: list[float]) -> Race:
-        """Race ``queue[position]`` against ``in_force`` (valset ``scores``) to a decision."""
-        head = self._race(queue[position], in_force, scores)
-        while head.decision is None:
-            if not head.busy:
-                # the chunk in front, whole, at any thread count, before the work ahead still waiting
-                self._submit(head.submit(head.wanted(deep=False), urgent=True))
-            self._plan(queue, position, head, scores)
-            self._take_oldest(head)
-        return head
+    def run(self) -> None:
+        """Decide every candidate, or raise why not (budget, stop, student LM failure) with the decisions so far
+        kept in the selection."""
+        selection = self.selection
+        while (batch := selection.next_batch()) is not None:
+            futures = {job: self._required(job) for job in batch}
+            self._plan()
+            wait(list(futures.values()))
+            results = [future.result() for future in futures.values()]
+            raise_if_incomplete(results, len(results))
+            scores = {}
+            for job, outcome in zip(futures, results, strict=True):
+                assert isinstance(outcome, Outcome)
+                race, index = job
+                self.account.charge((self.evaluator.key(race.candidate),
+                                     self.evaluator.example_key_of(self.valset[index])), outcome.calls)
+                scores[job] = outcome.score
+            selection.take(scores)
+            if self.on_decided is not None:
+                self.on_decided(selection)
 
-    def _take_oldest(self, head: Race) -> None:
-        """Wait for the oldest job not yet taken, and take it: one job at a time, in submission order, so a thread
-        that finishes is given new work at once instead of when the rest of its unit is done."""
-        unit = self.units[0]
-        index, future = unit.examples[unit.taken], unit.futures[unit.taken]
-        wait([future])
-        unit.taken += 1
-        self.untaken -= 1
-        if unit.taken == len(unit.examples):
-            self.units.popleft()
-        if unit.race is head:
-            head.take([index])  # raises why the chunk in front could not run
-        elif unit.race is not None:
-            with suppress(*STOPPING_ERRORS):  # left for its turn
-                unit.race.take([index])
+    def _required(self, job: Job) -> Future:
+        race, index = job
+        return self.evaluator.submit(race.candidate, self.valset[index], "verification", urgent=True)
 
-    def _submit(self, unit: Unit | None) -> int:
-        if unit is None:
+    # -- work ahead ---------------------------------------------------------------------------------------------------
+    def _room(self) -> int:
+        """Jobs one plan may run ahead: a queue's worth beyond the threads, and no more than the account's reserve
+        less what was run ahead and not required since (counted, not timed, so plans do not depend on timing)."""
+        if not self.window:
             return 0
-        self.units.append(unit)
-        self.untaken += len(unit.examples)
-        self.budget_left -= len(unit.examples)
-        return len(unit.examples)
+        return max(0, min(self.window, self.account.reserve // self.calls_per_run - self.account.ahead))
 
-    def _race(self, rule: Rule, in_force: RuleSet, base: list[float] | Race) -> Race:
-        race = self.races.get((rule.id, in_force))
-        if race is None or (race.base is None and not isinstance(base, Race)):
-            race = self.races[(rule.id, in_force)] = Race(self.track, rule, in_force, base)
-        race.update()
-        return race
+    def _ahead(self, ruleset: RuleSet, example: dspy.Example, phase: str) -> bool:
+        key = (self.evaluator.key(ruleset), self.evaluator.example_key_of(example))
+        if not self.account.run_ahead(key):
+            return False
+        with suppress(RuntimeError):  # the executor closed: the run is over
+            self.evaluator.submit(ruleset, example, phase)
+        return True
 
-    def _plan(self, queue: Sequence[Rule], position: int, head: Race, scores: list[float]) -> None:
-        """Submit work ahead while fewer jobs than threads are submitted and not taken, and budget is spare.
-
-        In order: the later chunks of the race in front if it predicts acceptance; for each race behind, its next
-        chunk (or all it wants if it predicts acceptance); the first race behind that has no evidence yet gets
-        all it wants when threads would otherwise idle (unless the rules it is predicted to meet leave nothing to
-        gain); and, once every candidate is under way, the next round's trainset with the rules predicted to be in
-        force at the end.
-        """
-        threads = self.track.evaluator.executor.num_threads
-        if threads <= head.bounds[0]:
-            return  # a first chunk keeps every thread busy: racing ahead would add calls for little time
-        n = len(self.track.valset)
-        behind = n * sum(1 for rule in queue[position + 1:] if rule.status == CANDIDATE)  # each may race the valset
-        # The head runs ahead on its own share of the budget, never on the share kept for the candidates behind it.
-        room = [self.window - self.untaken, self.budget_left - behind]
-        if head.predicts_accept() or (head.decision is None and not head.own):
-            self._feed(head, room, deep=True)  # on course to be accepted, or threads would idle until its first chunk
-        room[1] = self.budget_left - behind - (n - head.sent)  # work behind it leaves the head all it may still need
-        in_force, base, before = head.current, scores, head
-        guesses: list[Race] = []  # the races whose predicted acceptance shapes the rules predicted in force
-        for rule in queue[position + 1:]:
-            if min(room) <= 0 or (before.decision is None and not before.own):
-                return  # no threads or budget left, or no evidence yet on the candidate in front of this one
-            if before.predicts_accept():
-                in_force, base = before.candidate, before
-                guesses.append(before)
-            if rule.status != CANDIDATE or not fits_predictor_budget(list(in_force), rule):
-                continue
-            race = self._race(rule, in_force, base)
-            if race.decision is None and not race.own and race.hopeless():
-                continue  # likely refused before it costs a call: skipped, taken as a rejection
-            before = race
-            if not race.busy or race.predicts_accept():
-                self._feed(race, room, deep=race.predicts_accept())
-            if race.decision is None and not race.own:
-                self._feed(race, room, deep=True)  # threads would idle until its first chunk is taken
-        if before.predicts_accept():
-            in_force = before.candidate
-            guesses.append(before)
-        if all(2 * len(r.own) >= len(self.track.valset) for r in guesses if r.decision is None):
-            self._run_next_round(in_force, head.current, room)  # predicted by races at least half-way through
-
-    def _run_next_round(self, final: RuleSet, start: RuleSet, room: list[float]) -> None:
-        """Start the next round's trainset run with the rules predicted to be in force at the end of this one."""
-        trainset = self.track.next_trainset
-        if trainset is None or final == start or min(room) <= 0:
-            return  # no next round, or none predicted (a round that accepts nothing is the last)
-        done = self.run_ahead.get(final, 0)
-        todo = list(range(done, min(len(trainset), done + int(min(room)))))
-        if not todo:
+    def _plan(self) -> None:
+        """Run ahead what a copy of the policy, fed predicted outcomes, asks for next."""
+        room = self._room()
+        if room <= 0:
             return
-        self.run_ahead[final] = todo[-1] + 1
-        ev = self.track.evaluator
-        self._submit(Unit(None, todo, [ev.submit(final, trainset[i], "mistakes") for i in todo]))
-        room[0] -= len(todo)
-        room[1] -= len(todo)
-
-    def _feed(self, race: Race, room: list[float], *, deep: bool) -> None:
-        """Submit what ``race`` wants as far as ``room`` ([queue places, program runs]) allows; updates ``room``."""
-        count = int(min(race.wanted(deep=deep), *room))
-        if count > 0:
-            taken = self._submit(race.submit(count))
-            room[0] -= taken
-            room[1] -= taken
-
-    def _budget_left(self) -> float:
-        """Program runs the student budget allows from here (calls left / the most calls one run took)."""
-        remaining = self.track.evaluator.budget.remaining(STUDENT)
-        return math.inf if remaining is None else remaining // self.track.calls_per_run
+        twin = self.selection.fork()
+        twin.runs = math.inf
+        batch = twin.next_batch()  # the batch being run now, already submitted
+        max_score = twin.settings.max_score
+        for _ in range(LOOKAHEAD_BATCHES):
+            if batch is None:
+                break
+            twin.take({(race, i): race.own.get(i, predicted_score(race, i, max_score)) for race, i in batch})
+            batch = twin.next_batch()
+            for race, index in batch or []:
+                if room <= 0:
+                    return
+                room -= self._ahead(race.candidate, self.valset[index], "verification")
+        if batch is None and self.next_trainset is not None and twin.in_force != self.selection.in_force:
+            for example in self.next_trainset:  # the next round's trainset with the rules predicted in force
+                if room <= 0:
+                    return
+                room -= self._ahead(twin.in_force, example, "mistakes")

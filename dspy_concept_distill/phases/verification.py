@@ -3,15 +3,14 @@
 1. Screen (optional, cheap): each candidate is run on a few of the training mistakes it was written for. The
    result is evidence that orders the candidates, never a veto: any prompt change re-draws some answers of a real
    LM, so one or two samples cannot tell a helpful rule from a lucky neutral one.
-2. Race on the valset: candidates, most promising first, are each added to the rules in force and scored on the
-   valset in growing stratified chunks; ``decide`` drops one as soon as it provably cannot reach ``min_gain`` or is
-   a clear loser by a confidence bound, and accepts one that finishes the valset with a gain of at least
-   ``min_gain``. This is greedy forward selection: every addition raises the set's valset score by ``min_gain`` or
-   more, so the result never scores below the starting program, and a rule that adds nothing on top of those
-   already accepted is rejected, so ties keep fewer rules.
+2. Race on the valset (``racing.Selection``): candidates are added to the rules in force and scored on the valset
+   in growing stratified chunks, several side by side, the best first; ``statistics.decide`` drops one as soon as
+   it can no longer show a gain, and accepts one that finishes the valset with a gain whose lower confidence bound
+   clears ``min_gain``. This is greedy forward selection: every addition raises the set's valset score, so the
+   result never scores below the starting program, and a rule that adds nothing on top of those already accepted
+   is rejected, so ties keep fewer rules.
 
-The statistics of a race are in ``statistics``; running races, several at once when threads are spare, in
-``racing``. Decisions are the same at any thread count.
+Decisions are the same at any thread count.
 """
 
 from __future__ import annotations
@@ -19,16 +18,26 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dspy
 
 from ..records import Mistake, Outcome
-from ..rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
+from ..rules import CANDIDATE, Rule, RuleSet
+from ..runtime.account import RequiredAccount
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
-from .racing import Race, Racer, Track
-from .statistics import EPS, Decision, Verdict, VerificationSettings, paired_ci, racing_order
+from .racing import Extension, Race, Racer, Selection
+from .statistics import (
+    EPS,
+    Decision,
+    SelectionSettings,
+    Verdict,
+    paired_ci,
+    prior_variance,
+    racing_order,
+    shown_gain,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,8 @@ class VerificationResult:
     scores: list[float] | None
     stopped: str | None = None
     decisions: dict[str, Decision] = field(default_factory=dict)
+    placements: list[Rule] = field(default_factory=list)  # candidates raced again in another predictor
+    raced_against: dict[str, RuleSet] = field(default_factory=dict)  # rule id -> the rules in force it last raced
 
 
 def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: Sequence[dspy.Example],
@@ -67,10 +78,13 @@ def _outputs(outcome: Outcome) -> list[Any]:
 
 class Verifier:
     def __init__(self, evaluator: Evaluator, valset: Sequence[dspy.Example], trainset: Sequence[dspy.Example],
-                 settings: VerificationSettings, rng: random.Random,
-                 progress: Callable[..., object] | None = None) -> None:
+                 settings: SelectionSettings, rng: random.Random, *, account: RequiredAccount,
+                 predictors: Sequence[str] = (), progress: Callable[..., object] | None = None) -> None:
         self.evaluator = evaluator
+        self.account = account
+        self.predictors = list(predictors)
         self.valset = list(valset)
+        self.trainset = list(trainset)
         self.train_by_key = {example_key(ex): ex for ex in trainset}
         self.settings = settings
         self.rng = rng
@@ -116,33 +130,77 @@ class Verifier:
         may follow) can be run ahead on idle threads with the rules predicted to be in force at the end."""
         result = VerificationResult(current, None)
         bar = None
+        selection: Selection | None = None
         try:
             result.scores = self.base_scores(current)
             queue = self.screen(current, candidates, mistakes)
             self.order = racing_order(result.scores, self.settings.max_score, self.rng)
-            racer = Racer(Track(self.evaluator, self.valset, self.order, self.settings, self.calls_per_run,
-                                None if next_trainset is None else list(next_trainset)))
+            settings = replace(self.settings, prior_variance=prior_variance(result.scores, self.settings.max_score))
+            selection = Selection(queue, current, result.scores, self.order, settings, predictors=self.predictors,
+                                  runs=self.account.left() // self.calls_per_run,
+                                  extension=self._extension(current, queue, mistakes))
             bar = self.progress(total=len(queue), desc="Verifying rules", leave=False) if self.progress else None
-            for position, rule in enumerate(queue):
-                if not fits_predictor_budget(list(result.ruleset), rule):
-                    rule.reject(f"not verified: predictor {rule.predictor!r} already holds the most rule text allowed "
-                                f"({MAX_RULES_CHARS_PER_PREDICTOR} characters)")
-                    continue
-                race = racer.decide(queue, position, result.ruleset, result.scores)
-                self._apply(rule, race, race.decision, result, mistakes)
+
+            def on_decided(done: Selection) -> None:
                 if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(score=f"{sum(result.scores) / len(result.scores):.3f}", rules=len(result.ruleset))
+                    bar.update(len(done.decisions) - bar.n)
+                    bar.set_postfix(score=f"{sum(done.scores) / len(done.scores):.3f}", rules=len(done.in_force))
+
+            Racer(self.evaluator, self.valset + self.trainset, selection, account=self.account,
+                  calls_per_run=self.calls_per_run,
+                  next_trainset=next_trainset, on_decided=on_decided).run()
+            if selection.stopped is not None:
+                result.stopped = f"student call budget used up: {selection.stopped}"
+                logger.warning("verification stopped early: %s", result.stopped)
         except STOPPING_ERRORS as exc:
-            for rule in candidates:
-                if rule.status == CANDIDATE:
-                    rule.reject(f"not verified: {exc}")
             logger.warning("verification stopped early: %s", exc)
             result.stopped = str(exc)
         finally:
             if bar is not None:
                 bar.close()
+            if selection is not None:
+                self._record(selection, result, mistakes)
+            for rule in [*candidates, *result.placements]:
+                if rule.status == CANDIDATE:
+                    rule.reject(f"not verified: {result.stopped}")
         return result
+
+    def _extension(self, current: RuleSet, queue: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> Extension | None:
+        """The trainset examples near misses may go on to, when the round's first phase scored ``current`` on every
+        one of them (no new run is needed for the base); each rule leaves out the mistakes it was written for."""
+        if not self.settings.extend or not self.trainset:
+            return None
+        scores = self.evaluator.scores(current, self.trainset)
+        if any(s is None for s in scores):
+            return None
+        n = len(self.valset)
+        position = {example_key(ex): n + j for j, ex in enumerate(self.trainset)}
+        order = [n + j for j in racing_order([s or 0.0 for s in scores], self.settings.max_score,
+                                             random.Random(self.rng.randrange(1 << 30)))]
+        excluded = {rule.id: frozenset(position[m.example_key] for mid in rule.source_mistakes
+                                       if (m := mistakes.get(mid)) is not None and m.example_key in position)
+                    for rule in queue}
+        return Extension(current, {n + j: s or 0.0 for j, s in enumerate(scores)}, order, excluded)
+
+    def _record(self, selection: Selection, result: VerificationResult, mistakes: Mapping[str, Mistake]) -> None:
+        """Write the selection's decisions into the rules: the accepted ones in the order they joined."""
+        result.placements = list(selection.placements)
+        result.raced_against = {rule_id: race.current for rule_id, race in selection.races.items() if race.own}
+        for rule, race in selection.accepted:
+            decision = selection.decisions[rule.id]
+            rule.accept(decision.gain, decision.seen,
+                        f"raised the valset score by {decision.gain:+.3f} over the {len(race.current)} rule(s) in "
+                        f"force (lower confidence bound {decision.lower:+.3f})")
+            rule.gain_ci = paired_ci([race.diffs[i] for i in range(len(race.base))])
+            rule.adherence = self._adherence(rule, race, mistakes)
+            result.decisions[rule.id] = decision
+        for rule in [*selection.queue]:
+            decision = selection.decisions.get(rule.id)
+            if decision is None or decision.verdict is Verdict.ACCEPT:
+                continue
+            rule.reject(decision.reason, gain=decision.gain if decision.seen else None, evaluated_on=decision.seen)
+            result.decisions[rule.id] = decision
+        result.ruleset, result.scores = selection.in_force, selection.scores
 
     def _adherence(self, rule: Rule, race: Race, mistakes: Mapping[str, Mistake]) -> dict[str, Any] | None:
         """On the training mistakes the rule was written for when they were run (the screen), else on the valset
@@ -155,18 +213,26 @@ class Verifier:
             found = adherence(self.evaluator, race.current, race.candidate, failing, "valset failures")
         return found
 
-    def _apply(self, rule: Rule, race: Race, decision: Decision, result: VerificationResult,
-               mistakes: Mapping[str, Mistake]) -> None:
-        result.decisions[rule.id] = decision
-        if decision.verdict is Verdict.ACCEPT:
-            rule.accept(decision.gain, decision.seen,
-                        f"raised the valset score by {decision.gain:+.3f} over the {len(result.ruleset)} rule(s) "
-                        "in force")
-            rule.gain_ci = paired_ci([race.diffs[i] for i in range(len(race.base))])
-            rule.adherence = self._adherence(rule, race, mistakes)
-            result.ruleset, result.scores = race.candidate, race.scores()
-        else:
-            rule.reject(decision.reason, gain=decision.gain, evaluated_on=decision.seen)
+
+def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], accepted: RuleSet, baseline: list[float],
+                   settings: SelectionSettings) -> tuple[RuleSet, str | None]:
+    """The rules to return: the longest prefix of the accepted path (each prefix was scored on the whole valset when
+    its last rule was accepted) whose gain over the starting rules is shown to be real (``shown_gain``); the
+    starting rules (no rule) when none is. The second value says why rules were left out, or is None."""
+    settings = replace(settings, prior_variance=prior_variance(baseline, settings.max_score))
+    rules = list(accepted)
+    for k in range(len(rules), 0, -1):
+        prefix = RuleSet(rules[:k])
+        scores = evaluator.scores(prefix, valset)
+        if any(s is None for s in scores):
+            continue
+        shown, lower = shown_gain([s for s in scores if s is not None], baseline, settings)
+        if shown:
+            return prefix, None if k == len(rules) else (
+                f"left out: the gain of the {len(rules)} accepted rules over the starting instructions was not shown "
+                f"to be real; the first {k} show it (lower confidence bound {lower:+.3f})")
+    return RuleSet(), (f"left out: the gain of the {len(rules)} accepted rule(s) over the starting instructions was "
+                       "not shown to be real")
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:

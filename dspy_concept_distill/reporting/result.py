@@ -48,7 +48,10 @@ class DistillationResult:
 
     @property
     def rejected_rules(self) -> list[Rule]:
-        return [r for r in self.rules if r.status == REJECTED]
+        """Rejected candidates; a kept rule proposed again in a later round (rejected as already in force) is not
+        one of them."""
+        kept = {r.id for r in self.ruleset}
+        return [r for r in self.rules if r.status == REJECTED and r.id not in kept]
 
     @property
     def student_calls(self) -> int:

@@ -244,8 +244,10 @@ def headline(result: ResultView) -> str:
             f"{kept} rule{'s' if kept != 1 else ''} kept of {len(result.rules)} candidate(s)")
 
 
-def _kept_line(number: int, rule: Rule, min_gain: float) -> str:
+def _kept_line(number: int, rule: Rule, min_gain: float, again: list[int]) -> str:
     notes = [f"round {display_round(rule.round)}", f"gain {gain_with_ci(rule)}", *flags(rule, min_gain)]
+    if again:
+        notes.append("proposed again in round " + ", ".join(map(str, again)))
     text = tidy(rule.text, RULE_CHARS)
     return f"  + R{number} [{predictor_label(rule.predictor)}] {text}  ({' | '.join(notes)})"
 
@@ -266,7 +268,8 @@ def summary_lines(result: ResultView) -> list[str]:
         lines.append(f"nothing learned: {why}")
     kept = kept_rules(result)
     lines.append(f"accepted rules ({len(result.accepted_rules)}):")
-    lines += [_kept_line(i, r, result.min_gain) for i, r in enumerate(kept, 1)] or ["  (none)"]
+    lines += [_kept_line(i, r, result.min_gain, proposed_again(result, r)) for i, r in enumerate(kept, 1)] or [
+        "  (none)"]
     lines += [f"  + (not returned) [{predictor_label(r.predictor)}] {tidy(r.text, RULE_CHARS)}"
               for r in result.accepted_rules if r.id not in {k.id for k in kept}]
     rejected = result.rejected_rules
@@ -281,8 +284,9 @@ def summary_lines(result: ResultView) -> list[str]:
 
 
 def ordered_rules(result: ResultView) -> list[Rule]:
-    """Every rule, kept ones first (in the order they were added), then other accepted, rejected and unverified
-    rules, each group by round."""
+    """Every rule record, kept ones first (in the order they were added), then other accepted, rejected and
+    unverified rules, each group by round. A later proposal of a kept rule (same id) is not listed: it never takes
+    the kept record's place (see ``proposed_again``)."""
     kept = kept_rules(result)
     kept_ids = {r.id for r in kept}
     rank = {ACCEPTED: 0, REJECTED: 1, CANDIDATE: 2}
@@ -291,6 +295,16 @@ def ordered_rules(result: ResultView) -> list[Rule]:
 
 
 def kept_rules(result: ResultView) -> list[Rule]:
-    """The returned rule set, in order, as the records in ``result.rules`` (they carry the evidence)."""
-    by_id = {r.id: r for r in result.rules}
-    return [by_id.get(r.id, r) for r in result.ruleset]
+    """The returned rule set, in order, as the accepted records of ``result.rules`` (they carry the evidence);
+    a later record of the same rule (proposed again, rejected as already in force) never stands in for one."""
+    accepted: dict[str, Rule] = {}
+    for rule in result.rules:
+        if rule.status == ACCEPTED:
+            accepted.setdefault(rule.id, rule)
+    return [accepted.get(r.id, r) for r in result.ruleset]
+
+
+def proposed_again(result: ResultView, rule: Rule) -> list[int]:
+    """Rounds (from 1) in which a kept rule was proposed again after it was kept."""
+    return sorted({display_round(r.round) or 0 for r in result.rules
+                   if r.id == rule.id and r is not rule and r.round > rule.round})

@@ -21,6 +21,7 @@ from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestEr
 
 from ..records import EXCEPTION, METRIC_ERROR, PARSE_FAILURE, Outcome
 from ..rules import RuleSet, render_instructions
+from .account import RequiredAccount
 from .executor import Executor, StopRequestedError, StopSignal
 from .metering import STUDENT, Budget, BudgetExhaustedError, metered, phase, refusals
 from .metric import MetricAdapter
@@ -113,7 +114,7 @@ class Evaluator:
 
     def __init__(self, program: dspy.Module, base_instructions: dict[str, str], metric: MetricAdapter,
                  budget: Budget, executor: Executor, stop: StopSignal, cache: EvalCache,
-                 failure_score: float = 0.0) -> None:
+                 failure_score: float = 0.0, account: RequiredAccount | None = None) -> None:
         self.program = program
         self.base_instructions = dict(base_instructions)
         self.metric = metric
@@ -122,6 +123,7 @@ class Evaluator:
         self.stop = stop
         self.cache = cache
         self.failure_score = failure_score
+        self.account = account or RequiredAccount(lambda: budget.limits[STUDENT])  # what the decisions may spend
         default_lm = dspy.settings.lm
         self._lms = {name: metered(p.lm or default_lm, budget, STUDENT) for name, p in program.named_predictors()}
         self._variants: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
@@ -237,6 +239,9 @@ class Evaluator:
         if on_usable is not None:
             _call_once_usable(list(seen.values()), on_usable)
         results = self._collect(seen, desc)
+        for key, result in results.items():  # required work: booked on the account, finished runs only
+            if isinstance(result, Outcome):
+                self.account.charge(key, result.calls)
         raise_if_incomplete(list(results.values()), len(results))
         return [f.result() for f in futures]  # type: ignore[misc]
 
