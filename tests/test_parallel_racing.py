@@ -1,10 +1,9 @@
-"""Parallel racing: with threads to spare, several candidates race at once (each against the rules in force it
-would meet at its turn, predicted from the evidence so far), yet every decision is the one a 1-thread run takes,
-and speculation never spends budget that the in-order races of the round could still need."""
+"""Parallel racing: with threads to spare, work ahead runs what the selection policy is predicted to ask for next
+(several candidates at once), yet every decision is the one a 1-thread run takes, and work ahead never spends more
+than the required-work account's reserve, so the student budget always has room for the work decisions need."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import Counter
@@ -15,9 +14,10 @@ import pytest
 
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.phases import racing
-from dspy_concept_distill.phases.statistics import VerificationSettings
+from dspy_concept_distill.phases.statistics import SelectionSettings
 from dspy_concept_distill.records import Outcome
 from dspy_concept_distill.rules import Rule, RuleSet
+from dspy_concept_distill.runtime.account import RequiredAccount
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask
 from dspy_concept_distill.testing.scripted import Prompt
 
@@ -48,26 +48,6 @@ class SlowStudent(SimulatedStudentEngine):
                     del self.active[variant]
 
 
-@pytest.fixture(autouse=True)
-def races_at_once(monkeypatch) -> list[int]:
-    """The most races with work submitted and not yet taken at one moment, per compile (deterministic: the racer
-    plans from taken work only)."""
-    most: list[int] = []
-    submit = racing.Racer._submit
-
-    def recording(self, unit):
-        taken = submit(self, unit)
-        if not hasattr(self, "_most"):
-            self._most = 0
-            most.append(0)
-        self._most = max(self._most, len({id(u.race) for u in self.units if u.race is not None}))
-        most[-1] = max(most[-1], self._most)
-        return taken
-
-    monkeypatch.setattr(racing.Racer, "_submit", recording)
-    return most
-
-
 def _compile(task: SimulatedTask, threads: int, **kwargs):
     engine = SlowStudent(task.world, latency=0.004)
     optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), auto="medium",
@@ -89,10 +69,8 @@ def one_thread(noisy_task):
     return _compile(noisy_task, 1)
 
 
-def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_does(noisy_task, one_thread,
-                                                                                     races_at_once):
+def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_does(noisy_task, one_thread):
     result_1, decisions_1, engine_1 = one_thread
-    races_at_once.clear()
     result_16, decisions_16, engine_16 = _compile(noisy_task, 16)
     assert result_16.student_calls == engine_16.calls  # work raced ahead and still in flight at the end is booked
     assert any(status == "accepted" for _, status, *_ in decisions_1)
@@ -100,16 +78,18 @@ def test_many_threads_race_several_candidates_at_once_and_decide_as_one_thread_d
     assert decisions_16 == decisions_1  # every rule: same status, reason, examples seen and gain
     assert result_16.final_score == result_1.final_score
     assert engine_1.most_variants == 1
-    assert max(races_at_once) >= 3  # the race in front and at least two candidates behind it, in one round
+    assert engine_16.most_variants >= 3  # several candidates (program variants) served at one moment
 
 
-def test_speculation_leaves_the_budget_the_in_order_races_need(noisy_task, one_thread):
-    result_1, decisions_1, _ = one_thread
-    limit = result_1.student_calls  # exactly what the 1-thread run spent: no room for any wasted request
-    _, decisions_16, engine = _compile(noisy_task, 16, max_student_calls=limit)
-    assert engine.calls <= limit
-    round_1 = [d for d, rule in zip(decisions_1, result_1.rules, strict=True) if rule.round == 0]
-    assert decisions_16[:len(round_1)] == round_1
+def test_work_ahead_never_takes_the_budget_the_decisions_need(noisy_task, one_thread):
+    result_1, _, _ = one_thread
+    limit = result_1.student_calls - 20  # a binding budget: the decisions run out of it
+    result_b1, decisions_1, engine_1 = _compile(noisy_task, 1, max_student_calls=limit)
+    _, decisions_16, engine_16 = _compile(noisy_task, 16, max_student_calls=limit)
+    assert result_b1.stopped and "budget" in result_b1.stopped
+    assert engine_1.calls <= limit and engine_16.calls <= limit  # hard, at any thread count
+    assert engine_16.calls > engine_1.calls  # work ahead was thrown away at 16 threads ...
+    assert decisions_16 == decisions_1  # ... yet the decisions are the 1-thread run's
 
 
 class Recording(SlowStudent):
@@ -169,7 +149,7 @@ def test_a_program_that_always_raises_fails_fast_without_running_the_valset_at_m
     assert set(SEEN) == {ex.question for ex in task.trainset}  # every training example, no valset one
 
 
-def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_nothing(noisy_task, races_at_once):
+def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_nothing(noisy_task):
     saved = dspy.cache
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
     try:
@@ -186,7 +166,7 @@ def test_racing_ahead_makes_the_same_requests_every_time_so_a_cached_rerun_pays_
     finally:
         dspy.cache = saved
     first, second = runs
-    assert races_at_once[0] >= 3  # it did race ahead
+    assert engine.most_variants >= 3  # it did race ahead
     assert second.engine_calls == first.engine_calls  # nothing new was asked the second time
     assert second.student_calls == 0 and [r.text for r in second.accepted_rules] == [
         r.text for r in first.accepted_rules]
@@ -221,15 +201,15 @@ def test_work_started_from_a_worker_thread_keeps_the_callers_dspy_settings():
 def run_ahead(monkeypatch) -> list[list[str]]:
     """The rule texts of every rule set the racer started the next round's trainset with."""
     started: list[list[str]] = []
-    run_next_round = racing.Racer._run_next_round
+    ahead = racing.Racer._ahead
 
-    def spy(self, final, start, room):
-        before = len(self.units)
-        run_next_round(self, final, start, room)
-        if len(self.units) > before:
-            started.append([rule.text for rule in final])
+    def spy(self, ruleset, example, phase):
+        submitted = ahead(self, ruleset, example, phase)
+        if submitted and phase == "mistakes" and [r.text for r in ruleset] not in started:
+            started.append([rule.text for rule in ruleset])
+        return submitted
 
-    monkeypatch.setattr(racing.Racer, "_run_next_round", spy)
+    monkeypatch.setattr(racing.Racer, "_ahead", spy)
     return started
 
 
@@ -239,7 +219,7 @@ def test_the_next_rounds_trainset_runs_ahead_with_the_rules_in_force_at_the_end_
     assert run_ahead == []
     result, _, _ = _compile(task, 16)
     end_of_round_1 = [r.text for r in result.rules if r.round == 0 and r.status == "accepted"]
-    assert run_ahead and all(rules == end_of_round_1 for rules in run_ahead)
+    assert run_ahead and all(sorted(rules) == sorted(end_of_round_1) for rules in run_ahead)
     paid = [r.usage.calls("student", "mistakes") for r in (one, result)]
     assert paid[0] == paid[1] == 2 * len(task.trainset)  # every run-ahead request was used by round 2
 
@@ -282,31 +262,35 @@ def test_the_teacher_does_not_wait_behind_the_valset_baseline():
 
 class ManualEvaluator:
     """A stand-in for ``Evaluator`` whose jobs the test finishes by hand (no LM): ``jobs`` lists (ruleset, example
-    index, future) in submission order."""
+    index, future, urgent) in submission order."""
 
-    def __init__(self, threads: int, valset) -> None:
+    def __init__(self, threads: int, examples) -> None:
         self.executor = type("E", (), {"num_threads": threads})()
-        self.budget = type("B", (), {"remaining": staticmethod(lambda role: None)})()
-        self.index = {id(ex): i for i, ex in enumerate(valset)}
-        self.jobs: list[tuple[object, int, Future]] = []
-        self.urgent: list[bool] = []
+        self.index = {id(ex): i for i, ex in enumerate(examples)}
+        self.jobs: list[tuple[RuleSet, int, Future, bool]] = []
         self.lock = threading.Lock()
+
+    def key(self, ruleset: RuleSet) -> str:
+        return repr(ruleset.signature())
+
+    def example_key_of(self, example) -> str:
+        return str(self.index[id(example)])
 
     def submit(self, ruleset, example, phase, *, urgent=False):
         future: Future = Future()
         with self.lock:
-            self.jobs.append((ruleset, self.index[id(example)], future))
-            self.urgent.append(urgent)
+            self.jobs.append((ruleset, self.index[id(example)], future, urgent))
         return future
 
     def submitted(self) -> int:
         with self.lock:
             return len(self.jobs)
 
-    def finish(self, k: int, score: float = 1.0) -> None:
+    def finish(self, k: int, score: float) -> None:
         with self.lock:
             future = self.jobs[k][2]
-        future.set_result(Outcome(score=score))
+        if not future.done():
+            future.set_result(Outcome(score=score, calls=1))
 
 
 def _wait_until(condition, timeout: float = 5.0) -> bool:
@@ -318,77 +302,37 @@ def _wait_until(condition, timeout: float = 5.0) -> bool:
     return condition()
 
 
-def test_a_finished_job_frees_its_place_at_once_and_the_queue_stays_bounded():
-    """Jobs are taken one at a time in submission order: when the oldest job finishes, the racer plans again at once,
-    without waiting for the rest of the chunk it was submitted with. The race in front, with no evidence yet, fills
-    the places its first chunk leaves free, and at most num_threads + QUEUE_SHARE x num_threads jobs are waiting to
-    be taken."""
+def _settings(window: int) -> SelectionSettings:
+    return SelectionSettings(min_gain=0.0, confidence_z=1.0, futility_z=3.0, screen_size=0, max_score=1.0,
+                             prior_variance=0.25, window=window)
+
+
+def test_the_batch_in_front_is_urgent_and_work_ahead_stays_within_the_reserve():
+    """Work ahead is what a copy of the policy asks for next on predicted outcomes: with spare threads the racer
+    submits it behind the required batch (which starts first), and never more than the account's reserve is
+    outstanding, however the jobs finish."""
     threads, n = 8, 40
     valset = [dspy.Example(question=f"q{i}", answer=1.0).with_inputs("question") for i in range(n)]
     evaluator = ManualEvaluator(threads, valset)
-    settings = VerificationSettings(min_gain=1 / n, confidence_z=2.0, screen_size=0, max_score=1.0)
-    track = racing.Track(evaluator, valset, list(range(n)), settings)
-    rule = Rule(text="Always check the units before answering.", predictor="predict")
-    racer = racing.Racer(track)
-    window = threads + math.ceil(racing.QUEUE_SHARE * threads)
-    result: list[racing.Race] = []
-    worker = threading.Thread(target=lambda: result.append(racer.decide([rule], 0, RuleSet(), [0.0] * n)),
-                              daemon=True)
+    account = RequiredAccount(lambda: 400)  # reserve: 5% of 400 = 20 runs
+    rules = [Rule(text=f"Rule number {k} says something new.", predictor="predict") for k in range(4)]
+    selection = racing.Selection(rules, RuleSet(), [0.0] * n, list(range(n)), _settings(window=4), runs=360)
+    racer = racing.Racer(evaluator, valset, selection, account=account)
+    worker = threading.Thread(target=racer.run, daemon=True)
     worker.start()
-    assert _wait_until(lambda: evaluator.submitted() == window)  # first chunk (6) + the rest of the window
-    assert evaluator.urgent[:window] == [True] * 6 + [False] * (window - 6)  # the chunk in front starts first
-    time.sleep(0.05)
-    assert evaluator.submitted() == window  # and no more while nothing was taken
-    evaluator.finish(0)  # the oldest job of the first chunk; five of that chunk are still running
-    assert _wait_until(lambda: evaluator.submitted() == window + 1)
-    k = 1
-    while worker.is_alive() and k < 200:  # then every job: the candidate wins every example and is accepted
+    assert _wait_until(lambda: evaluator.submitted() > 4 * 6)  # four first chunks, then work ahead
+    urgent = [job[3] for job in evaluator.jobs]
+    assert urgent[:24] == [True] * 24 and not any(urgent[24:])
+    helpful = RuleSet([rules[2]])
+    k = 0
+    while worker.is_alive() and k < 2000:
         if k < evaluator.submitted():
-            assert evaluator.submitted() - k <= window
-            evaluator.finish(k)
+            ruleset = evaluator.jobs[k][0]
+            evaluator.finish(k, 1.0 if rules[2] in list(ruleset) else 0.0)  # rule 2 fixes every example
             k += 1
-        time.sleep(0.001)
+            assert account.ahead <= account.reserve
+        time.sleep(0.0005)
     worker.join(5)
-    assert result and result[0].decision.verdict is racing.Verdict.ACCEPT
-    assert sorted(i for _, i, _ in evaluator.jobs) == list(range(n))  # the valset, each example once
-
-
-def test_work_ahead_always_leaves_every_undecided_race_a_whole_valset_of_budget(monkeypatch):
-    """With a budget of two races and ten runs (the head and one candidate behind), the candidate behind races ahead
-    while the head, gaining nothing, is neither accepted nor yet dropped, but it may not spend the head's share:
-    after every submission, the budget not yet spoken for covers what the head may still need plus a whole valset
-    for the one behind."""
-    threads, n = 8, 40
-    valset = [dspy.Example(question=f"q{i}", answer=1.0).with_inputs("question") for i in range(n)]
-    evaluator = ManualEvaluator(threads, valset)
-    evaluator.budget = type("B", (), {"remaining": staticmethod(lambda role: 2 * n + 10)})()
-    settings = VerificationSettings(min_gain=1 / n, confidence_z=2.0, screen_size=0, max_score=1.0)
-    track = racing.Track(evaluator, valset, list(range(n)), settings)
-    head_rule = Rule(text="Always check the units before answering.", predictor="predict")
-    behind_rule = Rule(text="Subtract what was given away.", predictor="predict")
-    racer = racing.Racer(track)
-    violations: list[tuple[float, int]] = []
-    submit = racing.Racer._submit
-
-    def checked(self, unit):
-        taken = submit(self, unit)
-        head = self.races.get((head_rule.id, RuleSet()))
-        if head is not None and head.decision is None and self.budget_left < (n - head.sent) + n:
-            violations.append((self.budget_left, head.sent))
-        return taken
-
-    monkeypatch.setattr(racing.Racer, "_submit", checked)
-    result: list[racing.Race] = []
-    worker = threading.Thread(target=lambda: result.append(
-        racer.decide([head_rule, behind_rule], 0, RuleSet(), [0.0] * n)), daemon=True)
-    worker.start()
-    head_variant, k = RuleSet([head_rule]), 0
-    while worker.is_alive() and k < 400:
-        if k < evaluator.submitted():
-            evaluator.finish(k, 0.0 if evaluator.jobs[k][0] == head_variant else 1.0)  # the head gains nothing
-            k += 1
-        time.sleep(0.001)
-    worker.join(5)
-    assert result and result[0].decision.verdict is not racing.Verdict.ACCEPT
-    assert any(ruleset != head_variant for ruleset, _, _ in evaluator.jobs)  # the one behind did race ahead
-    assert violations == []
+    assert [r.text for r in selection.in_force] == [rules[2].text]
+    assert any(not job[3] for job in evaluator.jobs if job[0] != helpful)  # work ahead did run
+    del helpful

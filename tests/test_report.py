@@ -17,6 +17,8 @@ from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSumm
 from dspy_concept_distill.reporting.result import DistillationResult
 from dspy_concept_distill.rules import ACCEPTED, REJECTED, Rule
 from dspy_concept_distill.runtime.ledger import Ledger
+from dspy_concept_distill.testing import SimulatedWorld
+from dspy_concept_distill.tracking import summary_metrics
 
 GARBAGE_PREDICTOR = "x" * 500
 LONG_INPUT = "Q1 " + "long " * 300
@@ -308,3 +310,46 @@ def test_report_of_a_real_compile_in_the_simulated_world(world):
         block = re.search(rf'<details id="rule-{rule.id}">.*?</details>', page, re.S).group(0)
         assert "s diagnosis:</b>" in block and "the student missed the" in block
     assert "round 0" not in result.summary()
+
+
+def _reproposed() -> DistillationResult:
+    """``make_result`` where the kept 'units' rule is proposed again in round 2 and rejected as already in force:
+    a later record with the same id, which must not take the kept record's place."""
+    result = make_result()
+    units = result.ruleset.rules[0]
+    again = Rule(units.text, units.predictor, source_mistakes=["1-c"], status=REJECTED, round=1, batch=0,
+                 reason=f"near-duplicate of rule {units.id} (in force)")
+    return make_result(rules=[*result.rules, again])
+
+
+def test_a_kept_rule_proposed_again_later_keeps_its_accepted_record_everywhere():
+    result = _reproposed()
+    units = result.ruleset.rules[0]
+    summary = result.summary()
+    kept_line = next(line for line in summary.splitlines() if "R1 [solve]" in line)
+    assert "round 1" in kept_line and "gain +0.200" in kept_line and "not measured" not in kept_line
+    assert "proposed again in round 2" in kept_line
+    assert f"near-duplicate of rule {units.id}" not in summary  # not listed among the rejected rules either
+    assert units.id not in {r.id for r in result.rejected_rules}
+    frame = result.report()
+    rows = frame[frame["id"] == units.id]
+    assert len(rows) == 1 and rows.iloc[0]["status"] == ACCEPTED and bool(rows.iloc[0]["kept"])
+    assert rows.iloc[0]["gain"] == pytest.approx(0.2)
+    rows = _table_rows(result.to_html())
+    assert len(rows) == len(make_result().rules)  # one row per rule: the later proposal adds none
+    assert summary_metrics(result)["rules_rejected"] == len(make_result().rejected_rules)
+
+
+def test_a_medium_run_keeps_the_accepted_records_of_its_kept_rules():
+    world = SimulatedWorld(flip_rate=0.1, seed=1)  # flips leave mistakes of every kind for round 2
+    train, val = world.split(20, 20)
+    dspy.configure(lm=world.student_lm())
+    result = ConceptDistillation(metric=world.metric, teacher_lm=world.teacher_lm(), auto="medium",
+                                 num_threads=2).compile(dspy.ChainOfThought("question -> answer: float"),
+                                                        trainset=train, valset=val).distillation
+    records = {r.id: [x for x in result.rules if x.id == r.id] for r in result.ruleset}
+    assert any(len(found) > 1 for found in records.values())  # a kept rule was proposed again in round 2
+    frame = result.report()
+    for rule in result.ruleset:
+        row = frame[frame["id"] == rule.id]
+        assert len(row) == 1 and row.iloc[0]["status"] == ACCEPTED and bool(row.iloc[0]["kept"])

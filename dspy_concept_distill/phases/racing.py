@@ -43,7 +43,7 @@ from .statistics import EPS, Decision, SelectionSettings, Verdict, chunk_bounds,
 
 # Jobs queued beyond the threads, as a share of them: a thread that finishes starts queued work at once.
 QUEUE_SHARE = 0.5
-LOOKAHEAD_BATCHES = 8  # batches of the policy a plan of work ahead looks at, at most
+AHEAD_BATCHES = 1  # batches of the policy, followed on predicted outcomes, whose work is run ahead
 
 
 @dataclass(eq=False)
@@ -323,8 +323,24 @@ class Racer:
             self.evaluator.submit(ruleset, example, phase)
         return True
 
+    def _predicted_end(self) -> RuleSet | None:
+        """The rules predicted to be in force at the end of the round, when the evidence says so: the leader has
+        raced half the valset or more and is on course to be accepted, and no other candidate of the window has
+        shown a gain (None otherwise, or when nothing would change)."""
+        twin = self.selection.fork()
+        window = twin._window()
+        if not window:
+            return None
+        leader = max(window, key=lambda race: (race.mean, -twin.queue.index(race.rule)))
+        others = [race for race in window if race is not leader]
+        on_course = leader.seen * 2 >= len(twin.order) and leader.mean > twin.settings.min_gain
+        if on_course and all(race.mean <= 0 for race in others):
+            return leader.candidate
+        return None
+
     def _plan(self) -> None:
-        """Run ahead what a copy of the policy, fed predicted outcomes, asks for next."""
+        """Run ahead what a copy of the policy, fed predicted outcomes, asks for in its next ``AHEAD_BATCHES``
+        batches, then the next round's trainset with the rules predicted to be in force at the end of this one."""
         room = self._room()
         if room <= 0:
             return
@@ -332,17 +348,16 @@ class Racer:
         twin.runs = math.inf
         batch = twin.next_batch()  # the batch being run now, already submitted
         max_score = twin.settings.max_score
-        for _ in range(LOOKAHEAD_BATCHES):
+        for _ in range(AHEAD_BATCHES):
             if batch is None:
                 break
             twin.take({(race, i): race.own.get(i, predicted_score(race, i, max_score)) for race, i in batch})
             batch = twin.next_batch()
             for race, index in batch or []:
-                if room <= 0:
-                    return
-                room -= self._ahead(race.candidate, self.valset[index], "verification")
-        if batch is None and self.next_trainset is not None and twin.in_force != self.selection.in_force:
-            for example in self.next_trainset:  # the next round's trainset with the rules predicted in force
-                if room <= 0:
-                    return
-                room -= self._ahead(twin.in_force, example, "mistakes")
+                if room > 0:
+                    room -= self._ahead(race.candidate, self.valset[index], "verification")
+        final = self._predicted_end() if room > 0 and self.next_trainset is not None else None
+        for example in self.next_trainset or [] if final is not None else []:
+            if room <= 0:
+                return
+            room -= self._ahead(final, example, "mistakes")
