@@ -213,13 +213,13 @@ def run_ahead(monkeypatch) -> list[list[str]]:
     return started
 
 
-def test_the_next_rounds_trainset_runs_ahead_with_the_rules_in_force_at_the_end_of_the_round(run_ahead):
+def test_the_next_rounds_trainset_runs_ahead_only_with_the_rules_in_force_at_the_end_of_the_round(run_ahead):
     task = SimulatedTask.create(30, 30, seed=0)  # no answer noise: the racer's predictions come true
     one, _, _ = _compile(task, 1)
     assert run_ahead == []
     result, _, _ = _compile(task, 16)
     end_of_round_1 = [r.text for r in result.rules if r.round == 0 and r.status == "accepted"]
-    assert run_ahead and all(sorted(rules) == sorted(end_of_round_1) for rules in run_ahead)
+    assert all(sorted(rules) == sorted(end_of_round_1) for rules in run_ahead)  # never a wrong guess
     paid = [r.usage.calls("student", "mistakes") for r in (one, result)]
     assert paid[0] == paid[1] == 2 * len(task.trainset)  # every run-ahead request was used by round 2
 
@@ -336,3 +336,26 @@ def test_the_batch_in_front_is_urgent_and_work_ahead_stays_within_the_reserve():
     assert [r.text for r in selection.in_force] == [rules[2].text]
     assert any(not job[3] for job in evaluator.jobs if job[0] != helpful)  # work ahead did run
     del helpful
+
+
+def test_the_next_rounds_trainset_runs_ahead_once_the_leader_is_on_course_and_nothing_else_gains():
+    threads, n = 8, 20
+    valset = [dspy.Example(question=f"v{i}", answer=1.0).with_inputs("question") for i in range(n)]
+    trainset = [dspy.Example(question=f"t{i}", answer=1.0).with_inputs("question") for i in range(10)]
+    evaluator = ManualEvaluator(threads, valset + trainset)
+    account = RequiredAccount(lambda: 10_000)
+    good, poor = (Rule(text=f"Rule {name} says something new.", predictor="predict") for name in ("good", "poor"))
+    selection = racing.Selection([good, poor], RuleSet(), [0.0] * n, list(range(n)), _settings(window=2))
+    racer = racing.Racer(evaluator, valset, selection, account=account, next_trainset=trainset)
+    worker = threading.Thread(target=racer.run, daemon=True)
+    worker.start()
+    k = 0
+    while worker.is_alive() and k < 2000:
+        if k < evaluator.submitted():
+            evaluator.finish(k, 1.0 if good in list(evaluator.jobs[k][0]) else 0.0)
+            k += 1
+        time.sleep(0.0005)
+    worker.join(5)
+    ahead = {job[1] for job in evaluator.jobs if job[0] == RuleSet([good]) and job[1] >= n}
+    assert [r.text for r in selection.in_force] == [good.text]
+    assert ahead == set(range(n, n + len(trainset)))  # the whole trainset, with the rule predicted to join

@@ -325,18 +325,22 @@ class Racer:
 
     def _predicted_end(self) -> RuleSet | None:
         """The rules predicted to be in force at the end of the round, when the evidence says so: the leader has
-        raced half the valset or more and is on course to be accepted, and no other candidate of the window has
-        shown a gain (None otherwise, or when nothing would change)."""
+        raced half the valset or more and is on course to be accepted, and every other undecided candidate has
+        raced and shown no gain (None otherwise, or when nothing would change)."""
         twin = self.selection.fork()
         window = twin._window()
         if not window:
             return None
         leader = max(window, key=lambda race: (race.mean, -twin.queue.index(race.rule)))
-        others = [race for race in window if race is not leader]
-        on_course = leader.seen * 2 >= len(twin.order) and leader.mean > twin.settings.min_gain
-        if on_course and all(race.mean <= 0 for race in others):
-            return leader.candidate
-        return None
+        if leader.seen * 2 < len(twin.order) or leader.mean <= twin.settings.min_gain:
+            return None
+        for rule in twin.queue:
+            race = twin.races.get(rule.id)
+            if rule.id in twin.decisions or race is leader:
+                continue
+            if race is None or (not race.own and race.prior is None) or race.mean > 0:
+                return None  # not raced yet, or it showed a gain: it may still join
+        return leader.candidate
 
     def _plan(self) -> None:
         """Run ahead what a copy of the policy, fed predicted outcomes, asks for in its next ``AHEAD_BATCHES``
