@@ -20,7 +20,7 @@ from dspy.teleprompt import Teleprompter
 from .finish import finish
 from .persistence.fingerprint import fingerprint
 from .phases.ablation import ablate, ablation_cost
-from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches
+from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches, program_fields
 from .phases.mistakes import collect_mistakes
 from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
@@ -341,7 +341,8 @@ class ConceptDistillation(Teleprompter):
         batches = make_batches(mistakes, s.mistakes_per_batch, s.num_batches, state.rng)
         brief = TeacherBrief(task=describe_task(state.program, state.base_instructions),
                              rules_in_force=describe_rules(list(state.current)), max_rules=s.max_rules_per_batch,
-                             retries=s.teacher_retries, round_index=round_index)
+                             retries=s.teacher_retries, round_index=round_index,
+                             fields=program_fields(state.program))
         replay = {b: r for (rnd, b), r in state.resumed.replies.items() if rnd == round_index}
         with progress(total=len(batches), desc=f"Round {round_index + 1}: teacher writes rules") as bar:
             def on_reply(reply: BatchReply) -> None:
