@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -18,6 +20,7 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from .finish import finish
+from .foreign import translate
 from .persistence.fingerprint import fingerprint
 from .phases.ablation import ablate, ablation_cost
 from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches, program_fields
@@ -58,7 +61,8 @@ class ConceptDistillation(Teleprompter):
         metric: ``metric(example, prediction)``, ``(example, prediction, trace)`` or GEPA-style
             ``(gold, pred, trace, pred_name, pred_trace)``; returns a number, a bool, or
             ``dspy.Prediction(score=..., feedback=...)`` (the feedback is shown to the teacher).
-        teacher_lm: the strong LM that explains mistakes and writes rules.
+        teacher_lm: the strong LM that explains mistakes and writes rules (required: no fallback to the configured
+            LM, which is usually the student).
         auto: ``"light"`` (default), ``"medium"`` or ``"heavy"``: presets for the settings left as ``None``.
             ``None`` uses the light preset's values for anything not given.
         rounds: how many times phases 1-3 repeat, each on top of the rules accepted so far.
@@ -79,12 +83,14 @@ class ConceptDistillation(Teleprompter):
         val_fraction: share of the trainset held out for validation when ``compile`` gets no valset.
         teacher_retries: extra attempts, with a fresh rollout, when a teacher reply does not parse.
         checkpoint_dir: where run state is saved after each phase; a compile with the same setup resumes from it.
+        **kwargs: other optimizers' parameters (COPRO, MIPROv2, GEPA, SIMBA, InferRules): read as ours, ignored or
+            refused with what to use here (``dspy_concept_distill.foreign``); ``compile`` takes theirs too.
     """
 
     def __init__(
         self,
         metric: Callable[..., Any],
-        teacher_lm: dspy.BaseLM,
+        teacher_lm: dspy.BaseLM | None = None,
         *,
         auto: AutoMode | None = "light",
         rounds: int | None = None,
@@ -111,7 +117,7 @@ class ConceptDistillation(Teleprompter):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        validate_params(type(self).__init__, locals(), kwargs)
+        translated = validate_params(type(self).__init__, locals(), kwargs)  # other optimizers' names, as ours
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.auto = auto
@@ -136,8 +142,16 @@ class ConceptDistillation(Teleprompter):
         self.checkpoint_dir = checkpoint_dir
         self.log_dir = log_dir
         self.verbose = verbose
+        vars(self).update(translated)
 
     # -- settings -------------------------------------------------------------------------------------------------
+    def _with(self, changes: dict[str, Any]) -> ConceptDistillation:
+        """A copy of this optimizer with ``changes`` to its parameters, checked as the constructor checks them."""
+        changed = copy.copy(self)
+        vars(changed).update(changes)
+        validate_params(type(self).__init__, vars(changed), {})
+        return changed
+
     def _preset(self) -> Preset:
         return PRESETS[self.auto or "light"]
 
@@ -213,8 +227,11 @@ class ConceptDistillation(Teleprompter):
         The copy carries ``distillation`` (a ``DistillationResult``) and ``candidate_programs`` (dicts with
         ``score``, ``program`` and ``rules``, best first).
         """
-        if kwargs:
-            raise TypeError(f"compile() got unexpected keyword arguments {sorted(kwargs)}")
+        if kwargs:  # other optimizers' compile arguments: ours for this compile, ignored, or refused
+            translated = translate(kwargs, where="compile()", known=["student", "trainset", "teacher", "valset"],
+                                   constructor=inspect.signature(type(self).__init__).parameters)
+            if translated:
+                return self._with(translated).compile(student, trainset=trainset, teacher=teacher, valset=valset)
         if teacher is not None:
             logger.warning("compile(teacher=...) is not used: the teacher is the teacher_lm given to the constructor")
         check_program(student)
