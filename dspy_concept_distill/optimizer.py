@@ -222,7 +222,8 @@ class ConceptDistillation(Teleprompter):
         valset: list[dspy.Example] | None = None,
         **kwargs: Any,
     ) -> dspy.Module:
-        """Return an optimized copy of ``student``; ``student`` itself is never changed.
+        """Return an optimized copy of ``student``; ``student`` itself is never changed. Rules ``student`` already
+        carries (an optimized program's) are re-checked on the valset first and continue one list.
 
         The copy carries ``distillation`` (a ``DistillationResult``) and ``candidate_programs`` (dicts with
         ``score``, ``program`` and ``rules``, best first).
@@ -239,8 +240,9 @@ class ConceptDistillation(Teleprompter):
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, budgets, estimate = opened
             try:
+                self._recheck_inherited(state, budgets)
                 for round_index in range(state.settings.rounds):
-                    if not self._round(state, round_index, estimate["bounds"]):
+                    if state.stopped or not self._round(state, round_index, estimate["bounds"]):
                         break
                 if self.ablation and not state.stopped:
                     self._ablate(state, budgets)
@@ -250,8 +252,9 @@ class ConceptDistillation(Teleprompter):
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
-        ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it. Its
-        checkpoint (``verify_state.jsonl``) is kept apart from the compile's."""
+        ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it (rules the
+        student's instructions already carry first, each rule once). Its checkpoint (``verify_state.jsonl``) is kept
+        apart from the compile's."""
         check_program(student)
         if not isinstance(rules, RuleSet):
             raise TypeError(f"rules must be a RuleSet, got {type(rules).__name__}")
@@ -263,13 +266,11 @@ class ConceptDistillation(Teleprompter):
         check_valset_size(valset)
         with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as opened:
             state, budgets, estimate = opened
-            seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
-            state.rules = seeds
+            found = {(r.predictor, r.text.lower()) for r in state.inherited}  # the program's own rules first
+            state.inherited += [Rule(text=r.text, predictor=r.predictor) for r in rules
+                                if (r.predictor, r.text.lower()) not in found]
             try:
-                state.baseline_scores = state.val_scores = self._scores(state)
-                result = self._verifier(state, screen=False).run(state.current, seeds, {})
-                state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
-                state.stopped = result.stopped
+                self._recheck_inherited(state, budgets)
                 if self.ablation and not state.stopped:
                     self._ablate(state, budgets)
             except STOPPING_ERRORS as exc:
@@ -290,6 +291,30 @@ class ConceptDistillation(Teleprompter):
         log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
                                       if isinstance(v, (str, int, float, bool, type(None)))})
         return optimized
+
+    def _recheck_inherited(self, state: CompileState, budgets: dict[str, Any]) -> None:
+        """Race the rules the program already carries (``state.inherited``: an optimized program's; for ``verify``,
+        the rules to verify as well) on the valset, each on top of those kept before it, as ``verify`` does: a rule
+        that no longer helps on this valset or this student is dropped with the measured reason. With the default
+        student budget, the budget grows by what these races can cost (a valset pass per rule)."""
+        if not state.inherited:
+            return
+        found = sum(r.inherited is not None for r in state.inherited)
+        if found:
+            logger.info("the program carries %d rule(s) from an earlier optimization: each is re-checked on this "
+                        "valset and kept only if it still helps", found)
+            if self._default_student_budget() and budgets.get("student_calls") is not None:
+                budgets["student_calls"] += found * len(state.valset) * len(state.names)
+                state.budget.limits[STUDENT] = budgets["student_calls"]
+        state.rules += state.inherited
+        state.baseline_scores = state.val_scores = self._scores(state)
+        result = self._verifier(state, screen=False).run(state.current, state.inherited, {})
+        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+        state.stopped = state.stopped or result.stopped
+        if found:
+            kept = sum(r.inherited is not None for r in state.current)
+            logger.info("earlier rules: %d of %d kept; valset score %s with them", kept, found,
+                        _fmt(_mean(state.val_scores)))
 
     def _ablate(self, state: CompileState, budgets: dict[str, Any]) -> None:
         """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
