@@ -116,3 +116,16 @@ def test_the_report_marks_inherited_rules_and_says_where_they_came_from(world, s
     assert result.report()["inherited"].tolist() == [True] * 3
     page = result.to_html()
     assert "<td>inherited</td>" in page and "Inherited from an earlier compile (program.distillation)" in page
+
+
+def test_copies_of_an_optimized_program_do_not_carry_its_earlier_results(world, setup):
+    optimizer, _, _ = setup
+    optimized = program()
+    for _ in range(3):  # each compile's copies would otherwise hold every earlier result, again and again
+        optimized = optimizer.compile(optimized, trainset=world.split(20, 0)[0], valset=world.split(0, 20)[1])
+    candidates = optimized.candidate_programs
+    assert len(candidates) == 4 and candidates[0]["program"] is optimized
+    for candidate in candidates[1:]:
+        assert not hasattr(candidate["program"], "distillation")
+        assert not hasattr(candidate["program"], "candidate_programs")
+    assert optimized.distillation.inherited_rules == list(optimized.distillation.ruleset)
