@@ -33,6 +33,7 @@ from .records import BatchReply, CallBounds, Mistake, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .runtime.evaluator import STOPPING_ERRORS
 from .runtime.forecast import project, refine
+from .runtime.logs import one_line
 from .runtime.metering import STUDENT, TEACHER
 from .runtime.progress import progress, verbose_logging
 from .settings import (
@@ -236,7 +237,8 @@ class ConceptDistillation(Teleprompter):
         if teacher is not None:
             logger.warning("compile(teacher=...) is not used: the teacher is the teacher_lm given to the constructor")
         check_program(student)
-        trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
+        with verbose_logging(self.verbose):  # the split is logged before the run opens
+            trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, budgets, estimate = opened
             try:
@@ -400,7 +402,7 @@ class ConceptDistillation(Teleprompter):
             logger.warning("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
             refusal = state.budget.last_refusal if state.budget.exhausted(TEACHER) else None
-            errors = "; ".join(sorted({r.error for r in replies if r.error}))[:300] or str(refusal or "none asked")
+            errors = one_line("; ".join(sorted({r.error for r in replies if r.error})) or refusal or "none asked")
             state.stopped = state.stopped or f"no usable teacher reply in round {round_index + 1} ({errors})"
             logger.warning("%s", state.stopped)
         candidates = rules_from_replies(

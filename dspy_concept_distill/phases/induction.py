@@ -25,6 +25,7 @@ from ..rules import (
 )
 from ..runtime.evaluator import is_lm_infrastructure_error
 from ..runtime.executor import Executor, StopRequestedError
+from ..runtime.logs import folded_warnings, one_line, warn_folded
 from ..runtime.metering import BudgetExhaustedError, phase
 from ..text import clip_text
 
@@ -101,8 +102,8 @@ def _keep_first(field_name: str, cap: int, what: str) -> Any:
     a reply over a schema cap still parses."""
     def keep_first(cls: type, items: Any) -> Any:
         if isinstance(items, list) and len(items) > cap:
-            logger.warning("teacher wrote %d %s where at most %d were asked for; kept the first %d, dropped the "
-                           "other %d", len(items), what, cap, cap, len(items) - cap)
+            warn_folded(logger, f"over the cap: {what}", "teacher wrote %d %s where at most %d were asked for; kept "
+                        "the first %d, dropped the other %d", len(items), what, cap, cap, len(items) - cap)
             return items[:cap]
         return items
 
@@ -256,18 +257,23 @@ def ask_teacher(
         except (BudgetExhaustedError, StopRequestedError):
             raise
         except Exception as exc:
-            reply.error = f"{type(exc).__name__}: {exc}"[:500]
+            reply.error = one_line(f"{type(exc).__name__}: {exc}", 500)
+            number = brief.round_index + 1
             if is_lm_infrastructure_error(exc):
-                logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, brief.round_index, exc)
+                logger.debug("teacher LM failed on batch %d of round %d: %s", batch_index + 1, number, reply.error)
+                warn_folded(logger, "teacher LM failed", "round %d: the teacher LM failed on a batch (asked again on "
+                            "resume): %s", number, one_line(reply.error, 200))
                 reply.transient = True
                 return reply
             if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):
                 predict = dspy.Predict(induction_signature(brief.max_rules, max(1, len(batch)), schema_caps=False))
-            logger.warning(
-                "teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
-                batch_index, brief.round_index, attempt + 1, brief.retries + 1, reply.error[:200],
-            )
-    logger.warning("skipping batch %d of round %d: no usable teacher reply", batch_index, brief.round_index)
+            logger.debug("teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
+                         batch_index + 1, number, attempt + 1, brief.retries + 1, reply.error)
+            warn_folded(logger, "teacher reply did not parse", "round %d: a teacher reply did not parse (each batch "
+                        "gets %d attempt(s), a fresh rollout each): %s", number, brief.retries + 1,
+                        one_line(reply.error, 200))
+    warn_folded(logger, "batch skipped", "round %d: a batch of mistakes was skipped: no usable teacher reply after %d "
+                "attempt(s)", brief.round_index + 1, brief.retries + 1)
     return reply
 
 
@@ -312,5 +318,6 @@ def induce(
             on_reply(reply)
         return reply
 
-    results = executor.map(ask, plans, urgent=True)  # never behind the student jobs already queued
+    with folded_warnings():  # one line per kind of teacher failure, with a count, when the round's replies are in
+        results = executor.map(ask, plans, urgent=True)  # never behind the student jobs already queued
     return [r for r in results if isinstance(r, BatchReply)]

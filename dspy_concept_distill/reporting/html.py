@@ -299,3 +299,28 @@ def render(result: ResultView) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{title}</title><style>{CSS}</style></head>'
             f"<body><main>{body}</main></body></html>")
+
+
+FRAGMENT_CLASS = "cd-report"
+
+
+def _scoped(css: str, scope: str) -> str:
+    """``css`` with every selector inside ``scope`` (``body`` becomes the scope itself), so a report shown inside a
+    notebook's page styles nothing but itself."""
+    rules = []
+    for block in css.split("}"):
+        if "{" not in block:
+            continue
+        selectors, body = block.split("{", 1)
+        scoped = [scope if s.strip() == "body" else f"{scope} {s.strip()}" for s in selectors.split(",") if s.strip()]
+        rules.append(f"{','.join(scoped)}{{{body.strip()}}}")
+    return "\n".join(rules)
+
+
+def render_fragment(result: ResultView) -> str:
+    """The report as one ``<div>`` for a notebook (``DistillationResult._repr_html_``): the page's sections, its style
+    scoped to the div."""
+    body = "".join((_head(result), _plot(result), _rules(result), _provenance(result), _batches(result),
+                    _cost(result)))
+    return (f'<div class="{FRAGMENT_CLASS}"><style>{_scoped(CSS, "." + FRAGMENT_CLASS)}</style>'
+            f"<main>{body}</main></div>")

@@ -11,8 +11,9 @@ from ..records import BatchReply, Mistake, RoundSummary
 from ..rules import ACCEPTED, REJECTED, Rule, RuleSet
 from ..runtime.ledger import Ledger
 from ..runtime.metering import STUDENT, TEACHER
-from .html import render
-from .text import display_round, ordered_rules, summary_lines, why_nothing_learned
+from ..text import clip_text
+from .html import render, render_fragment
+from .text import display_round, headline, ordered_rules, summary_lines, why_nothing_learned
 
 RULE_COLUMNS = ["round", "predictor", "rule", "status", "gain", "evaluated_on", "reason", "source_mistakes",
                 "duplicates_merged", "id", "kept", "gain_ci_low", "gain_ci_high", "ignored_by_student", "ablation_gain",
@@ -93,6 +94,15 @@ class DistillationResult:
         """Why the returned program carries no rule (no mistakes, no usable teacher reply, every candidate
         rejected and the most common reason), or None when it carries some."""
         return why_nothing_learned(self)
+
+    def __repr__(self) -> str:
+        stopped = f"; stopped: {clip_text(self.stopped, 80)}" if self.stopped else ""
+        return (f"DistillationResult({headline(self)}; {self.student_calls} student and {self.teacher_calls} teacher "
+                f"calls{stopped})")
+
+    def _repr_html_(self) -> str:
+        """The report, shown by Jupyter and other notebooks when the result is a cell's value."""
+        return render_fragment(self)
 
     def summary(self) -> str:
         """A plain-text report for terminals and logs: scores, kept and rejected rules, spend against budget."""
