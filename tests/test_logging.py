@@ -140,3 +140,11 @@ def test_the_result_shows_its_report_in_a_notebook(result):
     assert len(styles) == 1
     selectors = [s.strip() for block in styles[0].split("}") if "{" in block for s in block.split("{")[0].split(",")]
     assert selectors and all(s.startswith(".cd-report") for s in selectors), selectors  # no style leaks out
+
+
+def test_any_message_of_the_package_prints_as_one_line(capsys):
+    import logging
+
+    logging.getLogger("dspy_concept_distill.anywhere").warning("a failure\n\nwith details\n  over lines")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and LINE.match(err[0]).group(3) == "a failure with details over lines"

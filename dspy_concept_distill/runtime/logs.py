@@ -23,6 +23,22 @@ def configure_logging() -> None:
     from dspy.utils.logging_utils import configure_dspy_loggers
 
     configure_dspy_loggers(PACKAGE)
+    for handler in logging.getLogger(PACKAGE).handlers:
+        if handler.get_name() == "dspy_handler" and not any(isinstance(f, OneLine) for f in handler.filters):
+            handler.addFilter(OneLine())
+
+
+class OneLine(logging.Filter):
+    """Every message on one line (an exception text over several lines, say), clipped at a word when very long."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "\n" in message or len(message) > MAX_LINE:
+            record.msg, record.args = one_line(message, MAX_LINE), ()
+        return True
+
+
+MAX_LINE = 2000  # characters of one log message
 
 
 def one_line(text: Any, limit: int = 300) -> str:
