@@ -129,3 +129,17 @@ def test_copies_of_an_optimized_program_do_not_carry_its_earlier_results(world, 
         assert not hasattr(candidate["program"], "distillation")
         assert not hasattr(candidate["program"], "candidate_programs")
     assert optimized.distillation.inherited_rules == list(optimized.distillation.ruleset)
+
+
+def test_a_re_optimizing_compile_resumes_from_its_checkpoint(world, setup, tmp_path):
+    optimizer, student, teacher = setup
+    first = optimizer.compile(program(), trainset=data(world, units=6, groups=6, **{PLAIN: 8}),
+                              valset=data(world, units=6, groups=6, **{PLAIN: 8}))
+    train, val = data(world, groups=6, leftover=6, **{PLAIN: 8}), data(world, groups=6, leftover=6, **{PLAIN: 8})
+    resumable = ConceptDistillation(metric=world.metric, teacher_lm=teacher, checkpoint_dir=str(tmp_path))
+    once = resumable.compile(first, trainset=train, valset=val).distillation
+    calls = (student.engine.calls, teacher.engine.calls)
+    again = resumable.compile(first, trainset=train, valset=val).distillation
+    assert (student.engine.calls, teacher.engine.calls) == calls  # every run and reply came from the checkpoint
+    assert [(r.text, r.status, r.reason) for r in again.rules] == [(r.text, r.status, r.reason) for r in once.rules]
+    assert again.ruleset == once.ruleset and len(again.inherited_rules) == 2
