@@ -4,6 +4,9 @@ and each rule joins the student's instructions only if it raises the student's v
 from .optimizer import ConceptDistillation
 from .reporting.result import DistillationResult
 from .rules import Rule, RuleSet
+from .runtime.logs import configure_logging
+
+configure_logging()  # as `import dspy` sets up dspy's loggers: progress and decisions on stderr, in DSPy's format
 
 __all__ = ["ConceptDistillation", "DistillationResult", "Rule", "RuleSet"]
 __version__ = "0.1.0"

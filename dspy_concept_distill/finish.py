@@ -3,6 +3,7 @@ the caller's), its candidate programs, and the DistillationResult with the score
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +28,7 @@ def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
         if len(current):
             logger.warning("returning the original instructions: the rule set could not be shown to help")
         current, final = RuleSet(), baseline
+    student = _without_results(student)
     optimized = current.apply(student, state.base_instructions)
     optimized._compiled = True
     optimized.candidate_programs = _candidates(state, student, current, optimized)
@@ -41,6 +43,20 @@ def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
                 "calls (%d student cache hits)", _fmt(baseline), _fmt(final), len(current),
                 state.ledger.calls(STUDENT), state.ledger.calls(TEACHER), state.ledger.cache_hits(STUDENT))
     return optimized
+
+
+RESULT_ATTRIBUTES = ("distillation", "candidate_programs")
+
+
+def _without_results(student: dspy.Module) -> dspy.Module:
+    """``student`` without what an earlier compile attached to it (re-optimizing), so the copies made from it do not
+    carry those results along, each compile multiplying them; ``student`` itself is not changed."""
+    if not any(name in vars(student) for name in RESULT_ATTRIBUTES):
+        return student
+    plain = copy.copy(student)
+    for name in RESULT_ATTRIBUTES:
+        vars(plain).pop(name, None)
+    return plain
 
 
 def _prefixes(current: RuleSet) -> list[RuleSet]:

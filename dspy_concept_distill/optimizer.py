@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -18,9 +20,10 @@ import dspy
 from dspy.teleprompt import Teleprompter
 
 from .finish import finish
+from .foreign import translate
 from .persistence.fingerprint import fingerprint
 from .phases.ablation import ablate, ablation_cost
-from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches
+from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches, program_fields
 from .phases.mistakes import collect_mistakes
 from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
@@ -30,6 +33,7 @@ from .records import BatchReply, CallBounds, Mistake, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .runtime.evaluator import STOPPING_ERRORS
 from .runtime.forecast import project, refine
+from .runtime.logs import one_line
 from .runtime.metering import STUDENT, TEACHER
 from .runtime.progress import progress, verbose_logging
 from .settings import (
@@ -58,7 +62,8 @@ class ConceptDistillation(Teleprompter):
         metric: ``metric(example, prediction)``, ``(example, prediction, trace)`` or GEPA-style
             ``(gold, pred, trace, pred_name, pred_trace)``; returns a number, a bool, or
             ``dspy.Prediction(score=..., feedback=...)`` (the feedback is shown to the teacher).
-        teacher_lm: the strong LM that explains mistakes and writes rules.
+        teacher_lm: the strong LM that explains mistakes and writes rules (required: no fallback to the configured
+            LM, which is usually the student).
         auto: ``"light"`` (default), ``"medium"`` or ``"heavy"``: presets for the settings left as ``None``.
             ``None`` uses the light preset's values for anything not given.
         rounds: how many times phases 1-3 repeat, each on top of the rules accepted so far.
@@ -80,12 +85,14 @@ class ConceptDistillation(Teleprompter):
         val_fraction: share of the trainset held out for validation when ``compile`` gets no valset.
         teacher_retries: extra attempts, with a fresh rollout, when a teacher reply does not parse.
         checkpoint_dir: where run state is saved after each phase; a compile with the same setup resumes from it.
+        **kwargs: other optimizers' parameters (COPRO, MIPROv2, GEPA, SIMBA, InferRules): read as ours, ignored or
+            refused with what to use here (``dspy_concept_distill.foreign``); ``compile`` takes theirs too.
     """
 
     def __init__(
         self,
         metric: Callable[..., Any],
-        teacher_lm: dspy.BaseLM,
+        teacher_lm: dspy.BaseLM | None = None,
         *,
         auto: AutoMode | None = "light",
         rounds: int | None = None,
@@ -112,7 +119,7 @@ class ConceptDistillation(Teleprompter):
         **kwargs: Any,
     ) -> None:
         super().__init__()
-        validate_params(type(self).__init__, locals(), kwargs)
+        translated = validate_params(type(self).__init__, locals(), kwargs)  # other optimizers' names, as ours
         self.metric = metric
         self.teacher_lm = teacher_lm
         self.auto = auto
@@ -137,8 +144,16 @@ class ConceptDistillation(Teleprompter):
         self.checkpoint_dir = checkpoint_dir
         self.log_dir = log_dir
         self.verbose = verbose
+        vars(self).update(translated)
 
     # -- settings -------------------------------------------------------------------------------------------------
+    def _with(self, changes: dict[str, Any]) -> ConceptDistillation:
+        """A copy of this optimizer with ``changes`` to its parameters, checked as the constructor checks them."""
+        changed = copy.copy(self)
+        vars(changed).update(changes)
+        validate_params(type(self).__init__, vars(changed), {})
+        return changed
+
     def _preset(self) -> Preset:
         return PRESETS[self.auto or "light"]
 
@@ -211,22 +226,28 @@ class ConceptDistillation(Teleprompter):
         valset: list[dspy.Example] | None = None,
         **kwargs: Any,
     ) -> dspy.Module:
-        """Return an optimized copy of ``student``; ``student`` itself is never changed.
+        """Return an optimized copy of ``student``; ``student`` itself is never changed. Rules ``student`` already
+        carries (an optimized program's) are re-checked on the valset first and continue one list.
 
         The copy carries ``distillation`` (a ``DistillationResult``) and ``candidate_programs`` (dicts with
         ``score``, ``program`` and ``rules``, best first).
         """
-        if kwargs:
-            raise TypeError(f"compile() got unexpected keyword arguments {sorted(kwargs)}")
+        if kwargs:  # other optimizers' compile arguments: ours for this compile, ignored, or refused
+            translated = translate(kwargs, where="compile()", known=["student", "trainset", "teacher", "valset"],
+                                   constructor=inspect.signature(type(self).__init__).parameters)
+            if translated:
+                return self._with(translated).compile(student, trainset=trainset, teacher=teacher, valset=valset)
         if teacher is not None:
             logger.warning("compile(teacher=...) is not used: the teacher is the teacher_lm given to the constructor")
         check_program(student)
-        trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
+        with verbose_logging(self.verbose):  # the split is logged before the run opens
+            trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, budgets, estimate = opened
             try:
+                self._recheck_inherited(state, budgets)
                 for round_index in range(state.settings.rounds):
-                    if not self._round(state, round_index, estimate["bounds"]):
+                    if state.stopped or not self._round(state, round_index, estimate["bounds"]):
                         break
                 self._keep_shown(state)
                 if self.ablation and not state.stopped:
@@ -237,8 +258,9 @@ class ConceptDistillation(Teleprompter):
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
-        ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it. Its
-        checkpoint (``verify_state.jsonl``) is kept apart from the compile's."""
+        ``student``: no teacher calls; each rule is raced on the valset on top of those kept before it (rules the
+        student's instructions already carry first, each rule once). Its checkpoint (``verify_state.jsonl``) is kept
+        apart from the compile's."""
         check_program(student)
         if not isinstance(rules, RuleSet):
             raise TypeError(f"rules must be a RuleSet, got {type(rules).__name__}")
@@ -250,14 +272,11 @@ class ConceptDistillation(Teleprompter):
         check_valset_size(valset)
         with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as opened:
             state, budgets, estimate = opened
-            seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
-            state.rules = seeds
+            found = {(r.predictor, r.text.lower()) for r in state.inherited}  # the program's own rules first
+            state.inherited += [Rule(text=r.text, predictor=r.predictor) for r in rules
+                                if (r.predictor, r.text.lower()) not in found]
             try:
-                state.baseline_scores = state.val_scores = self._scores(state)
-                result = self._verifier(state, screen=False).run(state.current, seeds, {})
-                state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
-                state.rules += result.placements
-                state.stopped = result.stopped
+                self._recheck_inherited(state, budgets)
                 self._keep_shown(state)
                 if self.ablation and not state.stopped:
                     self._ablate(state, budgets)
@@ -279,6 +298,31 @@ class ConceptDistillation(Teleprompter):
         log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
                                       if isinstance(v, (str, int, float, bool, type(None)))})
         return optimized
+
+    def _recheck_inherited(self, state: CompileState, budgets: dict[str, Any]) -> None:
+        """Race the rules the program already carries (``state.inherited``: an optimized program's; for ``verify``,
+        the rules to verify as well) on the valset, each on top of those kept before it, as ``verify`` does: a rule
+        that no longer helps on this valset or this student is dropped with the measured reason. With the default
+        student budget, the budget grows by what these races can cost (a valset pass per rule)."""
+        if not state.inherited:
+            return
+        found = sum(r.inherited is not None for r in state.inherited)
+        if found:
+            logger.info("the program carries %d rule(s) from an earlier optimization: each is re-checked on this "
+                        "valset and kept only if it still helps", found)
+            if self._default_student_budget() and budgets.get("student_calls") is not None:
+                budgets["student_calls"] += found * len(state.valset) * len(state.names)
+                state.budget.limits[STUDENT] = budgets["student_calls"]
+        state.rules += state.inherited
+        state.baseline_scores = state.val_scores = self._scores(state)
+        result = self._verifier(state, screen=False).run(state.current, state.inherited, {})
+        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+        state.rules += result.placements
+        state.stopped = state.stopped or result.stopped
+        if found:
+            kept = sum(r.inherited is not None for r in state.current)
+            logger.info("earlier rules: %d of %d kept; valset score %s with them", kept, found,
+                        _fmt(_mean(state.val_scores)))
 
     def _ablate(self, state: CompileState, budgets: dict[str, Any]) -> None:
         """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
@@ -350,7 +394,8 @@ class ConceptDistillation(Teleprompter):
         batches = make_batches(mistakes, s.mistakes_per_batch, s.num_batches, state.rng)
         brief = TeacherBrief(task=describe_task(state.program, state.base_instructions),
                              rules_in_force=describe_rules(list(state.current)), max_rules=s.max_rules_per_batch,
-                             retries=s.teacher_retries, round_index=round_index)
+                             retries=s.teacher_retries, round_index=round_index,
+                             fields=program_fields(state.program))
         replay = {b: r for (rnd, b), r in state.resumed.replies.items() if rnd == round_index}
         with progress(total=len(batches), desc=f"Round {round_index + 1}: teacher writes rules") as bar:
             def on_reply(reply: BatchReply) -> None:
@@ -366,7 +411,7 @@ class ConceptDistillation(Teleprompter):
             logger.warning("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
             refusal = state.budget.last_refusal if state.budget.exhausted(TEACHER) else None
-            errors = "; ".join(sorted({r.error for r in replies if r.error}))[:300] or str(refusal or "none asked")
+            errors = one_line("; ".join(sorted({r.error for r in replies if r.error})) or refusal or "none asked")
             state.stopped = state.stopped or f"no usable teacher reply in round {round_index + 1} ({errors})"
             logger.warning("%s", state.stopped)
         candidates = rules_from_replies(

@@ -73,6 +73,9 @@ class Rule:
     ablation_gain: float | None = None  # valset score lost when it alone is left out of the final rule set
     placement_of: str | None = None  # the id of the rule whose text this one races in another predictor
     id: str = ""
+    # Set for a rule found in the program's instructions when the compile began (re-optimizing): where it came from,
+    # ``{"source": ..., "earlier": {...}}`` with what the earlier compile measured when the program carries it
+    inherited: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.text = normalize_rule_text(self.text)
@@ -113,13 +116,45 @@ class Rule:
 
 
 def render_instructions(base_instructions: str, rules: Iterable[Rule | str]) -> str:
-    """The base instructions followed by a numbered rule list (the base alone when there are no rules)."""
-    texts = [r.text if isinstance(r, Rule) else normalize_rule_text(r) for r in rules]
+    """The base instructions followed by a numbered rule list (the base alone when there are no rules). Rules the
+    base already lists (instructions this function wrote) stay first, in one list with the new ones; a rule already
+    listed is not listed again."""
+    base, texts = split_instructions(base_instructions)
+    seen = {t.lower() for t in texts}
+    for rule in rules:
+        text = rule.text if isinstance(rule, Rule) else normalize_rule_text(rule)
+        if text.lower() not in seen:
+            seen.add(text.lower())
+            texts.append(text)
     if not texts:
         return base_instructions
     listed = "\n".join(f"{i}. {t}" for i, t in enumerate(texts, 1))
-    base = base_instructions.rstrip()
+    base = base.rstrip()
     return f"{base}\n\n{RULES_HEADER}\n{listed}" if base else f"{RULES_HEADER}\n{listed}"
+
+
+_RULE_LINE = re.compile(r"^(\d+)\. (\S.*)$")
+
+
+def split_instructions(instructions: str) -> tuple[str, list[str]]:
+    """The base instructions and the rule texts of the list ``render_instructions`` wrote at their end; the
+    instructions unchanged and no rules when they end in no such list (or in one followed by other text). Lists
+    stacked by an earlier version (the header more than once, each list numbered from 1) are read as one, each rule
+    once."""
+    base, texts = instructions, []
+    while True:
+        head, sep, block = base.rpartition(RULES_HEADER + "\n")
+        if not sep or (head and not head.endswith("\n\n")):
+            break
+        lines = block.rstrip("\n").split("\n")
+        found = [_RULE_LINE.match(line) for line in lines]
+        if not lines or not all(found) or [int(m.group(1)) for m in found] != list(range(1, len(lines) + 1)):
+            break
+        base, texts = head[:-2] if head else "", [m.group(2) for m in found] + texts
+    unique: dict[str, str] = {}
+    for text in texts:  # a rule listed twice is one rule
+        unique.setdefault(text.lower(), text)
+    return base, list(unique.values())
 
 
 def predictor_names(program: dspy.Module) -> list[str]:
@@ -188,7 +223,9 @@ class RuleSet:
         """A deep copy of ``program`` whose predictors carry these rules; ``program`` itself is not changed.
 
         ``base_instructions`` maps predictor names to the instructions the rules are appended to (default: the
-        program's current instructions). Signatures are replaced with ``with_instructions``, never edited.
+        program's current instructions). Instructions that already end in a rule list (an optimized program's) keep
+        it, and the rules join that list, each once. Signatures are replaced with ``with_instructions``, never
+        edited.
         """
         self.check_program(program)
         new = program.deepcopy()

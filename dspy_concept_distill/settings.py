@@ -14,9 +14,17 @@ from typing import Any
 
 import dspy
 
+from .foreign import translate
+
 logger = logging.getLogger(__name__)
 
 MIN_VALSET_SIZE = 5
+NO_TEACHER = (
+    "ConceptDistillation needs a teacher_lm: the strong LM that writes the rules, e.g. "
+    "teacher_lm=dspy.LM('openai/gpt-4o') (prompt_model=, reflection_lm= and teacher_settings=dict(lm=...) are read "
+    "as teacher_lm). It does not fall back to the configured LM, which is usually the student: to let the student "
+    "write its own rules, pass teacher_lm=dspy.settings.lm"
+)
 
 
 @dataclass(frozen=True)
@@ -70,49 +78,20 @@ class RunSettings:
     seed: int
 
 
-# Other optimizers' parameter names, and what to pass here instead.
-FOREIGN_PARAMETERS: dict[str, str] = {
-    "prompt_model": "teacher_lm (the strong LM that writes the rules)",
-    "reflection_lm": "teacher_lm (the strong LM that writes the rules)",
-    "teacher_settings": "teacher_lm (the strong LM that writes the rules)",
-    "task_model": "nothing: the student is the LM the program already uses (dspy.configure(lm=...))",
-    "num_candidates": "max_candidates (candidate rules verified per round)",
-    "breadth": "num_batches (teacher calls per round) and max_rules_per_batch",
-    "depth": "rounds",
-    "max_steps": "rounds",
-    "max_full_evals": "max_student_calls",
-    "track_stats": "nothing: every rule's fate, gains and usage are always in result.distillation",
-    "init_temperature": "nothing: teacher rollouts after the first batch are sampled at temperature 1.0",
-    "max_bootstrapped_demos": "nothing: Concept Distillation writes rules, not demos",
-    "max_labeled_demos": "nothing: Concept Distillation writes rules, not demos",
-    "reflection_minibatch_size": "mistakes_per_batch",
-    "candidate_selection_strategy": "nothing: rules are chosen by greedy forward selection on the valset",
-}
-
-
-def refuse_unknown(kwargs: dict[str, Any], known: Iterable[str]) -> None:
-    """A clear TypeError for unknown keyword arguments, naming our equivalent of another optimizer's parameter."""
-    if not kwargs:
-        return
-    lines = []
-    for name in sorted(kwargs):
-        hint = FOREIGN_PARAMETERS.get(name)
-        lines.append(f"{name!r}: " + (f"use {hint}" if hint else "not a parameter of ConceptDistillation"))
-    raise TypeError("ConceptDistillation got unexpected keyword arguments: " + "; ".join(lines)
-                    + f". Its parameters are: {', '.join(sorted(known))}")
-
-
-def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: dict[str, Any]) -> None:
-    """Check every constructor argument (``values``: the constructor's locals) before anything is stored."""
-    refuse_unknown(kwargs, [n for n in inspect.signature(init).parameters if n not in {"self", "kwargs"}])
-    v = values
+def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Check every constructor argument (``values``: the constructor's locals) before anything is stored; other
+    optimizers' parameters in ``kwargs`` are translated (see ``foreign``). Returns the values they give to ours."""
+    parameters = {n: p.default for n, p in inspect.signature(init).parameters.items() if n not in {"self", "kwargs"}}
+    given = {n: values[n] for n, default in parameters.items() if not _same(values.get(n), default)}
+    overrides = translate(kwargs, where="ConceptDistillation()", known=parameters, given=given)
+    v = {**values, **overrides}
     if v["metric"] is None:
         raise ValueError("ConceptDistillation needs a metric: metric(example, prediction) -> score")
     from .runtime.metric import MetricAdapter
 
     MetricAdapter(v["metric"])  # raises a clear TypeError for non-callables and unusable signatures
     if v["teacher_lm"] is None:
-        raise ValueError("ConceptDistillation needs a teacher_lm, e.g. teacher_lm=dspy.LM('openai/gpt-4o')")
+        raise ValueError(NO_TEACHER)
     if not isinstance(v["teacher_lm"], dspy.BaseLM):
         raise TypeError(f"teacher_lm must be a dspy.LM, got {type(v['teacher_lm']).__name__}")
     if v["auto"] is not None and v["auto"] not in PRESETS:
@@ -137,6 +116,11 @@ def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: di
     for name in ("checkpoint_dir", "log_dir"):
         if v[name] is not None and not isinstance(v[name], (str, os.PathLike)):
             raise TypeError(f"{name} must be a path, got {type(v[name]).__name__}")
+    return overrides
+
+
+def _same(value: Any, default: Any) -> bool:
+    return value is default or (type(value) is type(default) and value == default)
 
 
 def check_int(name: str, value: Any, minimum: int | None) -> None:

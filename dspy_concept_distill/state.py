@@ -3,6 +3,7 @@ scores, so the phases take ``(state, round)`` instead of a dozen values."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import dspy
 
 from .persistence.journal import Journal, Resumed, attach
 from .records import BatchReply, Mistake, RoundSummary
-from .rules import Rule, RuleSet
+from .rules import Rule, RuleSet, split_instructions
 from .runtime.evaluator import EvalCache, Evaluator
 from .runtime.executor import STOP_FILE, Executor, StopSignal
 from .runtime.ledger import Ledger
@@ -50,6 +51,7 @@ class CompileState:
     val_scores: list[float] | None = None
     threshold: float | None = None
     stopped: str | None = None
+    inherited: list[Rule] = field(default_factory=list)  # the rules the program's instructions carried, to re-check
 
     @property
     def ledger(self) -> Ledger:
@@ -100,7 +102,7 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     journal = Journal(directory, name, fp)
     journal.check_writable()
     program = student.deepcopy()
-    base = {n: p.signature.instructions for n, p in program.named_predictors()}
+    base, inherited = inherited_rules(student)
     budget = Budget(Ledger(), limits["student_calls"], limits["teacher_calls"], dspy.settings.usage_tracker,
                     max_tokens=limits.get("tokens"), max_cost_usd=limits.get("cost_usd"))
     cache = EvalCache()
@@ -110,7 +112,7 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     evaluator = Evaluator(program, base, MetricAdapter(metric), budget, executor, stop, cache)
     teacher = metered(teacher_lm, budget, TEACHER) if teacher_lm is not None else None
     state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher, journal, executor,
-                         stop, random.Random(settings.seed), resumed)
+                         stop, random.Random(settings.seed), resumed, inherited=inherited)
     try:
         with stop.installed():
             yield state
@@ -122,3 +124,26 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
         journal.close()
         logger.debug("run closed: %d student and %d teacher requests", state.ledger.calls(STUDENT),
                      state.ledger.calls(TEACHER))
+
+
+EARLIER_FIELDS = ("round", "gain", "gain_ci", "evaluated_on", "reason", "source_mistakes", "inherited")
+
+
+def inherited_rules(program: dspy.Module) -> tuple[dict[str, str], list[Rule]]:
+    """The program's base instructions per predictor, and the rules they already carry (an optimized program's, as
+    ``render_instructions`` wrote them) as candidates marked ``inherited``: from an earlier compile when the program
+    carries its ``distillation`` (with what that compile measured), else from the instructions alone."""
+    earlier_result = getattr(program, "distillation", None)
+    earlier = {(r.predictor, r.text.lower()): r for r in getattr(earlier_result, "ruleset", None) or ()
+               if isinstance(r, Rule)}
+    base, rules = {}, []
+    for name, predictor in program.named_predictors():
+        base[name], texts = split_instructions(predictor.signature.instructions)
+        for text in texts:
+            found = earlier.get((name, text.lower()))
+            origin = {"source": "the program's instructions", "earlier": None}
+            if found is not None:
+                origin = {"source": "an earlier compile (program.distillation)",
+                          "earlier": {k: copy.deepcopy(getattr(found, k)) for k in EARLIER_FIELDS}}
+            rules.append(Rule(text=text, predictor=name, inherited=origin))
+    return base, rules

@@ -96,8 +96,9 @@ def test_bad_parameters(lms, world, kwargs, message):
 
 
 def test_unknown_compile_arguments(lms, world, data):
-    with pytest.raises(TypeError, match="unexpected keyword arguments"):
-        compile_with(lms[1], world.metric, trainset=data[0], valset=data[1], requires_permission_to_run=False)
+    # (other optimizers' compile arguments, such as requires_permission_to_run, are taken: tests/test_swapping_in.py)
+    with pytest.raises(TypeError, match=r"compile\(\) got unexpected keyword arguments: 'bogus': not a parameter"):
+        compile_with(lms[1], world.metric, trainset=data[0], valset=data[1], bogus=False)
 
 
 def test_get_params_holds_only_parameters(lms, world):

@@ -100,9 +100,10 @@ def test_no_ablation_unless_asked(world):
     assert "ablation" not in set(result.usage_report()["phase"])
 
 
-@pytest.mark.parametrize(("name", "hint"), [("prompt_model", "teacher_lm"), ("reflection_lm", "teacher_lm"),
-                                            ("task_model", "dspy.configure"), ("track_stats", "always")])
-def test_other_optimizers_parameter_names_get_our_equivalent(world, name, hint):
+@pytest.mark.parametrize(("name", "hint"), [("task_model", "dspy.configure"), ("max_full_evals", "max_metric_calls"),
+                                            ("instruction_proposer", "teacher_lm"), ("gepa_kwargs", "gepa engine")])
+def test_other_optimizers_parameter_names_that_cannot_be_honoured_get_our_equivalent(world, name, hint):
+    # (names with an equivalent are read as ours: tests/test_swapping_in.py)
     with pytest.raises(TypeError, match=rf"'{name}': use .*{hint}"):
         ConceptDistillation(metric=world.metric, teacher_lm=world.teacher_lm(), **{name: object()})
 
@@ -134,12 +135,17 @@ def test_log_dir_implies_checkpoints(world, tmp_path):
     assert (tmp_path / "compile_state.jsonl").exists()
 
 
-def test_verbose_shows_progress_and_the_projection_on_stderr_and_removes_its_handler(world, capsys):
+def test_verbose_shows_debug_lines_on_stderr_and_leaves_the_logger_as_it_was(world, capsys):
+    package = logging.getLogger("dspy_concept_distill")
+    before = (package.level, list(package.handlers))
     compile_world(world, verbose=True)
     err = capsys.readouterr().err
     assert "before the run: student 40-120 LM calls" in err
     assert "concept distillation done" in err
-    assert not logging.getLogger("dspy_concept_distill").handlers
+    assert "DEBUG dspy_concept_distill.state: run closed" in err  # what verbose adds to the INFO lines always shown
+    assert (package.level, package.handlers) == before  # no handler of its own: no line twice (tests/test_logging.py)
+    compile_world(world)
+    assert "DEBUG" not in capsys.readouterr().err
 
 
 def test_the_projection_is_logged_before_the_first_call(world, caplog):

@@ -357,3 +357,47 @@ def test_candidates_come_in_the_teachers_order_of_preference_then_support():
     rules = rules_from_replies(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert [r.text for r in rules] == [first["rule"], last["rule"]]  # mean position 1/3 before 2/3
+
+
+class PlanAndSolve(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.plan = dspy.Predict("question -> plan")
+        self.solve = dspy.ChainOfThought("question, plan -> answer")
+
+    def forward(self, question):
+        return self.solve(question=question, plan=self.plan(question=question).plan)
+
+
+def test_the_teacher_sees_only_fields_a_predictor_reads_or_writes_and_gold_only_for_outputs():
+    from dspy_concept_distill.phases.induction import program_fields, render_mistake
+
+    fields = program_fields(PlanAndSolve())
+    assert fields.reads == {"question", "plan"} and fields.writes == {"plan", "reasoning", "answer"}
+    steps = [{"predictor": "plan", "inputs": {"question": "Q?"}, "outputs": {"plan": "add"}},
+             {"predictor": "solve.predict", "inputs": {"question": "Q?", "plan": "add"},
+              "outputs": {"reasoning": "r", "answer": "5"}}]
+    found = Mistake(id="0-1", example_key="k1", inputs={"question": "Q?", "id": "ex-17"},
+                    gold={"answer": "4", "plan": "subtract", "source": "gsm8k-train", "rationale": "RATIONALE-TEXT"},
+                    outcome=Outcome(score=0.0, steps=steps))
+    shown = render_mistake(found, 1, fields)
+    gold = shown.split("Expected (gold labels):")[1].split("What the student did:")[0]
+    assert "answer: 4" in gold and "plan: subtract" in gold
+    for hidden in ("ex-17", "gsm8k-train", "RATIONALE-TEXT", "source", "rationale", " id:"):
+        assert hidden not in shown
+    assert "question: Q?" in shown
+    assert "(none given)" in render_mistake(Mistake(id="0-2", example_key="k2", inputs={"question": "Q?"},
+                                                    gold={"source": "x"}, outcome=Outcome(score=0.0)), 2, fields)
+
+
+def test_a_metric_failure_is_named_as_the_metrics_not_the_programs():
+    from dspy_concept_distill.phases.induction import render_mistake
+    from dspy_concept_distill.records import METRIC_ERROR
+
+    failed = Mistake(id="0-1", example_key="k1", inputs={"question": "Q?"}, gold={"answer": "4"},
+                     outcome=Outcome(score=0.0, error="ValueError: metric returned None, which is not a number",
+                                     error_kind=METRIC_ERROR))
+    shown = render_mistake(failed, 1)
+    assert "The program raised" not in shown
+    assert "The metric failed on this output (an error in the metric, not in the program): ValueError: metric " \
+           "returned None" in shown

@@ -212,7 +212,8 @@ def test_unparseable_teacher_reply_is_retried_then_skipped_without_crashing(capl
     result = optimized.distillation
     assert result.replies[0].error is not None and result.replies[0].attempts == 2
     assert all(r.error is None for r in result.replies[1:])
-    assert "skipping batch 0" in caplog.text
+    skipped = [r.getMessage() for r in caplog.records if "a batch of mistakes was skipped" in r.getMessage()]
+    assert skipped == ["round 1: a batch of mistakes was skipped: no usable teacher reply after 2 attempt(s)"]
     assert result.final_score >= result.baseline_score
     assert result.accepted_rules  # later batches still produced helpful rules
 
@@ -441,3 +442,24 @@ def test_a_custom_metric_threshold_changes_what_counts_as_a_mistake_not_the_scor
     assert result.min_gain == pytest.approx(1.0 / len(val))  # one example on the metric's 0-1 scale
     assert {r.text for r in result.accepted_rules} == set(world.helpful_rules)
     assert result.final_score == pytest.approx(0.9)
+
+
+def test_the_teacher_reads_only_predictor_fields_and_a_metric_failure_as_the_metrics(world):
+    train, val, _, teacher = setup(world)
+    extra = {"id": "EXAMPLE-ID", "source": "SOURCE-NAME", "rationale": "RATIONALE-TEXT"}
+    train = [ex.copy(**extra) for ex in train]
+    fails_on = {ex.question for ex in train[:6]}
+
+    def metric(example, prediction, trace=None):
+        if example.question in fails_on:
+            return None  # a metric bug on some examples: a metric failure, not the program's
+        return world.metric(example, prediction)
+
+    ConceptDistillation(metric=metric, teacher_lm=teacher, num_threads=1).compile(
+        dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
+    prompts = [entry["messages"][-1]["content"] for entry in teacher.history]
+    assert prompts
+    for marker in extra.values():
+        assert not any(marker in p for p in prompts)
+    assert any("The metric failed on this output" in p for p in prompts)
+    assert not any("The program raised" in p for p in prompts)

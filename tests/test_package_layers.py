@@ -24,7 +24,7 @@ LAYERS = {
     "runtime": 1,
     "persistence": 2,
     "phases": 3, "reporting": 3,
-    "settings": 4, "state": 4, "finish": 4,
+    "settings": 4, "state": 4, "finish": 4, "foreign": 4,
     "optimizer": 5, "tracking": 5, "__init__": 5,
 }
 APART = {"lms", "testing"}  # import nothing of the package outside themselves

@@ -121,3 +121,46 @@ def test_fits_predictor_budget_counts_only_the_rules_of_the_same_predictor():
     assert not fits_predictor_budget(in_force, big)
     assert fits_predictor_budget(in_force, Rule(text=big.text, predictor="solve"))
     assert fits_predictor_budget([], Rule(text="w" * MAX_RULES_CHARS_PER_PREDICTOR, predictor="plan"))
+
+
+# -- rules already in a program's instructions (re-optimizing, issue 15) -----------------------------------------------
+def test_split_instructions_reads_back_what_render_wrote():
+    from dspy_concept_distill.rules import split_instructions
+
+    rules = [Rule(text="A.", predictor="p"), Rule(text="Two words.", predictor="p")]
+    assert split_instructions(render_instructions("Solve it.\n", rules)) == ("Solve it.", ["A.", "Two words."])
+    assert split_instructions(render_instructions("", rules)) == ("", ["A.", "Two words."])
+    assert split_instructions("Solve it.") == ("Solve it.", [])
+    # a list stacked by an earlier version (the header twice, each list from 1) is read as one list
+    stacked = f"Solve it.\n\n{RULES_HEADER}\n1. A.\n2. B.\n\n{RULES_HEADER}\n1. C."
+    assert split_instructions(stacked) == ("Solve it.", ["A.", "B.", "C."])
+    doubled = f"Solve it.\n\n{RULES_HEADER}\n1. A.\n2. B.\n3. C.\n\n{RULES_HEADER}\n1. a.\n2. B."  # an apply()
+    assert split_instructions(doubled) == ("Solve it.", ["A.", "B.", "C."])
+    # text after the list is not a rule list this package wrote: the instructions are left as they are
+    edited = f"Solve it.\n\n{RULES_HEADER}\n1. A.\nThen answer."
+    assert split_instructions(edited) == (edited, [])
+
+
+def numbered_lists(text: str) -> list[list[str]]:
+    return [[line for line in block.splitlines()[1:]] for block in text.split(RULES_HEADER)[1:]]
+
+
+def test_applying_a_rule_set_to_a_program_that_has_it_changes_nothing():
+    program = TwoStep()
+    rules = RuleSet([Rule(text="Plan in units.", predictor="plan"), Rule(text="Check units.", predictor="plan"),
+                     Rule(text="Answer tersely.", predictor="solve.predict")])
+    once = rules.apply(program)
+    twice = rules.apply(once)
+    for (name, a), (_, b) in zip(once.named_predictors(), twice.named_predictors(), strict=True):
+        assert a.signature.instructions == b.signature.instructions, name
+    assert twice.plan.signature.instructions.count(RULES_HEADER) == 1
+    assert numbered_lists(twice.plan.signature.instructions) == [["1. Plan in units.", "2. Check units."]]
+
+
+def test_applying_new_rules_to_an_optimized_program_continues_its_list():
+    program = RuleSet([Rule(text="Plan in units.", predictor="plan")]).apply(TwoStep())
+    more = RuleSet([Rule(text="plan in units.", predictor="plan"), Rule(text="Name each quantity.", predictor="plan")])
+    text = more.apply(program).plan.signature.instructions
+    assert text.count(RULES_HEADER) == 1
+    assert numbered_lists(text) == [["1. Plan in units.", "2. Name each quantity."]]
+    assert text.startswith(program.plan.signature.instructions.split(f"\n\n{RULES_HEADER}")[0])

@@ -84,3 +84,37 @@ def test_unparseable_teacher_calls_are_scripted_by_index():
                                                        mistakes="Q1", max_rules=4)
     assert teacher.engine.calls == 2  # call 0 failed to parse; DSPy's JSON-adapter fallback is call 1
     assert out.analysis.diagnoses == [] and len(out.analysis.rules) == 4  # no known example: only distractors
+
+
+def test_scripted_lms_deep_copy_and_pickle_without_warnings(world, caplog):
+    import copy
+    import logging
+    import pickle
+
+    from dspy_concept_distill import ConceptDistillation
+    from dspy_concept_distill.testing.faults import FaultyEngine, RequestCounter, faulty_lm
+
+    student, teacher = world.student_lm(), world.teacher_lm()
+    program = dspy.ChainOfThought("question -> answer: float")
+    program.set_lm(student)
+    optimizer = ConceptDistillation(metric=world.metric, teacher_lm=teacher)
+    faulty = faulty_lm("faulty/student", FaultyEngine(student.engine, counter=RequestCounter()))
+    with caplog.at_level(logging.WARNING):
+        copied = program.deepcopy()
+        copy.deepcopy(optimizer)
+        copy.deepcopy(faulty)
+    assert not [r.getMessage() for r in caplog.records]  # no "Failed to deep copy attribute 'lm'"
+    # an engine stands for a model, as a client stands for a server: copies of the program share it, so the calls it
+    # counts are still every call made
+    assert copied.predict.lm is not student and copied.predict.lm.engine is student.engine
+    example = world.split(1, 0)[0][0]
+    copied(**example.inputs())
+    assert student.engine.calls == 1
+
+    restored = pickle.loads(pickle.dumps(optimizer))
+    restored.teacher_lm("Any mistakes?")  # the unpickled engine answers (its lock is new)
+    assert restored.teacher_lm.engine.calls >= 1 and teacher.engine.calls == 0
+    again = pickle.loads(pickle.dumps(faulty))
+    with dspy.context(lm=again):
+        dspy.Predict("question -> answer: float")(**example.inputs())
+    assert again.engine.received == 1 and faulty.engine.received == 0

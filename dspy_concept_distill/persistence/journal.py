@@ -23,6 +23,7 @@ from typing import Any
 
 from ..records import BatchReply, ErrorKind, Outcome
 from ..runtime.evaluator import EvalCache
+from ..runtime.logs import folded_warnings, warn_folded
 from .fingerprint import changed_parts, code_identity, fingerprint, lm_identity
 
 __all__ = ["Journal", "Resumed", "attach", "code_identity", "fingerprint", "lm_identity"]
@@ -64,9 +65,13 @@ class Journal:
             raise ValueError(f"checkpoint_dir {str(self.path.parent)!r} is not writable: {exc}") from exc
 
     def load(self) -> Resumed:
-        """The records of a journal from this setup; anything else is ignored with a warning."""
+        """The records of a journal from this setup; anything else is ignored with a warning (one line per kind)."""
         if self.path is None or not self.path.exists():
             return Resumed()
+        with folded_warnings():
+            return self._load()
+
+    def _load(self) -> Resumed:
         try:
             lines = self.path.read_bytes().decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as exc:
@@ -83,7 +88,8 @@ class Journal:
             try:
                 _read_record(record, resumed)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                logger.warning("ignoring a malformed record on line %d of checkpoint %s: %s", number, self.path, exc)
+                warn_folded(logger, "malformed record", "ignoring a malformed record on line %d of checkpoint %s: %s",
+                            number, self.path, exc)
         logger.info("resuming from %s: %d scored runs and %d teacher replies (rounds %s) will not be paid for again",
                     self.path, len(resumed.outcomes), len(resumed.replies),
                     sorted({r + 1 for r, _ in resumed.replies}) or "none")
@@ -157,12 +163,12 @@ def _parse_lines(lines: list[str], path: Path) -> list[tuple[int, dict[str, Any]
             record = json.loads(line)
         except json.JSONDecodeError:
             if number < len(lines):
-                logger.warning("ignoring unreadable line %d of checkpoint %s", number, path)
+                warn_folded(logger, "unreadable line", "ignoring unreadable line %d of checkpoint %s", number, path)
             continue
         if isinstance(record, dict):
             records.append((number, record))
         else:
-            logger.warning("ignoring line %d of checkpoint %s: not a record", number, path)
+            warn_folded(logger, "not a record", "ignoring line %d of checkpoint %s: not a record", number, path)
     return records
 
 

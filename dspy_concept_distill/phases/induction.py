@@ -25,6 +25,7 @@ from ..rules import (
 )
 from ..runtime.evaluator import is_lm_infrastructure_error
 from ..runtime.executor import Executor, StopRequestedError
+from ..runtime.logs import folded_warnings, one_line, warn_folded
 from ..runtime.metering import BudgetExhaustedError, phase
 from ..text import clip_text
 
@@ -101,8 +102,8 @@ def _keep_first(field_name: str, cap: int, what: str) -> Any:
     a reply over a schema cap still parses."""
     def keep_first(cls: type, items: Any) -> Any:
         if isinstance(items, list) and len(items) > cap:
-            logger.warning("teacher wrote %d %s where at most %d were asked for; kept the first %d, dropped the "
-                           "other %d", len(items), what, cap, cap, len(items) - cap)
+            warn_folded(logger, f"over the cap: {what}", "teacher wrote %d %s where at most %d were asked for; kept "
+                        "the first %d, dropped the other %d", len(items), what, cap, cap, len(items) - cap)
             return items[:cap]
         return items
 
@@ -138,21 +139,48 @@ def describe_rules(rules: Sequence[Rule]) -> str:
 FIELD_LIMIT = 1200  # characters of one field value shown to the teacher
 
 
-def render_mistake(mistake: Mistake, number: int) -> str:
-    """The mistake as the teacher reads it."""
+@dataclass(frozen=True)
+class ProgramFields:
+    """The fields the program's predictors read (inputs) and write (outputs): all of an example the teacher is shown.
+    Other example fields (an ``id``, a ``source``, a reference ``rationale``) reach no predictor, and only fields some
+    predictor writes can be gold labels the student missed."""
+
+    reads: frozenset[str]
+    writes: frozenset[str]
+
+
+def program_fields(program: dspy.Module) -> ProgramFields:
+    reads: set[str] = set()
+    writes: set[str] = set()
+    for _, predictor in program.named_predictors():
+        reads |= set(predictor.signature.input_fields)
+        writes |= set(predictor.signature.output_fields)
+    return ProgramFields(frozenset(reads), frozenset(writes))
+
+
+def render_mistake(mistake: Mistake, number: int, fields: ProgramFields | None = None) -> str:
+    """The mistake as the teacher reads it. With ``fields`` (see ``program_fields``), only the example fields some
+    predictor reads or writes are shown, and only fields some predictor writes as gold labels."""
+    inputs, gold = mistake.inputs, mistake.gold
+    if fields is not None:
+        inputs = {k: v for k, v in inputs.items() if k in fields.reads or k in fields.writes}
+        gold = {k: v for k, v in gold.items() if k in fields.writes}
     lines = [f"### Mistake {number}", "Inputs:"]
-    lines += [f"  {k}: {_clip(v)}" for k, v in mistake.inputs.items()]
+    lines += [f"  {k}: {_clip(v)}" for k, v in inputs.items()]
     lines.append("Expected (gold labels):")
-    lines += [f"  {k}: {_clip(v)}" for k, v in mistake.gold.items()] or ["  (none given)"]
+    lines += [f"  {k}: {_clip(v)}" for k, v in gold.items()] or ["  (none given)"]
     lines.append("What the student did:")
     for step in mistake.steps:
         lines.append(f"  [{step['predictor']}]")
-        lines += [f"    input {k}: {_clip(v)}" for k, v in step["inputs"].items() if mistake.inputs.get(k) != v]
+        lines += [f"    input {k}: {_clip(v)}" for k, v in step["inputs"].items() if inputs.get(k) != v]
         lines += [f"    {k}: {_clip(v)}" for k, v in step["outputs"].items()]
     if mistake.error_kind == ErrorKind.PARSE:
         where = f" of predictor `{mistake.failed_predictor}`" if mistake.failed_predictor else ""
         lines.append(f"  The reply{where} could not be parsed into the output fields. "
                      f"Raw reply: {_clip(mistake.raw_text)}")
+    elif mistake.error_kind == ErrorKind.METRIC:
+        lines.append("  The metric failed on this output (an error in the metric, not in the program): "
+                     f"{_clip(mistake.error)}")
     elif mistake.error:
         lines.append(f"  The program raised: {_clip(mistake.error)}")
     lines.append(f"Score: {mistake.score:g}")
@@ -193,6 +221,7 @@ class TeacherBrief:
     max_rules: int
     retries: int
     round_index: int
+    fields: ProgramFields | None = None  # what of each example the teacher is shown (None: every field)
 
 
 def ask_teacher(
@@ -209,7 +238,7 @@ def ask_teacher(
     If the provider refuses the request itself (some structured-output APIs reject schema keywords such as
     ``maxItems``), the retry sends the uncapped signature."""
     reply = BatchReply(round=brief.round_index, batch=batch_index, mistake_ids=[m.id for m in batch])
-    mistakes_text = "\n\n".join(render_mistake(m, i) for i, m in enumerate(batch, 1))
+    mistakes_text = "\n\n".join(render_mistake(m, i, brief.fields) for i, m in enumerate(batch, 1))
     predict = dspy.Predict(induction_signature(brief.max_rules, max(1, len(batch))))
     for attempt in range(brief.retries + 1):
         lm = teacher_lm
@@ -228,18 +257,23 @@ def ask_teacher(
         except (BudgetExhaustedError, StopRequestedError):
             raise
         except Exception as exc:
-            reply.error = f"{type(exc).__name__}: {exc}"[:500]
+            reply.error = one_line(f"{type(exc).__name__}: {exc}", 500)
+            number = brief.round_index + 1
             if is_lm_infrastructure_error(exc):
-                logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, brief.round_index, exc)
+                logger.debug("teacher LM failed on batch %d of round %d: %s", batch_index + 1, number, reply.error)
+                warn_folded(logger, "teacher LM failed", "round %d: the teacher LM failed on a batch (asked again on "
+                            "resume): %s", number, one_line(reply.error, 200))
                 reply.transient = True
                 return reply
             if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):
                 predict = dspy.Predict(induction_signature(brief.max_rules, max(1, len(batch)), schema_caps=False))
-            logger.warning(
-                "teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
-                batch_index, brief.round_index, attempt + 1, brief.retries + 1, reply.error[:200],
-            )
-    logger.warning("skipping batch %d of round %d: no usable teacher reply", batch_index, brief.round_index)
+            logger.debug("teacher reply for batch %d of round %d did not parse (attempt %d of %d): %s",
+                         batch_index + 1, number, attempt + 1, brief.retries + 1, reply.error)
+            warn_folded(logger, "teacher reply did not parse", "round %d: a teacher reply did not parse (each batch "
+                        "gets %d attempt(s), a fresh rollout each): %s", number, brief.retries + 1,
+                        one_line(reply.error, 200))
+    warn_folded(logger, "batch skipped", "round %d: a batch of mistakes was skipped: no usable teacher reply after %d "
+                "attempt(s)", brief.round_index + 1, brief.retries + 1)
     return reply
 
 
@@ -284,5 +318,6 @@ def induce(
             on_reply(reply)
         return reply
 
-    results = executor.map(ask, plans, urgent=True)  # never behind the student jobs already queued
+    with folded_warnings():  # one line per kind of teacher failure, with a count, when the round's replies are in
+        results = executor.map(ask, plans, urgent=True)  # never behind the student jobs already queued
     return [r for r in results if isinstance(r, BatchReply)]

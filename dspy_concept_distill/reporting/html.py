@@ -27,9 +27,11 @@ from .text import (
     fmt_score,
     fmt_share,
     headline,
+    inherited_note,
     kept_rules,
     ordered_rules,
     predictor_label,
+    round_label,
     rule_gain,
     status_word,
     tidy,
@@ -145,7 +147,8 @@ def _flag_cell(rule: Rule, min_gain: float) -> str:
 def _rule_row(rule: Rule, number: int | None, kept_ids: set[str], min_gain: float) -> str:
     ci = fmt_ci(rule.gain_ci)
     cells = [
-        f"R{number}" if number else "", str(display_round(rule.round)), _e(predictor_label(rule.predictor)),
+        f"R{number}" if number else "", str(display_round(rule.round)) if rule.inherited is None else "inherited",
+        _e(predictor_label(rule.predictor)),
         f'<a href="#rule-{_e(rule.id)}">{_e(tidy(rule.text, TABLE_RULE_CHARS))}</a>',
         f'<span class="badge status">{_e(status_word(rule, kept_ids))}</span>',
     ]
@@ -216,7 +219,7 @@ def _provenance_item(rule: Rule, result: ResultView, context: dict[str, Any]) ->
     number = context["numbers"].get(rule.id)
     label = f"R{number} " if number else ""
     head = (f"{label}[{predictor_label(rule.predictor)}] {tidy(rule.text, 140)} "
-            f"({status_word(rule, context['kept_ids'])}, round {display_round(rule.round)}"
+            f"({status_word(rule, context['kept_ids'])}, {round_label(rule)}"
             f"{'' if rule.batch is None else f', teacher batch {rule.batch + 1}'})")
     shown = rule.source_mistakes[:MAX_MISTAKES_SHOWN]
     blocks = [_mistake(context["mistakes"].get(m), m, context["diagnoses"].get((rule.round, rule.batch, m))
@@ -224,7 +227,9 @@ def _provenance_item(rule: Rule, result: ResultView, context: dict[str, Any]) ->
     more = len(rule.source_mistakes) - len(shown)
     if more > 0:
         blocks.append(f'<p class="small">and {more} more source mistake(s)</p>')
-    if not shown:
+    if rule.inherited is not None:
+        blocks.append(f'<p class="small">{_e(inherited_note(rule))}.</p>')
+    elif not shown:
         blocks.append('<p class="small">No source mistakes recorded for this rule.</p>')
     return (f'<details id="rule-{_e(rule.id)}"><summary>{_e(head)}</summary>{_why(rule, result, context["kept_ids"])}'
             f"<p><b>Written from {len(rule.source_mistakes)} mistake(s):</b></p>{''.join(blocks)}</details>")
@@ -294,3 +299,28 @@ def render(result: ResultView) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{title}</title><style>{CSS}</style></head>'
             f"<body><main>{body}</main></body></html>")
+
+
+FRAGMENT_CLASS = "cd-report"
+
+
+def _scoped(css: str, scope: str) -> str:
+    """``css`` with every selector inside ``scope`` (``body`` becomes the scope itself), so a report shown inside a
+    notebook's page styles nothing but itself."""
+    rules = []
+    for block in css.split("}"):
+        if "{" not in block:
+            continue
+        selectors, body = block.split("{", 1)
+        scoped = [scope if s.strip() == "body" else f"{scope} {s.strip()}" for s in selectors.split(",") if s.strip()]
+        rules.append(f"{','.join(scoped)}{{{body.strip()}}}")
+    return "\n".join(rules)
+
+
+def render_fragment(result: ResultView) -> str:
+    """The report as one ``<div>`` for a notebook (``DistillationResult._repr_html_``): the page's sections, its style
+    scoped to the div."""
+    body = "".join((_head(result), _plot(result), _rules(result), _provenance(result), _batches(result),
+                    _cost(result)))
+    return (f'<div class="{FRAGMENT_CLASS}"><style>{_scoped(CSS, "." + FRAGMENT_CLASS)}</style>'
+            f"<main>{body}</main></div>")

@@ -11,11 +11,13 @@ from ..records import BatchReply, Mistake, RoundSummary
 from ..rules import ACCEPTED, REJECTED, Rule, RuleSet
 from ..runtime.ledger import Ledger
 from ..runtime.metering import STUDENT, TEACHER
-from .html import render
-from .text import display_round, ordered_rules, summary_lines, why_nothing_learned
+from ..text import clip_text
+from .html import render, render_fragment
+from .text import display_round, headline, ordered_rules, summary_lines, why_nothing_learned
 
 RULE_COLUMNS = ["round", "predictor", "rule", "status", "gain", "evaluated_on", "reason", "source_mistakes",
-                "duplicates_merged", "id", "kept", "gain_ci_low", "gain_ci_high", "ignored_by_student", "ablation_gain"]
+                "duplicates_merged", "id", "kept", "gain_ci_low", "gain_ci_high", "ignored_by_student", "ablation_gain",
+               "inherited"]
 SAVED_FILES = ("report.html", "rules.json", "rules.md", "result.json")
 
 
@@ -54,6 +56,12 @@ class DistillationResult:
         return [r for r in self.rules if r.status == REJECTED and r.id not in kept]
 
     @property
+    def inherited_rules(self) -> list[Rule]:
+        """The rules the program carried when the compile began (re-optimizing), each re-checked on this valset:
+        kept ones are in ``ruleset``, ``Rule.inherited`` says where each came from."""
+        return [r for r in self.rules if r.inherited is not None]
+
+    @property
     def student_calls(self) -> int:
         return self.usage.calls(STUDENT)
 
@@ -75,7 +83,7 @@ class DistillationResult:
                 "kept": r.id in kept, "gain_ci_low": (r.gain_ci or [None, None])[0],
                 "gain_ci_high": (r.gain_ci or [None, None])[1],
                 "ignored_by_student": None if not r.adherence else bool(r.adherence.get("ignored")),
-                "ablation_gain": r.ablation_gain,
+                "ablation_gain": r.ablation_gain, "inherited": r.inherited is not None,
             }
             for r in ordered_rules(self)
         ]
@@ -89,6 +97,15 @@ class DistillationResult:
         """Why the returned program carries no rule (no mistakes, no usable teacher reply, every candidate
         rejected and the most common reason), or None when it carries some."""
         return why_nothing_learned(self)
+
+    def __repr__(self) -> str:
+        stopped = f"; stopped: {clip_text(self.stopped, 80)}" if self.stopped else ""
+        return (f"DistillationResult({headline(self)}; {self.student_calls} student and {self.teacher_calls} teacher "
+                f"calls{stopped})")
+
+    def _repr_html_(self) -> str:
+        """The report, shown by Jupyter and other notebooks when the result is a cell's value."""
+        return render_fragment(self)
 
     def summary(self) -> str:
         """A plain-text report for terminals and logs: scores, kept and rejected rules, spend against budget."""

@@ -64,6 +64,22 @@ def display_round(stored: int | None) -> int | None:
     return None if stored is None else stored + 1
 
 
+def round_label(rule: Rule) -> str:
+    """Where a rule came from, in a few words: ``round 2``, or ``inherited`` for one the program already carried."""
+    return "inherited" if rule.inherited is not None else f"round {display_round(rule.round)}"
+
+
+def inherited_note(rule: Rule) -> str:
+    """Where an inherited rule came from and what was measured for it before; "" for a rule written in this run."""
+    if rule.inherited is None:
+        return ""
+    note = f"Inherited from {rule.inherited.get('source', 'the program')}"
+    earlier = rule.inherited.get("earlier") or {}
+    if earlier.get("gain") is not None:
+        note += f"; gain {fmt_gain(earlier['gain'])} when it was kept there"
+    return note + "; re-checked on this valset"
+
+
 def predictor_label(name: str) -> str:
     return clip_text(name, PREDICTOR_CHARS)
 
@@ -245,7 +261,7 @@ def headline(result: ResultView) -> str:
 
 
 def _kept_line(number: int, rule: Rule, min_gain: float, again: list[int]) -> str:
-    notes = [f"round {display_round(rule.round)}", f"gain {gain_with_ci(rule)}", *flags(rule, min_gain)]
+    notes = [round_label(rule), f"gain {gain_with_ci(rule)}", *flags(rule, min_gain)]
     if again:
         notes.append("proposed again in round " + ", ".join(map(str, again)))
     text = tidy(rule.text, RULE_CHARS)
@@ -254,7 +270,7 @@ def _kept_line(number: int, rule: Rule, min_gain: float, again: list[int]) -> st
 
 def _rejected_line(rule: Rule) -> str:
     return (f"  - [{predictor_label(rule.predictor)}] {tidy(rule.text, RULE_CHARS)}  "
-            f"(round {display_round(rule.round)}: {tidy(rule.reason or 'no reason recorded', REASON_CHARS)})")
+            f"({round_label(rule)}: {tidy(rule.reason or 'no reason recorded', REASON_CHARS)})")
 
 
 def summary_lines(result: ResultView) -> list[str]:

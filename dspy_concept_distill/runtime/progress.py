@@ -50,17 +50,15 @@ def progress(total: int, desc: str | None = None, leave: bool = False) -> Any:
 
 @contextmanager
 def verbose_logging(on: bool) -> Iterator[None]:
-    """With ``verbose=True``, the package's INFO lines go to stderr for the block (one handler, removed after)."""
+    """With ``verbose=True``, the package logs at DEBUG for the block (each teacher attempt, what the run closed
+    with, ...), through the handler it always has (see ``logs.configure_logging``): no second handler, so no line is
+    printed twice."""
     if not on:
         yield
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     previous = package_logger.level
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
+    package_logger.setLevel(logging.DEBUG)
     try:
         yield
     finally:
-        package_logger.removeHandler(handler)
         package_logger.setLevel(previous)

@@ -28,7 +28,7 @@ import dspy
 from dspy.lm15 import Message, RateLimitError, Response, ServerError, TextPart, Usage
 from dspy.lm15 import TimeoutError as LMTimeout
 
-from .scripted import Prompt
+from .scripted import Prompt, SharedEngineState
 
 TIMEOUT = "timeout"  # raises dspy.lm15.TimeoutError (after ``seconds``)
 STALL = "stall"  # answers normally after ``seconds``
@@ -55,7 +55,7 @@ class Fault:
 FaultPlan = Mapping[int, Fault] | Callable[[int, Prompt], Fault | None]
 
 
-class RequestCounter:
+class RequestCounter(SharedEngineState):
     """A request counter that several engines can share, so a fault can hit "the N-th request of the run"."""
 
     def __init__(self) -> None:
@@ -80,7 +80,7 @@ def digest(request: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-class FaultyEngine:
+class FaultyEngine(SharedEngineState):
     """A DSPy engine that wraps ``inner`` (any engine) or answers with ``reply(prompt, index)``, and applies
     ``faults``: a mapping from request index to ``Fault``, or a function ``(index, prompt) -> Fault | None``.
 

@@ -123,7 +123,27 @@ def unit_hash(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-class ScriptedEngine:
+class SharedEngineState:
+    """What makes an engine copy and pickle as a model handle should: a deep copy is the engine itself (copies of a
+    program keep calling, and counting on, the same model, as copies of a client reach the same server), and pickling
+    leaves out the locks named in ``_locks`` and makes new ones on load, so optimizers and programs that hold a
+    scripted LM can be deep-copied without DSPy's "Failed to deep copy attribute 'lm'" warning, and pickled."""
+
+    _locks: tuple[str, ...] = ("_lock",)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedEngineState:
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in self._locks}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for name in self._locks:
+            setattr(self, name, threading.Lock())
+
+
+class ScriptedEngine(SharedEngineState):
     """Base of the scripted engines (not real models): counts calls in ``calls``, reads each request as a
     ``Prompt`` and returns ``reply(prompt, index)`` as the response text, with token counts of about 4 characters
     per token. ``index`` is the 0-based number of the call."""
