@@ -85,7 +85,7 @@ def test_no_student_lm_configured(world, data):
         ({"auto": "extreme"}, "auto must be one of"),
         ({"rounds": 0}, "rounds must be at least 1"),
         ({"mistakes_per_batch": 2.5}, "mistakes_per_batch must be an integer"),
-        ({"min_gain": 0}, "min_gain must be a number > 0"),
+        ({"min_gain": -0.1}, "min_gain must be a number >= 0"),
         ({"max_student_calls": -1}, "max_student_calls must be at least 0"),
         ({"val_fraction": 1.5}, "val_fraction must be between 0 and 1"),
     ],

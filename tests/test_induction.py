@@ -110,17 +110,22 @@ def test_empty_proposals_are_ignored(proposal):
     assert rules == []
 
 
-def test_near_misses_from_earlier_rounds_get_one_more_measurement():
-    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p", status=REJECTED, gain=0.0)
-    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=REJECTED, gain=-0.1)
+def test_near_misses_from_earlier_rounds_get_one_more_measurement_on_fresh_evidence_only():
+    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p", status=REJECTED, gain=0.05,
+                     evaluated_on=20)
+    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=REJECTED, gain=-0.1,
+                 evaluated_on=20)
     tried_twice = Rule(text="Subtract what was given away before answering.", predictor="p", status=REJECTED,
-                       gain=0.02, attempts=2)
-    proposals = [{"predictor": "p", "rule": r.text, "mistakes": [1]} for r in (near_miss, loser, tried_twice)]
+                       gain=0.02, evaluated_on=20, attempts=2)
+    stale = Rule(text="Write the final number without any units.", predictor="p", status=REJECTED, gain=0.05,
+                 evaluated_on=20)  # raced against the rules in force now: the cache would answer the same
+    known = [near_miss, loser, tried_twice, stale]
+    proposals = [{"predictor": "p", "rule": r.text, "mistakes": [1]} for r in known]
     rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
-                               leak_checker=LeakChecker([]), known_rules=[near_miss, loser, tried_twice],
-                               round_index=1)
-    assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1)]
-    assert "rejected in round 1" in rules[1].reason and "rejected in round 1" in rules[2].reason
+                               leak_checker=LeakChecker([]), known_rules=known, round_index=1,
+                               fresh=lambda rule: rule is not stale)
+    assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1), (REJECTED, 1)]
+    assert all("rejected in round 1" in r.reason for r in rules[1:])
 
 
 def ask(teacher: dspy.LM, batch: list[Mistake], *, max_rules: int, retries: int) -> BatchReply:
@@ -340,14 +345,16 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
 def test_near_misses_not_proposed_again_get_one_more_measurement_in_the_next_round():
     from dspy_concept_distill.phases.proposals import near_misses_to_retry
 
-    near = Rule("Near miss rule text here.", "p", status=REJECTED, gain=0.0, evaluated_on=20, round=0)
+    near = Rule("Near miss rule text here.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0)
     loser = Rule("Losing rule text here.", "p", status=REJECTED, gain=-0.1, evaluated_on=20, round=0)
-    twice = Rule("Twice measured rule text.", "p", status=REJECTED, gain=0.0, round=0, attempts=2)
-    again = Rule("Proposed again rule text.", "p", status=REJECTED, gain=0.0, round=0)
+    flat = Rule("Flat rule text, no gain at all.", "p", status=REJECTED, gain=0.0, evaluated_on=20, round=0)
+    twice = Rule("Twice measured rule text.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0, attempts=2)
+    again = Rule("Proposed again rule text.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0)
     proposed_now = [Rule("Proposed again rule text.", "p", round=1, attempts=2)]
-    retries = near_misses_to_retry([near, loser, twice, again], proposed_now, round_index=1)
+    retries = near_misses_to_retry([near, loser, flat, twice, again], proposed_now, round_index=1)
     assert [(r.text, r.status, r.round, r.attempts) for r in retries] == [(near.text, CANDIDATE, 1, 2)]
     assert near_misses_to_retry([near], [], round_index=0) == []  # only earlier rounds count
+    assert near_misses_to_retry([near], [], round_index=1, fresh=lambda rule: False) == []  # no new evidence
 
 
 def test_candidates_come_in_the_teachers_order_of_preference_then_support():

@@ -439,7 +439,7 @@ def test_a_custom_metric_threshold_changes_what_counts_as_a_mistake_not_the_scor
     result = optimized.distillation
     assert all(m.score == pytest.approx(0.2) for m in result.mistakes)  # 0.9 < 1.0 is not a mistake here
     assert len(result.mistakes) == 12
-    assert result.min_gain == pytest.approx(1.0 / len(val))  # one example on the metric's 0-1 scale
+    assert result.min_gain == 0.0  # gains are judged in units of the metric's own spread, whatever its scale
     assert {r.text for r in result.accepted_rules} == set(world.helpful_rules)
     assert result.final_score == pytest.approx(0.9)
 

@@ -21,8 +21,8 @@ with work ahead: what the policy is predicted to ask for next, found by running 
 (every unseen gain at the candidate's mean so far), and the next round's trainset with the rules predicted to be in
 force at the end. Work ahead is planned only when a batch is handed out, from the outcomes the policy has seen, so
 a run makes the same requests every time at a given thread count (a rerun answered by DSPy's cache or resumed from a
-checkpoint pays nothing twice); it never has more than the account's reserve outstanding, and at one thread there
-is none.
+checkpoint pays nothing twice); it never has more than the account's reserve outstanding, and with no more threads
+than a first chunk keeps busy there is none.
 """
 
 from __future__ import annotations
@@ -280,7 +280,9 @@ class Racer:
         self.next_trainset = None if next_trainset is None else list(next_trainset)
         self.on_decided = on_decided
         threads = evaluator.executor.num_threads
-        self.window = 0 if threads <= 1 else threads + math.ceil(QUEUE_SHARE * threads)
+        # A first chunk keeps up to that many threads busy on its own: below that, no work ahead (it would add
+        # requests for little time); above it, a queue's worth beyond the threads.
+        self.window = 0 if threads <= selection.bounds[0] else threads + math.ceil(QUEUE_SHARE * threads)
 
     def run(self) -> None:
         """Decide every candidate, or raise why not (budget, stop, student LM failure) with the decisions so far
