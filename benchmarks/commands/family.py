@@ -64,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", action="append", default=[], help="a note to add to the report (repeatable)")
     parser.add_argument("--render", type=Path, help="summarize the runs stored in an earlier JSON again (no runs)")
     parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
-                        help="the runs of several earlier JSONs in one result (no runs; --out names it)")
+                        help="the runs of several earlier JSONs in one result, only those of --optimizers when given "
+                        "(no runs; --out names it)")
     parser.add_argument("--list", action="store_true", help="print the tasks and optimizers and exit")
 
 
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.merge:
         if not args.out:
             raise SystemExit("--merge needs --out")
-        payload = family.merge(args.merge, args.command_line, jobs=args.jobs, threads=args.threads)
+        chosen = parse_list(args.optimizers, list(OPTIMIZERS), "optimizers") if args.optimizers else None
+        payload = family.merge(args.merge, args.command_line, optimizers=chosen, jobs=args.jobs, threads=args.threads)
         base = args.out.with_suffix("")
     else:
         payload = family.measure(

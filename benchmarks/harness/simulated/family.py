@@ -247,11 +247,13 @@ def rerender(path: Path, command: str, *, jobs: int = 1, threads: int = 4) -> di
     return assemble(records, old["tasks"], meta, stored_baselines(old, records, jobs=jobs, threads=threads))
 
 
-def merge(paths: Sequence[Path], command: str, *, jobs: int = 1, threads: int = 4) -> dict[str, Any]:
+def merge(paths: Sequence[Path], command: str, *, optimizers: Sequence[str] | None = None, jobs: int = 1,
+          threads: int = 4) -> dict[str, Any]:
     """The runs of several results in one (e.g. the reference file of DSPy's optimizers), each run keeping where
-    it came from: runs of ``this run`` in a part are labelled ``reference <that part's library revision>``. A task
-    in several parts must have the same fingerprint in each; a (task, optimizer, seed) in several parts is taken
-    from the first. ``meta.parts`` keeps each part's command, revision, seeds and wall time."""
+    it came from: runs of ``this run`` in a part are labelled ``reference <that part's library revision>``. Only
+    the runs of ``optimizers`` when given. A task in several parts must have the same fingerprint in each; a
+    (task, optimizer, seed) in several parts is taken from the first. ``meta.parts`` keeps each part's command,
+    revisions, seeds and wall time."""
     tasks: dict[str, dict[str, Any]] = {}
     records: dict[tuple[str, str, int], RunRecord] = {}
     parts, baselines = [], {}
@@ -263,18 +265,23 @@ def merge(paths: Sequence[Path], command: str, *, jobs: int = 1, threads: int = 
             tasks.setdefault(name, info)
         label = f"reference {payload['meta']['library_revision']}"
         for record in records_from_json(payload["runs"], payload["tasks"]):
+            if optimizers is not None and record.optimizer not in optimizers:
+                continue
             record.source = label if record.source == "this run" else record.source
             records.setdefault((record.task, record.optimizer, record.seed), record)
         for task, by_seed in payload.get("baseline_test", {}).items():
             for seed, accuracy in by_seed.items():
                 baselines.setdefault(task, {})[int(seed)] = accuracy
         parts.append({"file": str(path), **{k: payload["meta"].get(k) for k in (
-            "command", "library_revision", "seeds_label", "jobs", "threads", "wall_seconds", "versions")}})
+            "command", "library_revision", "harness_revision", "seeds_label", "jobs", "threads", "wall_seconds",
+            "versions")}})
     first = json.loads(Path(paths[0]).read_text())["meta"]
     meta = {**first, "command": command, "parts": parts, "seeds": sorted({r.seed for r in records.values()}),
             "seeds_label": "+".join(dict.fromkeys(p["seeds_label"] for p in parts)),
             "library_revision": ", ".join(dict.fromkeys(p["library_revision"] for p in parts)),
-            "wall_seconds": round(sum(p["wall_seconds"] or 0 for p in parts), 1)}
+            "harness_revision": ", ".join(dict.fromkeys(str(p["harness_revision"]) for p in parts)),
+            "wall_seconds": round(sum(p["wall_seconds"] or 0 for p in parts), 1), "reference": None}
+    meta.pop("rendered", None)
     merged = {"tasks": tasks, "baseline_test": baselines}
     return assemble(list(records.values()), tasks, meta,
                     stored_baselines(merged, list(records.values()), jobs=jobs, threads=threads))
