@@ -536,7 +536,7 @@ def test_runner_reports_every_field_on_a_tiny_subset(tmp_path):
     assert all(r["cd_rules"] and r["valset_final"] is not None for r in payload["runs"] if r["optimizer"] == "cd-light")
     md = out.with_suffix(".md").read_text()
     assert "## Targets (issue 14 Must 5), seeds 0-9 (tuning)" in md and "| cd-light |" in md
-    assert "valset optimism" in md and "below baseline: oracle / test" in md
+    assert "valset optimism" in md and "below baseline: oracle (test)" in md
     csv_text = out.with_suffix(".csv").read_text()
     assert csv_text.startswith("task,optimizer,block,") and "valset_optimism" in csv_text.splitlines()[0]
 

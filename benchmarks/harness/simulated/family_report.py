@@ -348,7 +348,7 @@ def _count(k: int | None, n: int) -> str:
 
 
 def results_table(rows: Sequence[dict[str, Any]], task: str, block: str | None = None) -> list[str]:
-    lines = ["| optimizer | oracle acc. | test acc. (95% CI) | below baseline: oracle / test | helpful recall | "
+    lines = ["| optimizer | oracle acc. | test acc. (95% CI) | below baseline: oracle (test) | helpful recall | "
              "harmful or tempting kept (run, rule) | generic kept/run | valset gain: reported / true | valset "
              "optimism (95% CI) | student calls (min-max) | proposer calls | wall s/run | runs |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -357,8 +357,8 @@ def results_table(rows: Sequence[dict[str, Any]], task: str, block: str | None =
         runs = f"{r['runs_ok']}/{r['runs']}" + ("" if r["source"] == "this run" else f" ({r['source']})")
         if r["errors"]:
             runs += f"; errors: {'; '.join(e[:80] for e in r['errors'])}"
-        below = (f"{_count(r.get('below_baseline_runs'), r['runs_ok'])} / "
-                 f"{_count(r.get('below_baseline_test_runs'), r.get('below_baseline_test_of', 0))}")
+        below = (f"{_count(r.get('below_baseline_runs'), r['runs_ok'])} (test "
+                 f"{_count(r.get('below_baseline_test_runs'), r.get('below_baseline_test_of', 0))})")
         gains = "—" if r.get("valset_reported_gain") is None else \
             f"{r['valset_reported_gain']:+.3f} / {r['true_gain']:+.3f}"
         optimism = "—" if r.get("valset_optimism") is None else f"{r['valset_optimism']:+.3f}" + (
