@@ -370,7 +370,8 @@ class ConceptDistillation(Teleprompter):
         before = _mean(state.val_scores)
         last = round_index + 1 >= state.settings.rounds
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
-                                                        next_trainset=None if last else state.trainset)
+                                                        next_trainset=None if last else state.trainset,
+                                                        hold=len(state.trainset))  # for the confirmation
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.stopped = state.stopped or result.stopped
         state.raced_against.update(result.raced_against)
@@ -440,8 +441,10 @@ class ConceptDistillation(Teleprompter):
         prefix of the accepted path); the others stay accepted in the report, marked as not returned."""
         if not len(state.current) or state.baseline_scores is None:
             return
-        kept, why = returned_rules(state.evaluator, state.valset, state.current, state.baseline_scores,
-                                   self._selection_settings(state, screen=False))
+        baseline = [state.evaluator.cached(RuleSet(), ex) for ex in state.valset]
+        calls_per_run = max([1, *(o.calls for o in baseline if o is not None)])
+        kept, why = returned_rules(state.evaluator, state.valset, state.trainset, state.current, state.baseline_scores,
+                                   self._selection_settings(state, screen=False), calls_per_run=calls_per_run)
         if why is None:
             return
         for rule in state.current:

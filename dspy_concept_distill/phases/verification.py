@@ -123,11 +123,12 @@ class Verifier:
 
     # -- racing ---------------------------------------------------------------------------------------------------
     def run(self, current: RuleSet, candidates: Sequence[Rule], mistakes: Mapping[str, Mistake], *,
-            next_trainset: Sequence[dspy.Example] | None = None) -> VerificationResult:
+            next_trainset: Sequence[dspy.Example] | None = None, hold: int = 0) -> VerificationResult:
         """Screen and race ``candidates`` on top of ``current``. When the budget runs out, the student LM fails or a
         stop is requested, undecided candidates are rejected with that reason and everything decided so far
         stands: every accepted rule was verified on the whole valset. ``next_trainset`` (the next round's, if one
-        may follow) can be run ahead on idle threads with the rules predicted to be in force at the end."""
+        may follow) can be run ahead on idle threads with the rules predicted to be in force at the end. ``hold``
+        program runs of the budget are left for the confirmation of the returned rules."""
         result = VerificationResult(current, None)
         bar = None
         selection: Selection | None = None
@@ -137,7 +138,7 @@ class Verifier:
             self.order = racing_order(result.scores, self.settings.max_score, self.rng)
             settings = replace(self.settings, prior_variance=prior_variance(result.scores, self.settings.max_score))
             selection = Selection(queue, current, result.scores, self.order, settings, predictors=self.predictors,
-                                  runs=self.account.left() // self.calls_per_run,
+                                  runs=max(0, self.account.left() // self.calls_per_run - hold),
                                   extension=self._extension(current, queue, mistakes))
             bar = self.progress(total=len(queue), desc="Verifying rules", leave=False) if self.progress else None
 
@@ -214,25 +215,42 @@ class Verifier:
         return found
 
 
-def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], accepted: RuleSet, baseline: list[float],
-                   settings: SelectionSettings) -> tuple[RuleSet, str | None]:
-    """The rules to return: the longest prefix of the accepted path (each prefix was scored on the whole valset when
-    its last rule was accepted) whose gain over the starting rules is shown to be real (``shown_gain``); the
-    starting rules (no rule) when none is. The second value says why rules were left out, or is None."""
+def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainset: Sequence[dspy.Example],
+                   accepted: RuleSet, baseline: list[float], settings: SelectionSettings, *,
+                   calls_per_run: int = 1) -> tuple[RuleSet, str | None]:
+    """The rules to return: the longest prefix of the accepted path whose gain over the starting instructions is
+    shown to be real (``shown_gain``) on the valset and, as a confirmation on examples the selection never looked
+    at, the trainset together (each prefix tried costs one trainset pass, booked as required work, while the
+    account can pay for it; without trainset scores of the starting instructions, the valset alone). The starting
+    instructions (no rule) when no prefix is. The second value says why rules were left out, or is None."""
     settings = replace(settings, prior_variance=prior_variance(baseline, settings.max_score))
+    start = evaluator.scores(RuleSet(), trainset)
+    confirm = bool(trainset) and all(s is not None for s in start)
     rules = list(accepted)
     for k in range(len(rules), 0, -1):
         prefix = RuleSet(rules[:k])
         scores = evaluator.scores(prefix, valset)
         if any(s is None for s in scores):
             continue
-        shown, lower = shown_gain([s for s in scores if s is not None], baseline, settings)
+        new, old = [s for s in scores if s is not None], list(baseline)
+        where = "the valset"
+        if confirm and evaluator.account.left() >= len(trainset) * calls_per_run:
+            try:
+                outcomes = evaluator.run([(prefix, ex) for ex in trainset], phase="verification")
+            except STOPPING_ERRORS as exc:  # what finished is cached; the valset alone decides
+                logger.warning("the confirmation on the trainset stopped early (%s); the valset alone decides", exc)
+                confirm = False
+            else:
+                new += [o.score for o in outcomes]
+                old += [s for s in start if s is not None]
+                where = "the valset and the trainset"
+        shown, lower = shown_gain(new, old, settings)
         if shown:
             return prefix, None if k == len(rules) else (
                 f"left out: the gain of the {len(rules)} accepted rules over the starting instructions was not shown "
-                f"to be real; the first {k} show it (lower confidence bound {lower:+.3f})")
+                f"to be real on {where}; the first {k} show it (lower confidence bound {lower:+.3f})")
     return RuleSet(), (f"left out: the gain of the {len(rules)} accepted rule(s) over the starting instructions was "
-                       "not shown to be real")
+                       f"not shown to be real on the valset and the trainset together")
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
