@@ -189,6 +189,7 @@ class ConceptDistillation(Teleprompter):
             max_candidates=self._setting("max_candidates"), screen_size=self._setting("screen_size"),
             confidence_z=self._preset().confidence_z, futility_z=self._preset().futility_z,
             window=self._preset().window, final_z=self._preset().final_z, extend=self._preset().extend,
+            hold=self._preset().hold,
             min_gain=self.min_gain, metric_threshold=self.metric_threshold,
             teacher_retries=self.teacher_retries, num_threads=self.num_threads or dspy.settings.num_threads or 1,
             seed=self.seed,
@@ -366,12 +367,13 @@ class ConceptDistillation(Teleprompter):
         retries = near_misses_to_retry(state.rules, candidates, round_index, state.fresh)
         candidates += retries
         state.rules += retries
-        pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], state.settings.max_candidates)
+        s = state.settings
+        pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], s.max_candidates)
         before = _mean(state.val_scores)
         last = round_index + 1 >= state.settings.rounds
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
                                                         next_trainset=None if last else state.trainset,
-                                                        hold=len(state.trainset))  # for the confirmation
+                                                        hold=len(state.trainset) if s.hold else 0)
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.stopped = state.stopped or result.stopped
         state.raced_against.update(result.raced_against)

@@ -38,6 +38,7 @@ class Preset:
     window: int  # candidates raced side by side
     final_z: float  # the returned rules' gain over the starting instructions must be shown at this confidence
     extend: bool  # a near miss on the valset goes on to trainset examples it was not written for
+    hold: bool  # racing leaves a trainset pass of the budget for the confirmation of the returned rules
     train_passes: float  # student budget: runs per training example ...
     val_passes: float  # ... plus runs per validation example
 
@@ -47,13 +48,13 @@ PRESETS: dict[str, Preset] = {
     # budget of train + 5 x val runs, at most 0.75x COPRO(4, 2)'s when train and val are the same size.
     "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=0.8, futility_z=3.0,
                     window=1, final_z=1.0, extend=False,
-                    train_passes=1, val_passes=5),
+                    hold=False, train_passes=1, val_passes=5),
     "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=1.0, futility_z=3.0,
                      window=3, final_z=1.0, extend=True,
-                     train_passes=2, val_passes=16),
+                     hold=True, train_passes=2, val_passes=16),
     "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=1.64, futility_z=2.0,
                     window=6, final_z=1.0, extend=True,
-                    train_passes=3, val_passes=48),
+                    hold=True, train_passes=3, val_passes=48),
 }
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class RunSettings:
     window: int
     final_z: float
     extend: bool
+    hold: bool
     min_gain: float | None
     metric_threshold: float | None
     teacher_retries: int

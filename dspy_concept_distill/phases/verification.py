@@ -41,6 +41,8 @@ from .statistics import (
 
 logger = logging.getLogger(__name__)
 
+STRICT_Z = 2.5  # the returned rules pass on the valset alone when their gain's lower bound at this z clears 0
+
 
 @dataclass
 class VerificationResult:
@@ -219,11 +221,14 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
                    accepted: RuleSet, baseline: list[float], settings: SelectionSettings, *,
                    calls_per_run: int = 1) -> tuple[RuleSet, str | None]:
     """The rules to return: the longest prefix of the accepted path whose gain over the starting instructions is
-    shown to be real (``shown_gain``) on the valset and, as a confirmation on examples the selection never looked
-    at, the trainset together (each prefix tried costs one trainset pass, booked as required work, while the
-    account can pay for it; without trainset scores of the starting instructions, the valset alone). The starting
-    instructions (no rule) when no prefix is. The second value says why rules were left out, or is None."""
+    shown to be real. The selection looked at the valset, so a gain there is optimistic (the best of many noisy
+    measurements, and any prompt change re-draws answers the starting prompt got wrong by chance); a prefix passes
+    on the valset alone only at the strict ``STRICT_Z``, else on the valset and the trainset together (examples the
+    selection never scored: a confirmation, one trainset pass per prefix, booked as required work) at ``final_z``,
+    when the account can pay for it and the starting instructions' trainset scores are known. The starting
+    instructions (no rule) when no prefix passes. The second value says why rules were left out, or is None."""
     settings = replace(settings, prior_variance=prior_variance(baseline, settings.max_score))
+    strict = replace(settings, final_z=max(settings.final_z, STRICT_Z))
     start = evaluator.scores(RuleSet(), trainset)
     confirm = bool(trainset) and all(s is not None for s in start)
     rules = list(accepted)
@@ -232,25 +237,23 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
         scores = evaluator.scores(prefix, valset)
         if any(s is None for s in scores):
             continue
-        new, old = [s for s in scores if s is not None], list(baseline)
-        where = "the valset"
-        if confirm and evaluator.account.left() >= len(trainset) * calls_per_run:
+        new = [s for s in scores if s is not None]
+        shown, lower = shown_gain(new, baseline, strict)
+        if not shown and confirm and evaluator.account.left() >= len(trainset) * calls_per_run:
             try:
                 outcomes = evaluator.run([(prefix, ex) for ex in trainset], phase="verification")
-            except STOPPING_ERRORS as exc:  # what finished is cached; the valset alone decides
-                logger.warning("the confirmation on the trainset stopped early (%s); the valset alone decides", exc)
+            except STOPPING_ERRORS as exc:  # what finished is cached; the strict valset test decides
+                logger.warning("the confirmation on the trainset stopped early: %s", exc)
                 confirm = False
             else:
-                new += [o.score for o in outcomes]
-                old += [s for s in start if s is not None]
-                where = "the valset and the trainset"
-        shown, lower = shown_gain(new, old, settings)
+                shown, lower = shown_gain(new + [o.score for o in outcomes],
+                                          baseline + [s for s in start if s is not None], settings)
         if shown:
             return prefix, None if k == len(rules) else (
                 f"left out: the gain of the {len(rules)} accepted rules over the starting instructions was not shown "
-                f"to be real on {where}; the first {k} show it (lower confidence bound {lower:+.3f})")
+                f"to be real on fresh examples; the first {k} show it (lower confidence bound {lower:+.3f})")
     return RuleSet(), (f"left out: the gain of the {len(rules)} accepted rule(s) over the starting instructions was "
-                       f"not shown to be real on the valset and the trainset together")
+                       f"not shown to be real on fresh examples (the trainset) or strictly on the valset")
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
