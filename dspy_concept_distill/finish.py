@@ -28,6 +28,10 @@ def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
         if len(current):
             logger.warning("returning the original instructions: the rule set could not be shown to help")
         current, final = RuleSet(), baseline
+    if state.held_back:  # the scores a person reads are over the whole valset once the held-back half was run
+        whole = [state.evaluator.scores(rules, state.valset) for rules in (RuleSet(), current)]
+        if all(s is not None for scores in whole for s in scores):
+            baseline, final = (_mean([s for s in scores if s is not None]) for scores in whole)
     student = _without_results(student)
     optimized = current.apply(student, state.base_instructions)
     optimized._compiled = True
@@ -68,7 +72,7 @@ def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
     """Every rule set on the accepted path that was scored on the whole valset, best first."""
     out = []
     for ruleset in _prefixes(current):
-        scores = state.evaluator.scores(ruleset, state.valset)
+        scores = state.evaluator.scores(ruleset, state.raced)
         if all(s is not None for s in scores):
             program = optimized if ruleset == current else ruleset.apply(student, state.base_instructions)
             out.append({"score": _mean(scores), "program": program, "rules": ruleset})
@@ -83,7 +87,7 @@ def _trajectory(state: CompileState, current: RuleSet, baseline: float | None) -
     steps: list[dict[str, Any]] = [{"rules": 0, "rule_id": None, "text": None, "score": baseline, "gain": None,
                                     "ci": None}]
     for k, ruleset in enumerate(_prefixes(current)[1:], 1):
-        scores = state.evaluator.scores(ruleset, state.valset)
+        scores = state.evaluator.scores(ruleset, state.raced)
         if any(s is None for s in scores):
             break
         rule = list(current)[k - 1]

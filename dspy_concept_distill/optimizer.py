@@ -51,6 +51,9 @@ from .state import CompileState, open_state
 
 logger = logging.getLogger(__name__)
 
+MIN_TRAIN_SAMPLE = 40  # trainset examples the student runs on, at least (all of a smaller trainset)
+TRAIN_SAMPLE_SLOTS = 3  # ... and three times the mistakes the teacher's batches can show
+
 AutoMode = Literal["light", "medium", "heavy"]
 
 
@@ -190,6 +193,8 @@ class ConceptDistillation(Teleprompter):
             confidence_z=self._preset().confidence_z, futility_z=self._preset().futility_z,
             window=self._preset().window, final_z=self._preset().final_z, extend=self._preset().extend,
             hold=self._preset().hold,
+            train_sample=max(MIN_TRAIN_SAMPLE,
+                             TRAIN_SAMPLE_SLOTS * self._setting("num_batches") * self.mistakes_per_batch),
             min_gain=self.min_gain, metric_threshold=self.metric_threshold,
             teacher_retries=self.teacher_retries, num_threads=self.num_threads or dspy.settings.num_threads or 1,
             seed=self.seed,
@@ -312,7 +317,7 @@ class ConceptDistillation(Teleprompter):
             logger.info("the program carries %d rule(s) from an earlier optimization: each is re-checked on this "
                         "valset and kept only if it still helps", found)
             if self._default_student_budget() and budgets.get("student_calls") is not None:
-                budgets["student_calls"] += found * len(state.valset) * len(state.names)
+                budgets["student_calls"] += found * len(state.raced) * len(state.names)
                 state.budget.limits[STUDENT] = budgets["student_calls"]
         state.rules += state.inherited
         state.baseline_scores = state.val_scores = self._scores(state)
@@ -331,12 +336,12 @@ class ConceptDistillation(Teleprompter):
         rules = state.current
         if len(rules) < 2 or state.val_scores is None:
             return
-        cost = ablation_cost(rules, state.valset, len(state.names))
+        cost = ablation_cost(rules, state.raced, len(state.names))
         logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
         if self._default_student_budget() and budgets.get("student_calls") is not None:
             budgets["student_calls"] += cost
             state.budget.limits[STUDENT] = budgets["student_calls"]
-        stopped = ablate(state.evaluator, rules, state.valset, state.val_scores, state.min_gain)
+        stopped = ablate(state.evaluator, rules, state.raced, state.val_scores, state.min_gain)
         state.stopped = state.stopped or stopped
 
     # -- one round: the three phases ------------------------------------------------------------------------------
@@ -346,9 +351,9 @@ class ConceptDistillation(Teleprompter):
         first = state.baseline_scores is None
         baseline = None  # the valset baseline starts beside the trainset once that cannot fail fast
         if first and state.settings.num_threads > 1:
-            baseline = partial(state.evaluator.prefetch, [(state.current, ex) for ex in state.valset], "verification")
+            baseline = partial(state.evaluator.prefetch, [(state.current, ex) for ex in state.raced], "verification")
         mistakes, outcomes, state.threshold = collect_mistakes(
-            state.evaluator, state.current, state.trainset, threshold=state.settings.metric_threshold,
+            state.evaluator, state.current, state.train_runs, threshold=state.settings.metric_threshold,
             round_index=round_index, on_usable=baseline)
         state.mistakes += mistakes
         if first:
@@ -372,8 +377,8 @@ class ConceptDistillation(Teleprompter):
         before = _mean(state.val_scores)
         last = round_index + 1 >= state.settings.rounds
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
-                                                        next_trainset=None if last else state.trainset,
-                                                        hold=len(state.trainset) if s.hold else 0)
+                                                        next_trainset=None if last else state.train_runs,
+                                                        hold=self._confirmation_runs(state))
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.stopped = state.stopped or result.stopped
         state.raced_against.update(result.raced_against)
@@ -388,7 +393,7 @@ class ConceptDistillation(Teleprompter):
 
     @staticmethod
     def _scores(state: CompileState) -> list[float]:
-        outcomes = state.evaluator.run([(state.current, ex) for ex in state.valset], phase="verification",
+        outcomes = state.evaluator.run([(state.current, ex) for ex in state.raced], phase="verification",
                                        desc="Baseline on valset")
         return [o.score for o in outcomes]
 
@@ -435,25 +440,34 @@ class ConceptDistillation(Teleprompter):
         )
 
     def _verifier(self, state: CompileState, *, screen: bool) -> Verifier:
-        return Verifier(state.evaluator, state.valset, state.trainset, self._selection_settings(state, screen=screen),
+        return Verifier(state.evaluator, state.raced, state.train_runs, self._selection_settings(state, screen=screen),
                         state.rng, account=state.evaluator.account, predictors=state.names, progress=progress)
+
+    @staticmethod
+    def _confirmation_runs(state: CompileState) -> int:
+        """Program runs the racing leaves for the confirmation of the returned rules: the held-back valset half for
+        them and the starting instructions, or (with the preset's ``hold``) a trainset pass."""
+        if state.held_back:
+            return 2 * len(state.held_back)
+        return len(state.train_runs) if state.settings.hold else 0
 
     def _keep_shown(self, state: CompileState) -> None:
         """Return only rules whose joint gain over the starting instructions is shown to be real (the longest such
         prefix of the accepted path); the others stay accepted in the report, marked as not returned."""
         if not len(state.current) or state.baseline_scores is None:
             return
-        baseline = [state.evaluator.cached(RuleSet(), ex) for ex in state.valset]
+        baseline = [state.evaluator.cached(RuleSet(), ex) for ex in state.raced]
         calls_per_run = max([1, *(o.calls for o in baseline if o is not None)])
-        kept, why = returned_rules(state.evaluator, state.valset, state.trainset, state.current, state.baseline_scores,
-                                   self._selection_settings(state, screen=False), calls_per_run=calls_per_run)
+        kept, why = returned_rules(state.evaluator, state.raced, state.train_runs, state.current, state.baseline_scores,
+                                   self._selection_settings(state, screen=False), held_back=state.held_back,
+                                   calls_per_run=calls_per_run)
         if why is None:
             return
         for rule in state.current:
             if rule not in list(kept):
                 rule.reason = f"{rule.reason}; {why}"
         logger.warning("%s", why)
-        scores = state.evaluator.scores(kept, state.valset)
+        scores = state.evaluator.scores(kept, state.raced)
         state.current = kept
         state.val_scores = [s for s in scores if s is not None] if len(kept) else state.baseline_scores
 

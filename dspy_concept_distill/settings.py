@@ -73,6 +73,7 @@ class RunSettings:
     final_z: float
     extend: bool
     hold: bool
+    train_sample: int  # the most trainset examples the student runs on to find mistakes
     min_gain: float | None
     metric_threshold: float | None
     teacher_retries: int

@@ -15,6 +15,7 @@ from typing import Any
 import dspy
 
 from .persistence.journal import Journal, Resumed, attach
+from .phases.statistics import hold_back, train_sample
 from .records import BatchReply, Mistake, RoundSummary
 from .rules import Rule, RuleSet, split_instructions
 from .runtime.evaluator import EvalCache, Evaluator
@@ -52,6 +53,9 @@ class CompileState:
     threshold: float | None = None
     stopped: str | None = None
     inherited: list[Rule] = field(default_factory=list)  # the rules the program's instructions carried, to re-check
+    raced: list[dspy.Example] = field(default_factory=list)  # the valset examples races run on (all, or a half)
+    held_back: list[dspy.Example] = field(default_factory=list)  # the other half, which confirms what is returned
+    train_runs: list[dspy.Example] = field(default_factory=list)  # the trainset examples the student runs on
 
     @property
     def ledger(self) -> Ledger:
@@ -111,8 +115,13 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     executor = Executor(settings.num_threads)
     evaluator = Evaluator(program, base, MetricAdapter(metric), budget, executor, stop, cache)
     teacher = metered(teacher_lm, budget, TEACHER) if teacher_lm is not None else None
+    plan = random.Random(f"{settings.seed}/data")  # apart from the run's rng: the plan changes no other draw
+    raced, held = hold_back(len(valset), plan)
+    sample = train_sample(len(trainset), settings.train_sample, plan)
     state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher, journal, executor,
-                         stop, random.Random(settings.seed), resumed, inherited=inherited)
+                         stop, random.Random(settings.seed), resumed, inherited=inherited,
+                         raced=[valset[i] for i in raced], held_back=[valset[i] for i in held],
+                         train_runs=[trainset[i] for i in sample])
     try:
         with stop.installed():
             yield state

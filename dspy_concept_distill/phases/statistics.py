@@ -28,6 +28,7 @@ EPS = 1e-9
 CHUNK_FRACTIONS = (0.15, 0.3, 0.5, 0.75, 1.0)
 MIN_FIRST_CHUNK = 6
 MIN_PRIOR_SD = 0.1  # of max_score: the least variability a metric is assumed to have
+HOLD_BACK_MIN = 60  # from this many valset examples on, half of them are held back to confirm what is returned
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,25 @@ def prior_variance(base_scores: Sequence[float], max_score: float) -> float:
     mean = sum(base_scores) / n if n else 0.0
     observed = sum((s - mean) ** 2 for s in base_scores) / n if n else 0.0
     return max(observed, (MIN_PRIOR_SD * max_score) ** 2)
+
+
+def hold_back(n: int, rng: random.Random) -> tuple[list[int], list[int]]:
+    """Valset indices to race on and indices held back. From ``HOLD_BACK_MIN`` examples on, a random half is held
+    back: the rules to return are then confirmed on examples the selection never saw (an unbiased measurement of
+    their gain), and races cost half as much; below that, every example races and the trainset confirms."""
+    indices = list(range(n))
+    if n < HOLD_BACK_MIN:
+        return indices, []
+    rng.shuffle(indices)
+    half = n // 2
+    return sorted(indices[half:]), sorted(indices[:half])
+
+
+def train_sample(n: int, size: int, rng: random.Random) -> list[int]:
+    """Trainset indices the student runs on to find mistakes: all of them, or a random ``size`` of them."""
+    if n <= size:
+        return list(range(n))
+    return sorted(rng.sample(range(n), size))
 
 
 def racing_order(base_scores: Sequence[float], max_score: float, rng: random.Random) -> list[int]:

@@ -219,15 +219,21 @@ class Verifier:
 
 def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainset: Sequence[dspy.Example],
                    accepted: RuleSet, baseline: list[float], settings: SelectionSettings, *,
-                   calls_per_run: int = 1) -> tuple[RuleSet, str | None]:
+                   held_back: Sequence[dspy.Example] = (), calls_per_run: int = 1) -> tuple[RuleSet, str | None]:
     """The rules to return: the longest prefix of the accepted path whose gain over the starting instructions is
-    shown to be real. The selection looked at the valset, so a gain there is optimistic (the best of many noisy
-    measurements, and any prompt change re-draws answers the starting prompt got wrong by chance); a prefix passes
-    on the valset alone only at the strict ``STRICT_Z``, else on the valset and the trainset together (examples the
-    selection never scored: a confirmation, one trainset pass per prefix, booked as required work) at ``final_z``,
-    when the account can pay for it and the starting instructions' trainset scores are known. The starting
-    instructions (no rule) when no prefix passes. The second value says why rules were left out, or is None."""
+    shown to be real on examples the selection never scored. The selection raced on ``valset``, so a gain there is
+    optimistic (the best of many noisy measurements, and any prompt change re-draws answers the starting prompt got
+    wrong by chance).
+
+    With ``held_back`` valset examples, a prefix passes when its gain there, against the starting instructions run
+    there too, is shown at ``final_z``: an unbiased confirmation. Without, it passes on the valset alone only at the
+    strict ``STRICT_Z``, else on the valset and the trainset together at ``final_z`` (one trainset pass per prefix,
+    when the account can pay for it and the starting instructions' trainset scores are known). Every run is booked
+    as required work. The starting instructions (no rule) when no prefix passes; the second value says why rules
+    were left out, or is None."""
     settings = replace(settings, prior_variance=prior_variance(baseline, settings.max_score))
+    if held_back:
+        return _confirmed_on_held_back(evaluator, held_back, accepted, settings, calls_per_run)
     strict = replace(settings, final_z=max(settings.final_z, STRICT_Z))
     start = evaluator.scores(RuleSet(), trainset)
     confirm = bool(trainset) and all(s is not None for s in start)
@@ -249,11 +255,38 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
                 shown, lower = shown_gain(new + [o.score for o in outcomes],
                                           baseline + [s for s in start if s is not None], settings)
         if shown:
-            return prefix, None if k == len(rules) else (
-                f"left out: the gain of the {len(rules)} accepted rules over the starting instructions was not shown "
-                f"to be real on fresh examples; the first {k} show it (lower confidence bound {lower:+.3f})")
-    return RuleSet(), (f"left out: the gain of the {len(rules)} accepted rule(s) over the starting instructions was "
-                       f"not shown to be real on fresh examples (the trainset) or strictly on the valset")
+            return prefix, _left_out(len(rules), k, lower)
+    return RuleSet(), _left_out(len(rules), 0, None)
+
+
+def _confirmed_on_held_back(evaluator: Evaluator, held_back: Sequence[dspy.Example], accepted: RuleSet,
+                            settings: SelectionSettings, calls_per_run: int) -> tuple[RuleSet, str | None]:
+    rules, n = list(accepted), len(held_back)
+    if evaluator.account.left() < 2 * n * calls_per_run:
+        return RuleSet(), _left_out(len(rules), 0, None)
+    try:
+        start = [o.score for o in evaluator.run([(RuleSet(), ex) for ex in held_back], phase="verification")]
+        for k in range(len(rules), 0, -1):
+            if evaluator.account.left() < n * calls_per_run:
+                break
+            prefix = RuleSet(rules[:k])
+            scores = [o.score for o in evaluator.run([(prefix, ex) for ex in held_back], phase="verification")]
+            shown, lower = shown_gain(scores, start, settings)
+            if shown:
+                return prefix, _left_out(len(rules), k, lower)
+    except STOPPING_ERRORS as exc:
+        logger.warning("the confirmation on the held-back valset examples stopped early: %s", exc)
+    return RuleSet(), _left_out(len(rules), 0, None)
+
+
+def _left_out(accepted: int, kept: int, lower: float | None) -> str | None:
+    if kept == accepted:
+        return None
+    if kept:
+        return (f"left out: the gain of the {accepted} accepted rules over the starting instructions was not shown "
+                f"to be real on fresh examples; the first {kept} show it (lower confidence bound {lower:+.3f})")
+    return (f"left out: the gain of the {accepted} accepted rule(s) over the starting instructions was not shown to "
+            "be real on fresh examples")
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
