@@ -48,6 +48,7 @@ from .state import CompileState, open_state
 logger = logging.getLogger(__name__)
 
 AutoMode = Literal["light", "medium", "heavy"]
+OnFailure = Literal["raise", "return"]
 
 
 class ConceptDistillation(Teleprompter):
@@ -108,6 +109,7 @@ class ConceptDistillation(Teleprompter):
         checkpoint_dir: str | None = None,
         log_dir: str | None = None,
         verbose: bool = False,
+        on_failure: OnFailure = "raise",
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -136,6 +138,7 @@ class ConceptDistillation(Teleprompter):
         self.checkpoint_dir = checkpoint_dir
         self.log_dir = log_dir
         self.verbose = verbose
+        self.on_failure = on_failure
 
     # -- settings -------------------------------------------------------------------------------------------------
     def _preset(self) -> Preset:
@@ -284,7 +287,7 @@ class ConceptDistillation(Teleprompter):
         logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
         if self._default_student_budget() and budgets.get("student_calls") is not None:
             budgets["student_calls"] += cost
-            state.budget.limits[STUDENT] = budgets["student_calls"]
+            state.budget.set_limit(STUDENT, budgets["student_calls"])
         stopped = ablate(state.evaluator, rules, state.valset, state.val_scores, state.min_gain)
         state.stopped = state.stopped or stopped
 
@@ -350,7 +353,8 @@ class ConceptDistillation(Teleprompter):
                     state.journal.reply(reply)
 
             replies = induce(state.teacher_lm, brief, batches, executor=state.executor,
-                             seed=state.rng.randrange(1 << 30), on_reply=on_reply, replay=replay)
+                             seed=state.rng.randrange(1 << 30), on_reply=on_reply, replay=replay,
+                             budget=state.budget)
         state.replies += replies
         usable = [r for r in replies if r.error is None]
         if state.budget.exhausted(TEACHER):

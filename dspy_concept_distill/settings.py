@@ -120,6 +120,8 @@ def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: di
         raise ValueError(f"val_fraction must be between 0 and 1, got {fraction!r}")
     if v["max_metric_calls"] is not None and v["max_student_calls"] is not None:
         raise ValueError("give max_student_calls or max_metric_calls (GEPA's name for the same budget), not both")
+    if v["on_failure"] not in ("raise", "return"):
+        raise ValueError(f"on_failure must be 'raise' or 'return', got {v['on_failure']!r}")
     for name in ("ablation", "verbose"):
         if not isinstance(v[name], bool):
             raise ValueError(f"{name} must be True or False, got {v[name]!r}")

@@ -19,7 +19,7 @@ from .rules import Rule, RuleSet
 from .runtime.evaluator import EvalCache, Evaluator
 from .runtime.executor import STOP_FILE, Executor, StopSignal
 from .runtime.ledger import Ledger
-from .runtime.metering import STUDENT, TEACHER, Budget, metered
+from .runtime.metering import STUDENT, TEACHER, Budget, install
 from .runtime.metric import MetricAdapter, metric_max
 from .settings import RunSettings
 
@@ -34,7 +34,7 @@ class CompileState:
     valset: list[dspy.Example]
     evaluator: Evaluator
     budget: Budget
-    teacher_lm: dspy.BaseLM | None  # metered
+    teacher_lm: dspy.BaseLM | None  # the caller's: induction meters its requests
     journal: Journal
     executor: Executor
     stop: StopSignal
@@ -104,8 +104,8 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     stop = StopSignal(Path(directory) / STOP_FILE if directory is not None else None)
     executor = Executor(settings.num_threads)
     evaluator = Evaluator(program, base, MetricAdapter(metric), budget, executor, stop, cache)
-    teacher = metered(teacher_lm, budget, TEACHER) if teacher_lm is not None else None
-    state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher, journal, executor,
+    install()  # DSPy's LM entry point meters every request made inside a run (see runtime.metering)
+    state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher_lm, journal, executor,
                          stop, random.Random(settings.seed), resumed)
     try:
         with stop.installed():
