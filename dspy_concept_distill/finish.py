@@ -9,6 +9,7 @@ from typing import Any
 
 import dspy
 
+from .records import CostForecast
 from .reporting.result import DistillationResult
 from .rules import RuleSet
 from .runtime.metering import STUDENT, TEACHER
@@ -17,8 +18,7 @@ from .state import CompileState
 logger = logging.getLogger(__name__)
 
 
-def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
-           cost_estimate: dict[str, float | None]) -> dspy.Module:
+def finish(state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
     """The optimized copy of ``student`` with ``distillation`` and ``candidate_programs`` attached."""
     baseline, final = _mean(state.baseline_scores), _mean(state.val_scores)
     current = state.current
@@ -34,7 +34,8 @@ def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
         baseline_score=baseline, final_score=final, ruleset=current, rules=state.rules, mistakes=state.mistakes,
         replies=state.replies, usage=state.ledger, rounds=state.summaries, stopped=state.stopped,
         trainset_size=len(state.trainset), valset_size=len(state.valset),
-        min_gain=state.min_gain if state.valset else 0.0, budgets=budgets, cost_estimate=cost_estimate,
+        min_gain=state.min_gain if state.valset else 0.0, budgets=state.limits.to_dict(),
+        cost_estimate=forecast.to_dict(),
         trajectory=_trajectory(state, current, baseline),
     )
     logger.info("concept distillation done: valset score %s -> %s with %d rule(s); %d student and %d teacher "

@@ -7,8 +7,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -26,11 +26,11 @@ from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
 from .phases.statistics import VerificationSettings
 from .phases.verification import Verifier, limit_candidates
-from .records import BatchReply, CallBounds, Mistake, RoundSummary
+from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .runtime.evaluator import STOPPING_ERRORS
-from .runtime.forecast import project, refine
-from .runtime.metering import STUDENT, TEACHER
+from .runtime.forecast import call_bounds, calls_per_run, project, refine
+from .runtime.metering import TEACHER
 from .runtime.progress import progress, verbose_logging
 from .settings import (
     PRESETS,
@@ -38,6 +38,7 @@ from .settings import (
     RunSettings,
     check_examples,
     check_program,
+    check_run_budget,
     check_valset_size,
     materialize,
     split_data,
@@ -148,18 +149,20 @@ class ConceptDistillation(Teleprompter):
         value = getattr(self, name)
         return getattr(self._preset(), name) if value is None else value
 
-    def _budgets(self, n_train: int, n_val: int, n_predictors: int, rounds: int) -> dict[str, Any]:
-        preset = self._preset()
-        student = self.max_student_calls
-        if self.max_metric_calls is not None:
-            student = self.max_metric_calls * n_predictors  # program runs -> LM calls
-        if student is None:
-            student = math.ceil((preset.train_passes * n_train + preset.val_passes * n_val) * n_predictors)
+    def _limits(self, n_train: int, n_val: int, rounds: int) -> Limits:
+        """The run's hard limits. The student budget is in program runs (the preset's passes over the data, or
+        ``max_metric_calls``) unless ``max_student_calls`` gives it in LM calls; runs become LM calls once the first
+        pass has measured the calls one run makes (``Limits.converted``)."""
         teacher = self.max_teacher_calls
         if teacher is None:
             teacher = self._teacher_calls_bound(rounds)
-        return {"student_calls": student, "teacher_calls": teacher, "tokens": self.max_tokens,
-                "cost_usd": self.max_cost_usd}
+        runs: float | None = None
+        if self.max_student_calls is None:
+            preset = self._preset()
+            runs = self.max_metric_calls
+            if runs is None:
+                runs = preset.train_passes * n_train + preset.val_passes * n_val
+        return Limits(self.max_student_calls, teacher, self.max_tokens, self.max_cost_usd, program_runs=runs)
 
     def _default_student_budget(self) -> bool:
         return self.max_student_calls is None and self.max_metric_calls is None
@@ -181,10 +184,10 @@ class ConceptDistillation(Teleprompter):
 
     @contextmanager
     def _open(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example], *,
-              mode: str, settings: RunSettings) -> Iterator[tuple[CompileState, dict[str, Any], dict[str, Any]]]:
-        """The run's state, its budgets and the cost projection, with ``verbose`` logging on for the block."""
+              mode: str, settings: RunSettings) -> Iterator[tuple[CompileState, CostForecast]]:
+        """The run's state (with its limits) and the cost projection, with ``verbose`` logging on for the block."""
         n_predictors = len(student.named_predictors())
-        budgets = self._budgets(len(trainset), len(valset), n_predictors, settings.rounds)
+        limits = self._limits(len(trainset), len(valset), settings.rounds)
         base = {n: p.signature.instructions for n, p in student.named_predictors()}
         params = {k: v for k, v in self.get_params().items() if k not in {"checkpoint_dir", "log_dir", "verbose"}}
         fp = fingerprint(student, base, trainset, valset, self.metric, self.teacher_lm, {**params, "mode": mode})
@@ -192,14 +195,16 @@ class ConceptDistillation(Teleprompter):
         directory = self.checkpoint_dir or self.log_dir
         with verbose_logging(self.verbose), open_state(
             student, trainset=trainset, valset=valset, metric=self.metric, teacher_lm=teacher, settings=settings,
-            limits=budgets, checkpoint=(directory, f"{mode}_state", fp),
+            limits=limits, checkpoint=(directory, f"{mode}_state", fp),
         ) as state:
-            bounds = CallBounds((len(trainset) + len(valset)) * n_predictors, budgets["student_calls"],
-                                budgets["teacher_calls"] if teacher is not None else 0)
+            # until the first pass measures it, a run is assumed to make one LM call per predictor
+            bounds = call_bounds(limits if teacher is not None else dataclasses.replace(limits, teacher_calls=0),
+                                 first_pass_runs=len(trainset) + len(valset), assumed_calls_per_run=n_predictors)
             forecast = project(bounds, program=state.program, example=(trainset or valset)[0],
                                base_instructions=state.base_instructions, teacher=state.teacher_lm,
-                               mistakes_per_batch=settings.mistakes_per_batch, budget=state.budget)
-            yield state, budgets, {**forecast, "bounds": bounds}
+                               mistakes_per_batch=settings.mistakes_per_batch, budget=state.budget, limits=limits,
+                               assumed_calls_per_run=n_predictors)
+            yield state, forecast
 
     # -- compile --------------------------------------------------------------------------------------------------
     def compile(
@@ -223,16 +228,17 @@ class ConceptDistillation(Teleprompter):
         check_program(student)
         trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
-            state, budgets, estimate = opened
+            state, forecast = opened
+            check_run_budget(state.limits, len(trainset), len(valset))
             try:
                 for round_index in range(state.settings.rounds):
-                    if not self._round(state, round_index, estimate["bounds"]):
+                    if not self._round(state, round_index):
                         break
                 if self.ablation and not state.stopped:
-                    self._ablate(state, budgets)
+                    self._ablate(state)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
-            return self._done(state, student, budgets, estimate)
+            return self._done(state, student, forecast)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
@@ -248,24 +254,24 @@ class ConceptDistillation(Teleprompter):
         check_examples("valset", valset)
         check_valset_size(valset)
         with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as opened:
-            state, budgets, estimate = opened
+            state, forecast = opened
+            check_run_budget(state.limits, 0, len(valset))
             seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
             state.rules = seeds
             try:
-                state.baseline_scores = state.val_scores = self._scores(state)
+                state.baseline_scores = state.val_scores = self._scores(state, first_pass=True)
                 result = self._verifier(state, screen=False).run(state.current, seeds, {})
                 state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
                 state.stopped = result.stopped
                 if self.ablation and not state.stopped:
-                    self._ablate(state, budgets)
+                    self._ablate(state)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
-            return self._done(state, student, budgets, estimate)
+            return self._done(state, student, forecast)
 
-    def _done(self, state: CompileState, student: dspy.Module, budgets: dict[str, Any],
-              estimate: dict[str, Any]) -> dspy.Module:
+    def _done(self, state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
         state.end_runs()
-        optimized = finish(state, student, budgets, {k: v for k, v in estimate.items() if k != "bounds"})
+        optimized = finish(state, student, forecast)
         result = optimized.distillation
         if self.log_dir is not None:
             result.save(self.log_dir)
@@ -277,22 +283,21 @@ class ConceptDistillation(Teleprompter):
                                       if isinstance(v, (str, int, float, bool, type(None)))})
         return optimized
 
-    def _ablate(self, state: CompileState, budgets: dict[str, Any]) -> None:
+    def _ablate(self, state: CompileState) -> None:
         """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
         budget (none given), the budget grows by what the ablation costs."""
         rules = state.current
         if len(rules) < 2 or state.val_scores is None:
             return
-        cost = ablation_cost(rules, state.valset, len(state.names))
-        logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
-        if self._default_student_budget() and budgets.get("student_calls") is not None:
-            budgets["student_calls"] += cost
-            state.budget.set_limit(STUDENT, budgets["student_calls"])
+        runs = ablation_cost(rules, state.valset)
+        logger.info("ablation: leaving each of %d rules out costs up to %d program runs", len(rules), runs)
+        if self._default_student_budget() and state.limits.program_runs is not None:
+            state.set_limits(state.limits.with_more_runs(runs))
         stopped = ablate(state.evaluator, rules, state.valset, state.val_scores, state.min_gain)
         state.stopped = state.stopped or stopped
 
     # -- one round: the three phases ------------------------------------------------------------------------------
-    def _round(self, state: CompileState, round_index: int, bounds: CallBounds) -> bool:
+    def _round(self, state: CompileState, round_index: int) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
         first = state.baseline_scores is None
@@ -304,7 +309,7 @@ class ConceptDistillation(Teleprompter):
             round_index=round_index, on_usable=baseline)
         state.mistakes += mistakes
         if first:
-            refine(state.ledger, bounds)
+            self._convert_budget(state, outcomes)
         train_score = sum(o.score for o in outcomes) / len(outcomes)
         logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
                     len(mistakes))
@@ -333,11 +338,19 @@ class ConceptDistillation(Teleprompter):
                     len(pending), _fmt(before), _fmt(_mean(state.val_scores)))
         return not state.stopped and accepted > 0
 
-    @staticmethod
-    def _scores(state: CompileState) -> list[float]:
+    @classmethod
+    def _scores(cls, state: CompileState, *, first_pass: bool = False) -> list[float]:
         outcomes = state.evaluator.run([(state.current, ex) for ex in state.valset], phase="verification",
                                        desc="Baseline on valset")
+        if first_pass:
+            cls._convert_budget(state, outcomes)
         return [o.score for o in outcomes]
+
+    @staticmethod
+    def _convert_budget(state: CompileState, outcomes: list[Outcome]) -> None:
+        """After the first pass: measure the LM calls of a program run, convert a budget in runs to LM calls."""
+        state.set_limits(state.limits.converted(calls_per_run(outcomes)))
+        refine(state.ledger, state.limits)
 
     def _induce(self, state: CompileState, round_index: int, mistakes: list[Mistake]) -> list[Rule]:
         s = state.settings

@@ -14,7 +14,7 @@ from typing import Any
 import dspy
 
 from .persistence.journal import Journal, Resumed, attach
-from .records import BatchReply, Mistake, RoundSummary
+from .records import BatchReply, Limits, Mistake, RoundSummary
 from .rules import Rule, RuleSet
 from .runtime.evaluator import EvalCache, Evaluator
 from .runtime.executor import STOP_FILE, Executor, StopSignal
@@ -40,6 +40,7 @@ class CompileState:
     stop: StopSignal
     rng: random.Random
     resumed: Resumed
+    limits: Limits
     current: RuleSet = field(default_factory=RuleSet)
     rules: list[Rule] = field(default_factory=list)
     mistakes: list[Mistake] = field(default_factory=list)
@@ -72,6 +73,11 @@ class CompileState:
         self.replies.append(reply)
         self.journal.reply(reply)
 
+    def set_limits(self, limits: Limits) -> None:
+        """Replace the run's limits (a new record; the budget enforces the student limit from now on)."""
+        self.limits = limits
+        self.budget.set_limit(STUDENT, limits.student_calls)
+
     def end_runs(self) -> None:
         """No new LM request from here: jobs not started are dropped, the program runs in flight (racing ahead)
         stop at their next request, and every request the LMs received is booked before the result is made."""
@@ -86,19 +92,18 @@ class CompileState:
 @contextmanager
 def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example],
                metric: Any, teacher_lm: dspy.BaseLM | None, settings: RunSettings,
-               limits: dict[str, Any],
+               limits: Limits,
                checkpoint: tuple[str | None, str, str]) -> Iterator[CompileState]:
     """A run's state, with its thread pool, journal and signal handlers open for the block and closed after it.
 
-    ``checkpoint`` is ``(directory, journal name, fingerprint)``; ``limits`` the budgets: student_calls,
-    teacher_calls, tokens, cost_usd."""
+    ``checkpoint`` is ``(directory, journal name, fingerprint)``."""
     directory, name, fp = checkpoint
     journal = Journal(directory, name, fp)
     journal.check_writable()
     program = student.deepcopy()
     base = {n: p.signature.instructions for n, p in program.named_predictors()}
-    budget = Budget(Ledger(), limits["student_calls"], limits["teacher_calls"], dspy.settings.usage_tracker,
-                    max_tokens=limits.get("tokens"), max_cost_usd=limits.get("cost_usd"))
+    budget = Budget(Ledger(), limits.student_calls, limits.teacher_calls, dspy.settings.usage_tracker,
+                    max_tokens=limits.tokens, max_cost_usd=limits.cost_usd)
     cache = EvalCache()
     resumed = attach(journal, cache)
     stop = StopSignal(Path(directory) / STOP_FILE if directory is not None else None)
@@ -106,7 +111,7 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     evaluator = Evaluator(program, base, MetricAdapter(metric), budget, executor, stop, cache)
     install()  # DSPy's LM entry point meters every request made inside a run (see runtime.metering)
     state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher_lm, journal, executor,
-                         stop, random.Random(settings.seed), resumed)
+                         stop, random.Random(settings.seed), resumed, limits)
     try:
         with stop.installed():
             yield state

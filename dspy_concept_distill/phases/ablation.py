@@ -15,9 +15,9 @@ from ..runtime.metering import phase
 logger = logging.getLogger(__name__)
 
 
-def ablation_cost(rules: RuleSet, valset: Sequence[dspy.Example], predictors: int) -> int:
-    """Most student calls ``ablate`` can make."""
-    return len(rules) * len(valset) * predictors
+def ablation_cost(rules: RuleSet, valset: Sequence[dspy.Example]) -> int:
+    """Most program runs ``ablate`` can make."""
+    return len(rules) * len(valset)
 
 
 def ablate(evaluator: Evaluator, rules: RuleSet, valset: Sequence[dspy.Example], final_scores: Sequence[float],

@@ -27,6 +27,7 @@ import dspy
 from ..records import Mistake, Outcome
 from ..rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
+from ..runtime.forecast import calls_per_run
 from .racing import Race, Racer, Track
 from .statistics import EPS, Decision, Verdict, VerificationSettings, paired_ci, racing_order
 
@@ -76,11 +77,11 @@ class Verifier:
         self.rng = rng
         self.progress = progress
         self.order: list[int] = []
-        self.calls_per_run = 1  # the most LM calls one program run took on the valset baseline
+        self.calls_per_run = 1.0  # the mean LM calls of one program run on the valset baseline
 
     def base_scores(self, ruleset: RuleSet) -> list[float]:
         outcomes = self.evaluator.run([(ruleset, ex) for ex in self.valset], phase="verification")
-        self.calls_per_run = max([1, *(o.calls for o in outcomes)])
+        self.calls_per_run = calls_per_run(outcomes)
         return [o.score for o in outcomes]
 
     # -- screening ------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ TEACHER = Role.TEACHER
 MAX_RETRY_DELAY = 30.0
 METER_KEY = "_cd_meter"  # the dspy.context key of the active meter
 
-_phase_var: contextvars.ContextVar[str] = contextvars.ContextVar("cd_phase", default="other")
+_phase: contextvars.ContextVar[str] = contextvars.ContextVar("cd_phase", default="other")
 
 
 class _CallTracker(UsageTracker):
@@ -161,7 +161,7 @@ class Budget:
     def settle(self, role: str, model: str, usage: dict[str, Any] | None, *, cache_hit: bool = False,
                phase: str | None = None) -> None:
         """Book a finished request as ``phase`` (default: the phase of the calling thread) and return its permit."""
-        phase = phase or _phase_var.get()
+        phase = phase or _phase.get()
         with self._lock:
             if cache_hit:
                 self.ledger.record_cache_hit(role, phase, model)
@@ -191,11 +191,11 @@ class Budget:
 def phase(name: str) -> Iterator[None]:
     """Book the metered LM requests made inside the block (in this thread, or threads the optimizer starts) as
     ``name``, unless a ``metering`` block names its own phase."""
-    token = _phase_var.set(name)
+    token = _phase.set(name)
     try:
         yield
     finally:
-        _phase_var.reset(token)
+        _phase.reset(token)
 
 
 class Meter:
@@ -214,8 +214,13 @@ class Meter:
     def active(self) -> Iterator[Meter]:
         """Meter the LM requests made inside the block (in this thread and the threads DSPy starts from it)."""
         install()
-        with dspy.context(**{METER_KEY: self}):
-            yield self
+        token = _phase.set(self.phase) if self.phase is not None else None
+        try:
+            with dspy.context(**{METER_KEY: self}):
+                yield self
+        finally:
+            if token is not None:
+                _phase.reset(token)
 
     def __copy__(self) -> Meter:  # one meter per run, wherever DSPy copies its settings to
         return self
@@ -380,7 +385,7 @@ def install() -> None:
 def metering(budget: Budget, role: str, phase_name: str | None = None) -> Iterator[Meter]:
     """Meter every LM request made inside the block (in this thread and the threads DSPy starts from it): each takes
     a permit from ``budget`` and is booked as ``role`` and ``phase_name`` (default: the thread's ``phase``)."""
-    with Meter(budget, role, phase_name or _phase_var.get()).active() as meter:
+    with Meter(budget, role, phase_name or _phase.get()).active() as meter:
         yield meter
 
 
