@@ -23,12 +23,15 @@ class DistillationError(RuntimeError):
 
 class LMUnavailableError(DistillationError):
     """The student or the teacher LM failed on its first requests (authentication, connection, quota, server) and
-    never answered: nothing could be measured."""
+    never answered: nothing could be measured. ``role`` is ``"student"`` or ``"teacher"``."""
 
-    def __init__(self, role: str, model: str, cause: BaseException | str) -> None:
-        self.role, self.model = role, model
-        super().__init__(f"the {role} LM {model!r} failed on its first requests and never answered: {cause}; check "
-                         "its model name, api_key and api_base (a plain call such as lm('hi') shows the same error)")
+    def __init__(self, role: str, cause: BaseException | str) -> None:
+        self.role = role
+        self.model = getattr(cause, "model", None)
+        what = f"{type(cause).__name__}: {cause}" if isinstance(cause, BaseException) else str(cause)
+        super().__init__(f"the {role} LM failed on its first requests and never answered, so nothing could be "
+                         "measured (check its model name, api_key and api_base; a plain call such as lm('hi') shows "
+                         f"the same error): {what}")
 
 
 class MetricFailedError(DistillationError, ValueError):

@@ -17,15 +17,16 @@ from typing import Any, Literal
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from .finish import finish
+from .errors import DistillationError, LMUnavailableError
+from .finish import evidence_failure, finish, stop_summary
 from .persistence.fingerprint import fingerprint
 from .phases.ablation import ablate, ablation_cost
 from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches
-from .phases.mistakes import collect_mistakes
+from .phases.mistakes import collect_mistakes, fail_if_all_failed
 from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
 from .phases.statistics import VerificationSettings
-from .phases.verification import Verifier, limit_candidates
+from .phases.verification import VerificationResult, Verifier, limit_candidates
 from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .runtime.evaluator import STOPPING_ERRORS
@@ -45,6 +46,7 @@ from .settings import (
     validate_params,
 )
 from .state import CompileState, open_state
+from .text import clip_text
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +231,8 @@ class ConceptDistillation(Teleprompter):
         trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, forecast = opened
-            check_run_budget(state.limits, len(trainset), len(valset))
             try:
+                check_run_budget(state.limits, len(trainset), len(valset))
                 for round_index in range(state.settings.rounds):
                     if not self._round(state, round_index):
                         break
@@ -238,6 +240,8 @@ class ConceptDistillation(Teleprompter):
                     self._ablate(state)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
+            except DistillationError as exc:
+                state.failure = exc
             return self._done(state, student, forecast)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
@@ -255,22 +259,29 @@ class ConceptDistillation(Teleprompter):
         check_valset_size(valset)
         with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as opened:
             state, forecast = opened
-            check_run_budget(state.limits, 0, len(valset))
             seeds = [Rule(text=r.text, predictor=r.predictor) for r in rules]
             state.rules = seeds
             try:
+                check_run_budget(state.limits, 0, len(valset))
                 state.baseline_scores = state.val_scores = self._scores(state, first_pass=True)
                 result = self._verifier(state, screen=False).run(state.current, seeds, {})
-                state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
-                state.stopped = result.stopped
+                self._take(state, result)
                 if self.ablation and not state.stopped:
                     self._ablate(state)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
+            except DistillationError as exc:
+                state.failure = exc
             return self._done(state, student, forecast)
 
     def _done(self, state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
+        """The result; or, when the run produced no evidence, the ``DistillationError`` naming why (raised, or
+        with ``on_failure="return"`` logged as one warning line beside the unchanged program)."""
         state.end_runs()
+        failure = evidence_failure(state)
+        if failure is not None:
+            state.current = RuleSet()  # no evidence: the program goes back as it came
+            state.stopped = state.stopped or str(failure)
         optimized = finish(state, student, forecast)
         result = optimized.distillation
         if self.log_dir is not None:
@@ -278,9 +289,17 @@ class ConceptDistillation(Teleprompter):
         try:
             from .reporting.mlflow import log_to_mlflow
         except ImportError:
-            return optimized
-        log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
-                                      if isinstance(v, (str, int, float, bool, type(None)))})
+            pass
+        else:
+            log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
+                                          if isinstance(v, (str, int, float, bool, type(None)))})
+        if failure is not None:
+            failure.result = result
+            if self.on_failure == "raise":
+                raise failure
+            logger.warning("%s; returning the program unchanged (on_failure='return')", clip_text(failure, 600))
+        elif state.stopped:
+            logger.warning("%s", stop_summary(result, state.stop_cause))
         return optimized
 
     def _ablate(self, state: CompileState) -> None:
@@ -294,7 +313,8 @@ class ConceptDistillation(Teleprompter):
         if self._default_student_budget() and state.limits.program_runs is not None:
             state.set_limits(state.limits.with_more_runs(runs))
         stopped = ablate(state.evaluator, rules, state.valset, state.val_scores, state.min_gain)
-        state.stopped = state.stopped or stopped
+        if stopped is not None:
+            state.stop_with(stopped)
 
     # -- one round: the three phases ------------------------------------------------------------------------------
     def _round(self, state: CompileState, round_index: int) -> bool:
@@ -329,8 +349,7 @@ class ConceptDistillation(Teleprompter):
         last = round_index + 1 >= state.settings.rounds
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in mistakes},
                                                         next_trainset=None if last else state.trainset)
-        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
-        state.stopped = state.stopped or result.stopped
+        self._take(state, result)
         accepted = sum(c.status == ACCEPTED for c in candidates)
         state.summaries.append(RoundSummary(number, train_score, len(mistakes), len(pending), accepted, before,
                                             _mean(state.val_scores)))
@@ -338,10 +357,22 @@ class ConceptDistillation(Teleprompter):
                     len(pending), _fmt(before), _fmt(_mean(state.val_scores)))
         return not state.stopped and accepted > 0
 
+    @staticmethod
+    def _take(state: CompileState, result: VerificationResult) -> None:
+        """What verification leaves: the rules in force, their scores, how many candidates a race decided, and why
+        it stopped early, if it did."""
+        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+        state.decisions += len(result.decisions)
+        if result.stopped:
+            state.end_early(result.stopped, result.cause)
+
     @classmethod
     def _scores(cls, state: CompileState, *, first_pass: bool = False) -> list[float]:
+        """The valset baseline. A metric (or program) that fails on every valset example leaves nothing to
+        measure: ``MetricFailedError`` (``ProgramFailedError``) says so, rather than blaming the rules."""
         outcomes = state.evaluator.run([(state.current, ex) for ex in state.valset], phase="verification",
                                        desc="Baseline on valset")
+        fail_if_all_failed(outcomes, "valset example")
         if first_pass:
             cls._convert_budget(state, outcomes)
         return [o.score for o in outcomes]
@@ -370,13 +401,15 @@ class ConceptDistillation(Teleprompter):
                              budget=state.budget)
         state.replies += replies
         usable = [r for r in replies if r.error is None]
-        if state.budget.exhausted(TEACHER):
-            logger.warning("teacher budget used up after %d of %d batches", len(replies), len(batches))
+        refusal = state.budget.refusal(TEACHER)
+        if refusal is not None:
+            logger.info("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
-            refusal = state.budget.last_refusal if state.budget.exhausted(TEACHER) else None
+            failed = [r for r in replies if r.transient]
+            if refusal is None and failed and len(failed) == len(replies) and all(r.error for r in state.replies):
+                raise LMUnavailableError("teacher", failed[0].error or "no reply")  # it never answered
             errors = "; ".join(sorted({r.error for r in replies if r.error}))[:300] or str(refusal or "none asked")
-            state.stopped = state.stopped or f"no usable teacher reply in round {round_index + 1} ({errors})"
-            logger.warning("%s", state.stopped)
+            state.end_early(f"no usable teacher reply in round {round_index + 1} ({errors})", refusal)
         candidates = rules_from_replies(
             usable, [batches[r.batch] for r in usable], predictor_names=state.names,
             leak_checker=LeakChecker(state.trainset), known_rules=state.rules, round_index=round_index,

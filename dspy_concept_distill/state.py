@@ -13,6 +13,7 @@ from typing import Any
 
 import dspy
 
+from .errors import DistillationError
 from .persistence.journal import Journal, Resumed, attach
 from .records import BatchReply, Limits, Mistake, RoundSummary
 from .rules import Rule, RuleSet
@@ -49,7 +50,10 @@ class CompileState:
     baseline_scores: list[float] | None = None
     val_scores: list[float] | None = None
     threshold: float | None = None
-    stopped: str | None = None
+    stopped: str | None = None  # why the run ended early (None: it did not)
+    stop_cause: BaseException | None = None  # the signal that ended it: a used-up budget, a stop request, ...
+    failure: DistillationError | None = None  # the run could not produce evidence: raised (or returned) at the end
+    decisions: int = 0  # candidate rules decided by a race (accepted or rejected on valset evidence)
 
     @property
     def ledger(self) -> Ledger:
@@ -84,9 +88,15 @@ class CompileState:
         self.budget.close("the run is over")
         self.executor.close()
 
+    def end_early(self, reason: str, cause: BaseException | None = None) -> None:
+        """End the run early for ``reason`` (``cause``: a used-up budget, a stop request, a failing student LM),
+        keeping what was verified; the first reason is the one reported. The one warning is logged at the end."""
+        if self.stopped is None:
+            self.stopped, self.stop_cause = reason, cause
+        logger.info("stopping early, keeping the rules verified so far: %s", reason)
+
     def stop_with(self, exc: BaseException) -> None:
-        self.stopped = str(exc)
-        logger.warning("stopping early, keeping the rules verified so far: %s", exc)
+        self.end_early(str(exc), exc)
 
 
 @contextmanager

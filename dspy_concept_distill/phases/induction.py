@@ -233,7 +233,7 @@ def ask_teacher(
         except Exception as exc:
             reply.error = f"{type(exc).__name__}: {exc}"[:500]
             if is_lm_infrastructure_error(exc):
-                logger.warning("teacher LM failed on batch %d of round %d: %s", batch_index, brief.round_index, exc)
+                logger.info("teacher LM failed on batch %d of round %d: %s", batch_index, brief.round_index, exc)
                 reply.transient = True
                 return reply
             if isinstance(exc, (LMInvalidRequestError, LMUnsupportedFeatureError)):

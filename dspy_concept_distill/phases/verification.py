@@ -43,6 +43,7 @@ class VerificationResult:
     scores: list[float] | None
     stopped: str | None = None
     decisions: dict[str, Decision] = field(default_factory=dict)
+    cause: BaseException | None = None  # what stopped it early (a used-up budget, a stop request, ...)
 
 
 def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: Sequence[dspy.Example],
@@ -98,7 +99,7 @@ class Verifier:
             try:
                 self.evaluator.run(jobs, phase="screening")
             except STOPPING_ERRORS as exc:
-                logger.warning("screening stopped early (%s); ordering by what was measured", exc)
+                logger.info("screening stopped early (%s); ordering by what was measured", exc)
             for rule in candidates:
                 pairs = [(self.evaluator.cached(current.with_rule(rule), ex), self.evaluator.cached(current, ex))
                          for ex in plan[rule.id]]
@@ -138,8 +139,8 @@ class Verifier:
             for rule in candidates:
                 if rule.status == CANDIDATE:
                     rule.reject(f"not verified: {exc}")
-            logger.warning("verification stopped early: %s", exc)
-            result.stopped = str(exc)
+            logger.info("verification stopped early: %s", exc)
+            result.stopped, result.cause = str(exc), exc
         finally:
             if bar is not None:
                 bar.close()

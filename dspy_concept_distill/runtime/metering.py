@@ -90,6 +90,7 @@ class Budget:
         self._in_flight = {STUDENT: 0, TEACHER: 0}
         self._exhausted: set[str] = set()
         self.last_refusal: BudgetExhaustedError | None = None
+        self._refused: dict[str, BudgetExhaustedError] = {}
         self._closed: str | None = None
         self._lock = threading.Lock()
 
@@ -120,11 +121,11 @@ class Budget:
                 raise RunClosedError(role, self._closed)
             if limit is not None and self.ledger.calls(role) + self._in_flight[role] + 1 > limit:
                 self._exhausted.add(role)
-                error = self.last_refusal = BudgetExhaustedError(role, limit)
+                error = self.last_refusal = self._refused[role] = BudgetExhaustedError(role, limit)
                 raise error
             if (error := self._spend_refusal(role)) is not None:
                 self._exhausted.add(role)
-                self.last_refusal = error
+                self.last_refusal = self._refused[role] = error
                 raise error
             self._in_flight[role] += 1
 
@@ -175,6 +176,11 @@ class Budget:
         """Return a permit whose request was never sent."""
         with self._lock:
             self._in_flight[role] -= 1
+
+    def refusal(self, role: str) -> BudgetExhaustedError | None:
+        """The last refusal of a request of ``role`` for lack of budget (its own, or the run's tokens or USD)."""
+        with self._lock:
+            return self._refused.get(role)
 
     def exhausted(self, role: str) -> bool:
         """Whether a request of ``role`` was refused for lack of budget."""
