@@ -76,13 +76,18 @@ class ConceptDistillation(Teleprompter):
             ``max_score / len(valset)``).
         metric_threshold: a training example is a mistake when it scores below this (default: below the metric's
             maximum, 1.0 or the largest score seen).
-        max_student_calls / max_teacher_calls: hard limits on LM calls (default: from the preset; student calls
-            scale with data size and the number of predictors).
+        max_student_calls / max_teacher_calls: hard limits on LM calls (requests), whatever path a program takes to
+            its LM. Without ``max_student_calls``, the student budget is the preset's, in program runs (it scales
+            with the data size), converted to LM calls with the calls per run measured on the trainset.
+        max_metric_calls: GEPA's name for the student budget, in program runs (converted the same way).
         num_threads: parallel program runs (default: ``dspy.settings.num_threads``).
         seed: makes train/val splits, batching, racing order and teacher rollouts repeatable.
         val_fraction: share of the trainset held out for validation when ``compile`` gets no valset.
         teacher_retries: extra attempts, with a fresh rollout, when a teacher reply does not parse.
         checkpoint_dir: where run state is saved after each phase; a compile with the same setup resumes from it.
+        on_failure: ``"raise"`` (default) a ``DistillationError`` naming the cause when a compile cannot produce any
+            evidence (an unreachable LM, a metric failing everywhere, a budget used up before any race), or
+            ``"return"`` the unchanged program with one warning line.
     """
 
     def __init__(
