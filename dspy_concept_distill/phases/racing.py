@@ -63,7 +63,7 @@ class Track:
     valset: list[dspy.Example]
     order: list[int]  # valset indices in racing order
     settings: VerificationSettings
-    calls_per_run: int = 1  # the most LM calls one program run took on the valset baseline
+    calls_per_run: float = 1.0  # the mean LM calls of one program run on the valset baseline
     next_trainset: list[dspy.Example] | None = None  # the next round's trainset (None: no next round)
 
 
@@ -325,6 +325,6 @@ class Racer:
             room[1] -= taken
 
     def _budget_left(self) -> float:
-        """Program runs the student budget allows from here (calls left / the most calls one run took)."""
+        """Program runs the student budget allows from here (calls left / the mean calls of one run)."""
         remaining = self.track.evaluator.budget.remaining(STUDENT)
-        return math.inf if remaining is None else remaining // self.track.calls_per_run
+        return math.inf if remaining is None else math.floor(remaining / self.track.calls_per_run + 1e-9)

@@ -27,6 +27,7 @@ import dspy
 from ..records import Mistake, Outcome
 from ..rules import CANDIDATE, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleSet, fits_predictor_budget
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
+from ..runtime.forecast import calls_per_run
 from .racing import Race, Racer, Track
 from .statistics import EPS, Decision, Verdict, VerificationSettings, paired_ci, racing_order
 
@@ -42,6 +43,7 @@ class VerificationResult:
     scores: list[float] | None
     stopped: str | None = None
     decisions: dict[str, Decision] = field(default_factory=dict)
+    cause: BaseException | None = None  # what stopped it early (a used-up budget, a stop request, ...)
 
 
 def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: Sequence[dspy.Example],
@@ -76,11 +78,11 @@ class Verifier:
         self.rng = rng
         self.progress = progress
         self.order: list[int] = []
-        self.calls_per_run = 1  # the most LM calls one program run took on the valset baseline
+        self.calls_per_run = 1.0  # the mean LM calls of one program run on the valset baseline
 
     def base_scores(self, ruleset: RuleSet) -> list[float]:
         outcomes = self.evaluator.run([(ruleset, ex) for ex in self.valset], phase="verification")
-        self.calls_per_run = max([1, *(o.calls for o in outcomes)])
+        self.calls_per_run = calls_per_run(outcomes)
         return [o.score for o in outcomes]
 
     # -- screening ------------------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ class Verifier:
             try:
                 self.evaluator.run(jobs, phase="screening")
             except STOPPING_ERRORS as exc:
-                logger.warning("screening stopped early (%s); ordering by what was measured", exc)
+                logger.info("screening stopped early (%s); ordering by what was measured", exc)
             for rule in candidates:
                 pairs = [(self.evaluator.cached(current.with_rule(rule), ex), self.evaluator.cached(current, ex))
                          for ex in plan[rule.id]]
@@ -137,8 +139,8 @@ class Verifier:
             for rule in candidates:
                 if rule.status == CANDIDATE:
                     rule.reject(f"not verified: {exc}")
-            logger.warning("verification stopped early: %s", exc)
-            result.stopped = str(exc)
+            logger.info("verification stopped early: %s", exc)
+            result.stopped, result.cause = str(exc), exc
         finally:
             if bar is not None:
                 bar.close()
