@@ -10,6 +10,7 @@ over processes. ``reference_records`` fills the rows of DSPy optimizers that wer
 their task definitions match (DSPy's optimizers do not depend on this library, so their rows stay valid while
 ConceptDistillation changes); ``merge`` puts the runs of several results in one.
 """
+
 from __future__ import annotations
 
 import json
