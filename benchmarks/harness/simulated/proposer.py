@@ -49,8 +49,10 @@ _RULE_LIST_NAME = re.compile(r"rule|instruction|guideline|principle|advice|tip|p
 @dataclass(frozen=True)
 class PoolRule:
     """A rule the proposer can write: its ``text``, the ``phrase`` the simulated student recognizes, its ``kind``
-    (``helpful``, ``harmful`` or ``neutral``), the output ``field`` of the predictor it acts in, and its ``effect``
-    on the expected accuracy when added alone to the base prompt (documentation; the world decides)."""
+    (``helpful``, ``harmful``, ``neutral``; ``generic``: a plausible, cheap generic rule that costs a little;
+    ``tempting``: fixes a subgroup and breaks something else), the output ``field`` of the predictor it acts in,
+    and its ``effect`` on the expected accuracy (or score) when added alone to the base prompt (documentation; the
+    world decides)."""
 
     text: str
     phrase: str
@@ -290,7 +292,24 @@ def _dict_keys(inputs: dict[str, str]) -> list[str]:
     return ["advice"]
 
 
-def proposer_lm(pool: Sequence[PoolRule], *, seed: int = 0, **engine_kwargs: Any) -> dspy.LM:
-    """A ``dspy.LM`` (no response cache) backed by a fresh ``SimulatedProposerEngine`` over ``pool``."""
-    return dspy.LM("simulated/proposer", engine=SimulatedProposerEngine(pool, seed=seed, **engine_kwargs),
-                   cache=False)
+class MisplacingProposerEngine(SimulatedProposerEngine):
+    """The blind proposer, except that each rule object names a predictor drawn at random from
+    ``predictor_names`` (uniformly, from the reply's seeded generator) instead of the one the rule acts in: half
+    the time, on a two-predictor program, a rule lands where it does nothing."""
+
+    model = "simulated-misplacing-proposer"
+
+    def _rule_object(self, rule: PoolRule, props: dict[str, Any], defs: dict[str, Any], call: _Call) -> dict:
+        value = super()._rule_object(rule, props, defs, call)
+        if "predictor" in props:
+            value["predictor"] = call.rng.choice(sorted(set(self.predictor_names.values())))
+        return value
+
+
+PLACEMENTS = {"own": SimulatedProposerEngine, "random": MisplacingProposerEngine}
+
+
+def proposer_lm(pool: Sequence[PoolRule], *, seed: int = 0, placement: str = "own", **engine_kwargs: Any) -> dspy.LM:
+    """A ``dspy.LM`` (no response cache) backed by a fresh ``SimulatedProposerEngine`` over ``pool``
+    (``placement="random"``: a ``MisplacingProposerEngine``)."""
+    return dspy.LM("simulated/proposer", engine=PLACEMENTS[placement](pool, seed=seed, **engine_kwargs), cache=False)

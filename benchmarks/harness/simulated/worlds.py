@@ -25,6 +25,22 @@ it acts nowhere else. In a two-predictor program (``plan`` -> ``answer``) the pl
 and its variant on to the answer stage inside its ``plan`` output (concept mode: ``plan-ok`` / ``plan-bad``).
 The *expected accuracy* of a program (``expected_accuracy``) is computed from the rules in force alone, with no
 LM call: it is the accuracy the program has on average over examples of the task.
+
+Variants of the task kinds of issue 14 (each used only by the tasks that name it, so the older tasks behave as
+before):
+
+- **program shapes** (``PROGRAMS``): ``cot`` (one predictor), ``plan-answer`` (two) and ``notes-agent``
+  (``NotesAgent``: a ReAct-style loop of think / look-up steps, then an answer step; five LM calls per run). In the
+  notes agent every step passes its prompt variant on in its output (``NotesStudentEngine``), so a prompt change
+  anywhere re-draws the answer, as in the plan program; rules act only in the answer step.
+- **partial credit** (``partial_credit_metric``): a right answer scores 0.70 + 0.25 c, a wrong one 0.05 + 0.25 c,
+  with c ~ U(0, 1) a per-example hash of the question, so no score is ever 0 or 1; the expected score of a
+  program is ``partial_credit_expected(p)`` = 0.175 + 0.65 p for expected accuracy p (c is independent of the
+  answer being right).
+- **subgroups** (``SubgroupWorld``): a concept world with categories that are right without any concept
+  (``easy``, like ``plain``) or wrong whatever the instructions (``hard``), and a diagnosing teacher
+  (``SubgroupTeacherEngine``) that, for mistakes of the ``subgroup`` category, proposes the tempting rule first
+  and its conditional form (the subgroup's concept) right after it, in the same reply.
 """
 
 from __future__ import annotations
@@ -38,11 +54,16 @@ import dspy
 
 from dspy_concept_distill.testing import (
     PLAIN,
+    Concept,
+    Distractor,
     Prompt,
+    ScriptedTeacherEngine,
+    SimExample,
     SimulatedStudentEngine,
     SimulatedWorld,
     format_reply,
     normalized,
+    predictor_for,
     student_values,
 )
 from dspy_concept_distill.testing import unit_hash as _hash
@@ -66,14 +87,50 @@ class PlanThenAnswer(dspy.Module):
         return self.answer(question=question, plan=plan)
 
 
-def make_program(predictors: int) -> dspy.Module:
-    """The family's programs: ``ChainOfThought("question -> answer: float")`` or ``PlanThenAnswer``."""
-    return dspy.ChainOfThought("question -> answer: float") if predictors == 1 else PlanThenAnswer()
+class NotesAgent(dspy.Module):
+    """A ReAct-style agent as DSPy users write it: ``steps`` rounds of a think step and a look-up step that collect
+    notes, then an answer step: ``2 * steps + 1`` LM calls per run (5 with the default 2 steps)."""
+
+    def __init__(self, steps: int = 2) -> None:
+        super().__init__()
+        self.steps = steps
+        self.think = dspy.Predict("question, notes -> thought")
+        self.lookup = dspy.Predict("question, thought -> note")
+        self.answer = dspy.ChainOfThought("question, notes -> answer: float")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        notes: list[str] = []
+        for _ in range(self.steps):
+            thought = self.think(question=question, notes="\n".join(notes) or "(none yet)").thought
+            notes.append(self.lookup(question=question, thought=thought).note)
+        return self.answer(question=question, notes="\n".join(notes))
 
 
-def predictor_names(predictors: int) -> dict[str, str]:
-    """Which predictor of ``make_program(predictors)`` produces each field rules can target."""
-    return {"answer": "predict"} if predictors == 1 else {"plan": "plan", "answer": "answer.predict"}
+NOTES_CALLS_PER_RUN = 2 * 2 + 1
+PROGRAMS = {"cot": 1, "plan-answer": 2, "notes-agent": 3}  # program shape -> named predictors
+
+
+def program_shape(predictors: int, shape: str = "") -> str:
+    """The program shape of a task: ``shape`` when given, else by the number of predictors (1: cot, 2:
+    plan-answer)."""
+    return shape or ("cot" if predictors == 1 else "plan-answer")
+
+
+def make_program(predictors: int, shape: str = "") -> dspy.Module:
+    """The family's programs: ``ChainOfThought("question -> answer: float")``, ``PlanThenAnswer`` or
+    ``NotesAgent`` (see ``program_shape``)."""
+    shape = program_shape(predictors, shape)
+    if shape == "notes-agent":
+        return NotesAgent()
+    return dspy.ChainOfThought("question -> answer: float") if shape == "cot" else PlanThenAnswer()
+
+
+def predictor_names(predictors: int, shape: str = "") -> dict[str, str]:
+    """Which predictor of ``make_program(predictors, shape)`` produces each field rules can target."""
+    shape = program_shape(predictors, shape)
+    if shape == "notes-agent":
+        return {"answer": "answer.predict"}
+    return {"answer": "predict"} if shape == "cot" else {"plan": "plan", "answer": "answer.predict"}
 
 
 def program_stages(program: dspy.Module) -> list[Stage]:
@@ -191,6 +248,168 @@ class DiffuseStudentEngine(SimulatedStudentEngine):
         return format_reply(student_values(fields, answer, plan), json_mode=prompt.json_mode)
 
 
+class NotesStudentEngine(DiffuseStudentEngine):
+    """The diffuse world's scripted student for programs whose steps pass notes on (``NotesAgent``; not a real
+    model). Every output that is not an answer, a plan or reasoning (a thought, a note) carries the step's prompt
+    variant and the rules in force upstream, as a plan does; a step reads every such token in its inputs, so a
+    prompt change in any earlier step re-draws the answer."""
+
+    model = "simulated-notes-student"
+
+    def reply(self, prompt: Prompt, index: int) -> str:
+        example = self.world.example(prompt.user)
+        if example is None:
+            return super().reply(prompt, index)
+        fields = [spec.name for spec in prompt.outputs()]
+        active = rules_in_force(self.world.rules, [(normalized(prompt.system), tuple(fields))])
+        upstream = _PLAN_TOKEN.findall(prompt.user)
+        for _, indices in upstream:
+            found = {int(i) for i in indices.split(",") if i}
+            active += [r for i, r in enumerate(self.world.rules) if i in found and r not in active]
+        variant = f"{_hash(normalized(prompt.context)):.15f}|{'+'.join(token for token, _ in upstream)}"
+        indices = ",".join(str(self.world.rules.index(r)) for r in active)
+        token = f"plan-variant {int(_hash(variant) * 16**12):012x} rules [{indices}]"
+        answer = example.answer if "answer" not in fields or self.world.correct(example, variant, active) \
+            else example.answer + 7
+        values = student_values(fields, answer, token)
+        values.update({name: f"Noted the quantities ({token})" for name in fields
+                       if name not in {"answer", "plan", "reasoning"}})
+        return format_reply(values, json_mode=prompt.json_mode)
+
+
+class NotesDiffuseWorld(DiffuseWorld):
+    """The diffuse world with the notes-passing student (``NotesStudentEngine``)."""
+
+    def student_lm(self, **kwargs) -> dspy.LM:
+        return dspy.LM("simulated/notes-student", engine=NotesStudentEngine(self), **kwargs)
+
+
+# -- partial credit -------------------------------------------------------------------------------------------------
+RIGHT_BAND, WRONG_BAND, CREDIT_SPAN = 0.70, 0.05, 0.25
+
+
+def credit(example: dspy.Example) -> float:
+    """The per-example component of the partial-credit score: a hash of the question, uniform in [0, 1)."""
+    return _hash("credit", example.question)
+
+
+def partial_credit_metric(example: dspy.Example, prediction: dspy.Prediction, trace=None) -> float:
+    """A partial-credit metric: 0.70 + 0.25 c for a right answer, 0.05 + 0.25 c for a wrong or missing one
+    (c = ``credit(example)``); never exactly 0 or 1."""
+    right = SimulatedWorld.metric(example, prediction)
+    return (RIGHT_BAND if right else WRONG_BAND) + CREDIT_SPAN * credit(example)
+
+
+def partial_credit_expected(accuracy: float) -> float:
+    """The expected partial-credit score of a program with expected accuracy ``accuracy`` (E[c] = 1/2)."""
+    return WRONG_BAND + CREDIT_SPAN / 2 + (RIGHT_BAND - WRONG_BAND) * accuracy
+
+
+# -- subgroups: categories beyond concepts, a teacher that proposes the tempting rule first ----------------------------
+_OTHER_TEMPLATES = {"easy": "Split the items evenly; how many does each get?",
+                    "hard": "The price rises by a share each year; what is it after five years?"}
+
+
+class SubgroupWorld(SimulatedWorld):
+    """A concept world (scripted LMs, not real models) with two more kinds of category besides the concepts':
+    ``easy`` ones, right whatever the instructions unless a distractor breaks them (as ``plain``), and ``hard``
+    ones, wrong whatever the instructions. Its teacher (``SubgroupTeacherEngine``) proposes ``tempting`` first for
+    mistakes of ``subgroup``, and the subgroup's concept (its conditional form) right after it."""
+
+    def __init__(self, concepts: Sequence[Concept], distractors: Sequence[Distractor], *,
+                 easy: Sequence[str] = (), hard: Sequence[str] = (), subgroup: str = "", **kwargs) -> None:
+        super().__init__(concepts, distractors, **kwargs)
+        self.easy, self.hard, self.subgroup = frozenset(easy), frozenset(hard), subgroup
+
+    def _template_concept(self, category: str) -> Concept:
+        kind = "easy" if category in self.easy else "hard"
+        return Concept(category, "", "", template=_OTHER_TEMPLATES[kind])
+
+    def make_examples(self, per_category: dict[str, int]) -> list[dspy.Example]:
+        """New examples as the concept world makes them, ``easy`` and ``hard`` categories included."""
+        made = []
+        for category, count in per_category.items():
+            concept = self.concept(category)
+            if category in self.easy | self.hard:
+                concept = self._template_concept(category)
+            elif category != PLAIN and concept is None:
+                raise ValueError(f"unknown category {category!r}")
+            for _ in range(count):
+                qid, a, b = self._next_qid, self._rng.randint(11, 60), self._rng.randint(11, 60)
+                self._next_qid += 1
+                template = concept.template if concept else "What is the total?"
+                question = f"Q{qid}: There are {a} red and {b} blue items. {template}"
+                made.append(SimExample(qid, category, question, a + b + 3 * qid))
+        self._rng.shuffle(made)
+        for ex in made:
+            self._examples[ex.qid] = ex
+        return [ex.to_example() for ex in made]
+
+    def stage_ok(self, category: str, instructions: str, fields: Sequence[str]) -> bool:
+        if category in self.hard:
+            return "answer" not in fields  # no instruction helps; a plan stage is not judged
+        return super().stage_ok(category, instructions, fields)
+
+    @property
+    def tempting(self) -> Distractor | None:
+        """The distractor that fixes the subgroup and breaks another category."""
+        return next((d for d in self.distractors if self.subgroup in d.fixes and d.breaks), None)
+
+    def teacher_lm(self, **kwargs) -> dspy.LM:
+        return dspy.LM("simulated/subgroup-teacher", engine=SubgroupTeacherEngine(self), **kwargs)
+
+
+class SubgroupTeacherEngine(ScriptedTeacherEngine):
+    """The diagnosing scripted teacher of ``SubgroupWorld`` (not a real model). As ``ScriptedTeacherEngine``, but
+    when the mistakes shown include the subgroup, the reply opens with the tempting rule and, right after it, the
+    subgroup's concept (its conditional form), both claiming the subgroup's mistakes; hard categories get no
+    concept (the teacher has none to offer); then the other concepts and the remaining distractors."""
+
+    model = "simulated-subgroup-teacher"
+
+    def reply(self, prompt: Prompt, index: int) -> str:
+        if index in self.world.bad_teacher_calls:
+            return "Sorry, I cannot help with that."
+        world: SubgroupWorld = self.world
+        values = prompt.inputs("task", "mistakes", "max_rules")
+        task = values.get("task", "")
+        examples = world.examples_in(values.get("mistakes", ""))
+        by_category: dict[str, list[int]] = {}
+        for number, ex in enumerate(examples, 1):
+            by_category.setdefault(ex.category, []).append(number)
+        diagnoses = [f"the student missed the {ex.category} concept" for ex in examples]
+
+        def entry(rule: str, field_name: str, numbers: list[int]) -> dict:
+            return {"predictor": predictor_for(task, field_name), "rule": rule, "mistakes": numbers}
+
+        tempting = world.tempting
+        rules = []
+        first = world.subgroup in by_category and tempting is not None
+        if first:
+            numbers = by_category[world.subgroup]
+            concept = world.concept(world.subgroup)
+            rules += [entry(tempting.rule, tempting.field, numbers), entry(self._wording(concept, prompt),
+                                                                           concept.field, numbers)]
+        for category, numbers in by_category.items():
+            concept = world.concept(category)
+            if concept is None or category == world.subgroup or category in world.hard:
+                continue
+            rules.append(entry(self._wording(concept, prompt), concept.field, numbers))
+        distractors = [d for d in world.distractors if not (first and d is tempting)]
+        start = sum(ex.qid for ex in examples) % len(distractors) if distractors else 0
+        for distractor in distractors[start:] + distractors[:start]:
+            fixed = [n for c, ns in by_category.items() if c in distractor.fixes for n in ns]
+            rules.append(entry(distractor.rule, distractor.field, fixed or [1]))
+        limit = re.search(r"\d+", values.get("max_rules", ""))
+        if limit:
+            rules = rules[: int(limit.group())]
+        return format_reply({"analysis": {"diagnoses": diagnoses, "rules": rules}}, json_mode=prompt.json_mode)
+
+    @staticmethod
+    def _wording(concept: Concept, prompt: Prompt) -> str:
+        return concept.paraphrase if prompt.temperature and concept.paraphrase else concept.rule
+
+
 # -- both modes -----------------------------------------------------------------------------------------------------
 def best_rule_set(pool: Sequence[PoolRule], accuracy_of: Callable[[list[Stage]], float],
                   names: Mapping[str, str]) -> tuple[float, list[PoolRule]]:
@@ -211,5 +430,7 @@ def stages_with(rules: Sequence[PoolRule], names: Mapping[str, str]) -> list[Sta
     return [(normalized(" ".join(r.text for r in rules if r.field == field)), fields[field]) for field in names]
 
 
-__all__ = ["PLAIN", "DiffuseWorld", "PlanThenAnswer", "best_rule_set", "concept_expected_accuracy", "make_program",
-           "predictor_names", "program_stages", "rules_in_force", "stages_with"]
+__all__ = ["NOTES_CALLS_PER_RUN", "PLAIN", "PROGRAMS", "DiffuseWorld", "NotesAgent", "NotesDiffuseWorld",
+           "NotesStudentEngine", "PlanThenAnswer", "SubgroupTeacherEngine", "SubgroupWorld", "best_rule_set",
+           "concept_expected_accuracy", "credit", "make_program", "partial_credit_expected", "partial_credit_metric",
+           "predictor_names", "program_shape", "program_stages", "rules_in_force", "stages_with"]
