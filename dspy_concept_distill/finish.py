@@ -10,16 +10,26 @@ from typing import Any
 
 import dspy
 
+from .errors import (
+    BudgetExhaustedError,
+    BudgetTooSmallError,
+    DistillationError,
+    LMUnavailableError,
+    RunClosedError,
+    StopRequestedError,
+    StudentLMError,
+)
+from .records import CostForecast
 from .reporting.result import DistillationResult
-from .rules import RuleSet
+from .rules import CANDIDATE, RuleSet
 from .runtime.metering import STUDENT, TEACHER
 from .state import CompileState
+from .text import clip_text
 
 logger = logging.getLogger(__name__)
 
 
-def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
-           cost_estimate: dict[str, float | None]) -> dspy.Module:
+def finish(state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
     """The optimized copy of ``student`` with ``distillation`` and ``candidate_programs`` attached."""
     baseline, final = _mean(state.baseline_scores), _mean(state.val_scores)
     current = state.current
@@ -40,7 +50,8 @@ def finish(state: CompileState, student: dspy.Module, budgets: dict[str, Any],
         baseline_score=baseline, final_score=final, ruleset=current, rules=state.rules, mistakes=state.mistakes,
         replies=state.replies, usage=state.ledger, rounds=state.summaries, stopped=state.stopped,
         trainset_size=len(state.trainset), valset_size=len(state.valset),
-        min_gain=state.min_gain if state.valset else 0.0, budgets=budgets, cost_estimate=cost_estimate,
+        min_gain=state.min_gain if state.valset else 0.0, budgets=state.limits.to_dict(),
+        cost_estimate=forecast.to_dict(),
         trajectory=_trajectory(state, current, baseline),
     )
     logger.info("concept distillation done: valset score %s -> %s with %d rule(s); %d student and %d teacher "
@@ -61,6 +72,42 @@ def _without_results(student: dspy.Module) -> dspy.Module:
     for name in RESULT_ATTRIBUTES:
         vars(plain).pop(name, None)
     return plain
+
+
+def evidence_failure(state: CompileState) -> DistillationError | None:
+    """Why the run produced no evidence about any rule, or None when it did (or had nothing to learn): a failure a
+    phase raised (metric or program failing everywhere, a run budget too small, the teacher unreachable), the
+    student LM failing before any run finished, or a budget used up before any candidate was raced."""
+    if state.failure is not None:
+        return state.failure
+    cause = state.stop_cause
+    if isinstance(cause, StudentLMError) and not len(state.evaluator.cache):
+        failure = LMUnavailableError("student", cause.__cause__ or cause)
+        failure.__cause__ = cause.__cause__ or cause
+        return failure
+    if isinstance(cause, BudgetExhaustedError) and not isinstance(cause, RunClosedError) and not state.decisions:
+        return BudgetTooSmallError(
+            f"the {cause} before any candidate rule was raced on the valset, so nothing was verified "
+            f"({state.ledger.calls(STUDENT)} student and {state.ledger.calls(TEACHER)} teacher calls spent, "
+            f"{len(state.mistakes)} mistakes collected): give a larger budget or a higher auto preset")
+    return None
+
+
+def stop_summary(result: DistillationResult, cause: BaseException | None) -> str:
+    """The one line that says a run ended early: why, what it kept, and what was left unverified."""
+    left = [r for r in result.rules if r.status == CANDIDATE or (r.reason or "").startswith("not verified: "
+                                                                                           + str(result.stopped))]
+    scores = ""
+    if result.baseline_score is not None and result.final_score is not None:
+        scores = f" (valset score {result.baseline_score:.3f} -> {result.final_score:.3f})"
+    hint = ""
+    if isinstance(cause, BudgetExhaustedError):
+        hint = "; a larger budget would verify them (with checkpoint_dir, a new compile resumes from here)"
+    elif isinstance(cause, (StopRequestedError, StudentLMError)):
+        hint = "; compile again with the same checkpoint_dir to resume"
+    return (f"concept distillation stopped early ({clip_text(result.stopped, 300)}): kept {len(result.ruleset)} "
+            f"verified rule(s){scores} from {len(result.mistakes)} mistakes; {len(left)} candidate rule(s) not "
+            f"verified{hint if left else ''}")
 
 
 def _prefixes(current: RuleSet) -> list[RuleSet]:

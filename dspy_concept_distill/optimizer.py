@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -19,22 +19,23 @@ from typing import Any, Literal
 import dspy
 from dspy.teleprompt import Teleprompter
 
-from .finish import finish
+from .errors import DistillationError, LMUnavailableError
+from .finish import evidence_failure, finish, stop_summary
 from .foreign import translate
 from .persistence.fingerprint import fingerprint
 from .phases.ablation import ablate, ablation_cost
 from .phases.induction import TeacherBrief, describe_rules, describe_task, induce, make_batches, program_fields
-from .phases.mistakes import collect_mistakes
+from .phases.mistakes import collect_mistakes, fail_if_all_failed
 from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
 from .phases.statistics import SelectionSettings
-from .phases.verification import Verifier, limit_candidates, returned_rules
-from .records import BatchReply, CallBounds, Mistake, RoundSummary
+from .phases.verification import VerificationResult, Verifier, limit_candidates, returned_rules
+from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
 from .runtime.evaluator import STOPPING_ERRORS
-from .runtime.forecast import project, refine
+from .runtime.forecast import call_bounds, calls_per_run, project, refine
 from .runtime.logs import one_line
-from .runtime.metering import STUDENT, TEACHER
+from .runtime.metering import TEACHER
 from .runtime.progress import progress, verbose_logging
 from .settings import (
     PRESETS,
@@ -42,12 +43,14 @@ from .settings import (
     RunSettings,
     check_examples,
     check_program,
+    check_run_budget,
     check_valset_size,
     materialize,
     split_data,
     validate_params,
 )
 from .state import CompileState, open_state
+from .text import clip_text
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ MIN_TRAIN_SAMPLE = 40  # trainset examples the student runs on, at least (all of
 TRAIN_SAMPLE_SLOTS = 3  # ... and three times the mistakes the teacher's batches can show
 
 AutoMode = Literal["light", "medium", "heavy"]
+OnFailure = Literal["raise", "return"]
 
 
 class ConceptDistillation(Teleprompter):
@@ -81,15 +85,18 @@ class ConceptDistillation(Teleprompter):
             metric's own noise).
         metric_threshold: a training example is a mistake when it scores below this (default: below the metric's
             maximum, 1.0 or the largest score seen).
-        max_student_calls / max_teacher_calls: hard limits on LM calls (default: from the preset; student calls
-            scale with data size and the number of predictors).
+        max_student_calls / max_teacher_calls: hard limits on LM calls (requests), whatever path a program takes to
+            its LM. Without ``max_student_calls``, the student budget is the preset's, in program runs (it scales
+            with the data size), converted to LM calls with the calls per run measured on the trainset.
+        max_metric_calls: GEPA's name for the student budget, in program runs (converted the same way).
         num_threads: parallel program runs (default: ``dspy.settings.num_threads``).
         seed: makes train/val splits, batching, racing order and teacher rollouts repeatable.
         val_fraction: share of the trainset held out for validation when ``compile`` gets no valset.
         teacher_retries: extra attempts, with a fresh rollout, when a teacher reply does not parse.
         checkpoint_dir: where run state is saved after each phase; a compile with the same setup resumes from it.
-        **kwargs: other optimizers' parameters (COPRO, MIPROv2, GEPA, SIMBA, InferRules): read as ours, ignored or
-            refused with what to use here (``dspy_concept_distill.foreign``); ``compile`` takes theirs too.
+        on_failure: ``"raise"`` (default) a ``DistillationError`` naming the cause when a compile cannot produce any
+            evidence (an unreachable LM, a metric failing everywhere, a budget used up before any race), or
+            ``"return"`` the unchanged program with one warning line.
     """
 
     def __init__(
@@ -119,6 +126,7 @@ class ConceptDistillation(Teleprompter):
         checkpoint_dir: str | None = None,
         log_dir: str | None = None,
         verbose: bool = False,
+        on_failure: OnFailure = "raise",
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -147,6 +155,7 @@ class ConceptDistillation(Teleprompter):
         self.checkpoint_dir = checkpoint_dir
         self.log_dir = log_dir
         self.verbose = verbose
+        self.on_failure = on_failure
         vars(self).update(translated)
 
     # -- settings -------------------------------------------------------------------------------------------------
@@ -164,18 +173,20 @@ class ConceptDistillation(Teleprompter):
         value = getattr(self, name)
         return getattr(self._preset(), name) if value is None else value
 
-    def _budgets(self, n_train: int, n_val: int, n_predictors: int, rounds: int) -> dict[str, Any]:
-        preset = self._preset()
-        student = self.max_student_calls
-        if self.max_metric_calls is not None:
-            student = self.max_metric_calls * n_predictors  # program runs -> LM calls
-        if student is None:
-            student = math.ceil((preset.train_passes * n_train + preset.val_passes * n_val) * n_predictors)
+    def _limits(self, n_train: int, n_val: int, rounds: int) -> Limits:
+        """The run's hard limits. The student budget is in program runs (the preset's passes over the data, or
+        ``max_metric_calls``) unless ``max_student_calls`` gives it in LM calls; runs become LM calls once the first
+        pass has measured the calls one run makes (``Limits.converted``)."""
         teacher = self.max_teacher_calls
         if teacher is None:
             teacher = self._teacher_calls_bound(rounds)
-        return {"student_calls": student, "teacher_calls": teacher, "tokens": self.max_tokens,
-                "cost_usd": self.max_cost_usd}
+        runs: float | None = None
+        if self.max_student_calls is None:
+            preset = self._preset()
+            runs = self.max_metric_calls
+            if runs is None:
+                runs = preset.train_passes * n_train + preset.val_passes * n_val
+        return Limits(self.max_student_calls, teacher, self.max_tokens, self.max_cost_usd, program_runs=runs)
 
     def _default_student_budget(self) -> bool:
         return self.max_student_calls is None and self.max_metric_calls is None
@@ -202,10 +213,10 @@ class ConceptDistillation(Teleprompter):
 
     @contextmanager
     def _open(self, student: dspy.Module, trainset: list[dspy.Example], valset: list[dspy.Example], *,
-              mode: str, settings: RunSettings) -> Iterator[tuple[CompileState, dict[str, Any], dict[str, Any]]]:
-        """The run's state, its budgets and the cost projection, with ``verbose`` logging on for the block."""
+              mode: str, settings: RunSettings) -> Iterator[tuple[CompileState, CostForecast]]:
+        """The run's state (with its limits) and the cost projection, with ``verbose`` logging on for the block."""
         n_predictors = len(student.named_predictors())
-        budgets = self._budgets(len(trainset), len(valset), n_predictors, settings.rounds)
+        limits = self._limits(len(trainset), len(valset), settings.rounds)
         base = {n: p.signature.instructions for n, p in student.named_predictors()}
         params = {k: v for k, v in self.get_params().items() if k not in {"checkpoint_dir", "log_dir", "verbose"}}
         fp = fingerprint(student, base, trainset, valset, self.metric, self.teacher_lm, {**params, "mode": mode})
@@ -213,14 +224,16 @@ class ConceptDistillation(Teleprompter):
         directory = self.checkpoint_dir or self.log_dir
         with verbose_logging(self.verbose), open_state(
             student, trainset=trainset, valset=valset, metric=self.metric, teacher_lm=teacher, settings=settings,
-            limits=budgets, checkpoint=(directory, f"{mode}_state", fp),
+            limits=limits, checkpoint=(directory, f"{mode}_state", fp),
         ) as state:
-            bounds = CallBounds((len(trainset) + len(valset)) * n_predictors, budgets["student_calls"],
-                                budgets["teacher_calls"] if teacher is not None else 0)
+            # until the first pass measures it, a run is assumed to make one LM call per predictor
+            bounds = call_bounds(limits if teacher is not None else dataclasses.replace(limits, teacher_calls=0),
+                                 first_pass_runs=len(trainset) + len(valset), assumed_calls_per_run=n_predictors)
             forecast = project(bounds, program=state.program, example=(trainset or valset)[0],
                                base_instructions=state.base_instructions, teacher=state.teacher_lm,
-                               mistakes_per_batch=settings.mistakes_per_batch, budget=state.budget)
-            yield state, budgets, {**forecast, "bounds": bounds}
+                               mistakes_per_batch=settings.mistakes_per_batch, budget=state.budget, limits=limits,
+                               assumed_calls_per_run=n_predictors)
+            yield state, forecast
 
     # -- compile --------------------------------------------------------------------------------------------------
     def compile(
@@ -249,18 +262,21 @@ class ConceptDistillation(Teleprompter):
         with verbose_logging(self.verbose):  # the split is logged before the run opens
             trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
-            state, budgets, estimate = opened
+            state, forecast = opened
             try:
-                self._recheck_inherited(state, budgets)
+                check_run_budget(state.limits, len(trainset), len(valset))
+                self._recheck_inherited(state)
                 for round_index in range(state.settings.rounds):
-                    if state.stopped or not self._round(state, round_index, estimate["bounds"]):
+                    if state.stopped or not self._round(state, round_index):
                         break
                 self._keep_shown(state)
                 if self.ablation and not state.stopped:
-                    self._ablate(state, budgets)
+                    self._ablate(state)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
-            return self._done(state, student, budgets, estimate)
+            except DistillationError as exc:
+                state.failure = exc
+            return self._done(state, student, forecast)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
@@ -277,35 +293,51 @@ class ConceptDistillation(Teleprompter):
         check_examples("valset", valset)
         check_valset_size(valset)
         with self._open(student, [], valset, mode="verify", settings=self._run_settings(rounds=0)) as opened:
-            state, budgets, estimate = opened
+            state, forecast = opened
             found = {(r.predictor, r.text.lower()) for r in state.inherited}  # the program's own rules first
             state.inherited += [Rule(text=r.text, predictor=r.predictor) for r in rules
                                 if (r.predictor, r.text.lower()) not in found]
             try:
-                self._recheck_inherited(state, budgets)
+                check_run_budget(state.limits, 0, len(valset))
+                self._recheck_inherited(state)
                 self._keep_shown(state)
                 if self.ablation and not state.stopped:
-                    self._ablate(state, budgets)
+                    self._ablate(state)
             except STOPPING_ERRORS as exc:
                 state.stop_with(exc)
-            return self._done(state, student, budgets, estimate)
+            except DistillationError as exc:
+                state.failure = exc
+            return self._done(state, student, forecast)
 
-    def _done(self, state: CompileState, student: dspy.Module, budgets: dict[str, Any],
-              estimate: dict[str, Any]) -> dspy.Module:
+    def _done(self, state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
+        """The result; or, when the run produced no evidence, the ``DistillationError`` naming why (raised, or
+        with ``on_failure="return"`` logged as one warning line beside the unchanged program)."""
         state.end_runs()
-        optimized = finish(state, student, budgets, {k: v for k, v in estimate.items() if k != "bounds"})
+        failure = evidence_failure(state)
+        if failure is not None:
+            state.current = RuleSet()  # no evidence: the program goes back as it came
+            state.stopped = state.stopped or str(failure)
+        optimized = finish(state, student, forecast)
         result = optimized.distillation
         if self.log_dir is not None:
             result.save(self.log_dir)
         try:
             from .reporting.mlflow import log_to_mlflow
         except ImportError:
-            return optimized
-        log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
-                                      if isinstance(v, (str, int, float, bool, type(None)))})
+            pass
+        else:
+            log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
+                                          if isinstance(v, (str, int, float, bool, type(None)))})
+        if failure is not None:
+            failure.result = result
+            if self.on_failure == "raise":
+                raise failure
+            logger.warning("%s; returning the program unchanged (on_failure='return')", clip_text(failure, 600))
+        elif state.stopped:
+            logger.warning("%s", stop_summary(result, state.stop_cause))
         return optimized
 
-    def _recheck_inherited(self, state: CompileState, budgets: dict[str, Any]) -> None:
+    def _recheck_inherited(self, state: CompileState) -> None:
         """Race the rules the program already carries (``state.inherited``: an optimized program's; for ``verify``,
         the rules to verify as well) on the valset, each on top of those kept before it, as ``verify`` does: a rule
         that no longer helps on this valset or this student is dropped with the measured reason. With the default
@@ -316,36 +348,33 @@ class ConceptDistillation(Teleprompter):
         if found:
             logger.info("the program carries %d rule(s) from an earlier optimization: each is re-checked on this "
                         "valset and kept only if it still helps", found)
-            if self._default_student_budget() and budgets.get("student_calls") is not None:
-                budgets["student_calls"] += found * len(state.raced) * len(state.names)
-                state.budget.limits[STUDENT] = budgets["student_calls"]
+            if self._default_student_budget() and state.limits.program_runs is not None:
+                state.set_limits(state.limits.with_more_runs(found * len(state.raced)))
         state.rules += state.inherited
-        state.baseline_scores = state.val_scores = self._scores(state)
+        state.baseline_scores = state.val_scores = self._scores(state, first_pass=state.limits.calls_per_run is None)
         result = self._verifier(state, screen=False).run(state.current, state.inherited, {})
-        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
-        state.rules += result.placements
-        state.stopped = state.stopped or result.stopped
+        self._take(state, result)
         if found:
             kept = sum(r.inherited is not None for r in state.current)
             logger.info("earlier rules: %d of %d kept; valset score %s with them", kept, found,
                         _fmt(_mean(state.val_scores)))
 
-    def _ablate(self, state: CompileState, budgets: dict[str, Any]) -> None:
+    def _ablate(self, state: CompileState) -> None:
         """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
         budget (none given), the budget grows by what the ablation costs."""
         rules = state.current
         if len(rules) < 2 or state.val_scores is None:
             return
-        cost = ablation_cost(rules, state.raced, len(state.names))
-        logger.info("ablation: leaving each of %d rules out costs up to %d student calls", len(rules), cost)
-        if self._default_student_budget() and budgets.get("student_calls") is not None:
-            budgets["student_calls"] += cost
-            state.budget.limits[STUDENT] = budgets["student_calls"]
+        runs = ablation_cost(rules, state.raced)
+        logger.info("ablation: leaving each of %d rules out costs up to %d program runs", len(rules), runs)
+        if self._default_student_budget() and state.limits.program_runs is not None:
+            state.set_limits(state.limits.with_more_runs(runs))
         stopped = ablate(state.evaluator, rules, state.raced, state.val_scores, state.min_gain)
-        state.stopped = state.stopped or stopped
+        if stopped is not None:
+            state.stop_with(stopped)
 
     # -- one round: the three phases ------------------------------------------------------------------------------
-    def _round(self, state: CompileState, round_index: int, bounds: CallBounds) -> bool:
+    def _round(self, state: CompileState, round_index: int) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
         first = state.baseline_scores is None
@@ -357,7 +386,7 @@ class ConceptDistillation(Teleprompter):
             round_index=round_index, on_usable=baseline)
         state.mistakes += mistakes
         if first:
-            refine(state.ledger, bounds)
+            self._convert_budget(state, outcomes)
         train_score = sum(o.score for o in outcomes) / len(outcomes)
         logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
                     len(mistakes))
@@ -379,11 +408,8 @@ class ConceptDistillation(Teleprompter):
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
                                                         next_trainset=None if last else state.train_runs,
                                                         hold=self._confirmation_runs(state))
-        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
-        state.stopped = state.stopped or result.stopped
-        state.raced_against.update(result.raced_against)
+        self._take(state, result)
         candidates += result.placements
-        state.rules += result.placements
         accepted = sum(c.status == ACCEPTED for c in candidates)
         state.summaries.append(RoundSummary(number, train_score, len(mistakes), len(pending), accepted, before,
                                             _mean(state.val_scores)))
@@ -392,10 +418,33 @@ class ConceptDistillation(Teleprompter):
         return not state.stopped and accepted > 0
 
     @staticmethod
-    def _scores(state: CompileState) -> list[float]:
+    def _take(state: CompileState, result: VerificationResult) -> None:
+        """What verification leaves: the rules in force, their scores, the candidates it raced in another predictor,
+        what each rule was last raced against, how many candidates a race decided, and why it stopped early, if it
+        did."""
+        state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
+        state.rules += result.placements
+        state.raced_against.update(result.raced_against)
+        state.decisions += len(result.decisions)
+        if result.stopped:
+            state.end_early(result.stopped, result.cause)
+
+    @classmethod
+    def _scores(cls, state: CompileState, *, first_pass: bool = False) -> list[float]:
+        """The valset baseline. A metric (or program) that fails on every valset example leaves nothing to
+        measure: ``MetricFailedError`` (``ProgramFailedError``) says so, rather than blaming the rules."""
         outcomes = state.evaluator.run([(state.current, ex) for ex in state.raced], phase="verification",
                                        desc="Baseline on valset")
+        fail_if_all_failed(outcomes, "valset example")
+        if first_pass:
+            cls._convert_budget(state, outcomes)
         return [o.score for o in outcomes]
+
+    @staticmethod
+    def _convert_budget(state: CompileState, outcomes: list[Outcome]) -> None:
+        """After the first pass: measure the LM calls of a program run, convert a budget in runs to LM calls."""
+        state.set_limits(state.limits.converted(calls_per_run(outcomes)))
+        refine(state.ledger, state.limits)
 
     def _induce(self, state: CompileState, round_index: int, mistakes: list[Mistake]) -> list[Rule]:
         s = state.settings
@@ -412,16 +461,19 @@ class ConceptDistillation(Teleprompter):
                     state.journal.reply(reply)
 
             replies = induce(state.teacher_lm, brief, batches, executor=state.executor,
-                             seed=state.rng.randrange(1 << 30), on_reply=on_reply, replay=replay)
+                             seed=state.rng.randrange(1 << 30), on_reply=on_reply, replay=replay,
+                             budget=state.budget)
         state.replies += replies
         usable = [r for r in replies if r.error is None]
-        if state.budget.exhausted(TEACHER):
-            logger.warning("teacher budget used up after %d of %d batches", len(replies), len(batches))
+        refusal = state.budget.refusal(TEACHER)
+        if refusal is not None:
+            logger.info("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
-            refusal = state.budget.last_refusal if state.budget.exhausted(TEACHER) else None
+            failed = [r for r in replies if r.transient]
+            if refusal is None and failed and len(failed) == len(replies) and all(r.error for r in state.replies):
+                raise LMUnavailableError("teacher", failed[0].error or "no reply")  # it never answered
             errors = one_line("; ".join(sorted({r.error for r in replies if r.error})) or refusal or "none asked")
-            state.stopped = state.stopped or f"no usable teacher reply in round {round_index + 1} ({errors})"
-            logger.warning("%s", state.stopped)
+            state.end_early(f"no usable teacher reply in round {round_index + 1} ({errors})", refusal)
         candidates = rules_from_replies(
             usable, [batches[r.batch] for r in usable], predictor_names=state.names,
             leak_checker=LeakChecker(state.trainset), known_rules=state.rules, round_index=round_index,
@@ -456,8 +508,7 @@ class ConceptDistillation(Teleprompter):
         prefix of the accepted path); the others stay accepted in the report, marked as not returned."""
         if not len(state.current) or state.baseline_scores is None:
             return
-        baseline = [state.evaluator.cached(RuleSet(), ex) for ex in state.raced]
-        calls_per_run = max([1, *(o.calls for o in baseline if o is not None)])
+        calls_per_run = state.limits.calls_per_run or 1.0
         kept, why = returned_rules(state.evaluator, state.raced, state.train_runs, state.current, state.baseline_scores,
                                    self._selection_settings(state, screen=False), held_back=state.held_back,
                                    calls_per_run=calls_per_run)

@@ -1,11 +1,12 @@
 """The records that pass between the phases of a compile: what one program run produced (``Outcome``), a
-training mistake (``Mistake``), one teacher reply (``BatchReply``), one round's summary (``RoundSummary``) and the
-bounds of a run's LM calls (``CallBounds``). Plain data: every phase imports them, and they import nothing of the
-package."""
+training mistake (``Mistake``), one teacher reply (``BatchReply``), one round's summary (``RoundSummary``), a run's
+hard limits (``Limits``), the bounds of its LM calls (``CallBounds``) and its cost forecast (``CostForecast``). Plain
+data: every phase imports them, and they import nothing of the package."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
@@ -32,7 +33,7 @@ class Outcome:
     error_kind: ErrorKind | None = None
     raw_text: str | None = None  # the LM reply that failed to parse
     failed_predictor: str | None = None
-    calls: int = 0
+    calls: int = 0  # LM calls the run made (a call for n completions counts n; DSPy cache hits count, retries not)
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, containers copied (as ``dataclasses.asdict`` gives, without its generic walk)."""
@@ -131,6 +132,51 @@ class RoundSummary:
 
 @dataclass(frozen=True)
 class CallBounds:
-    student_low: int  # the runs every compile makes: trainset and valset once
-    student_high: int  # the student budget
+    student_low: int  # LM calls of the runs every compile makes: trainset and valset once
+    student_high: int  # the student budget in LM calls
     teacher: int  # the teacher budget
+
+
+@dataclass(frozen=True)
+class CostForecast:
+    """What the run was projected to cost before it paid: LM calls and USD (None where a model has no price)."""
+
+    bounds: CallBounds
+    low_usd: float | None = None
+    high_usd: float | None = None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"low": self.low_usd, "high": self.high_usd}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A run's hard limits. ``student_calls`` counts LM calls (requests): given as ``max_student_calls``, or
+    converted from ``program_runs`` (a preset's runs, or ``max_metric_calls``) with ``calls_per_run``, the mean LM
+    calls of one program run measured on the first trainset pass (``converted``); None before that (the first pass
+    is bounded by its own runs). A change makes a new record: nothing mutates one."""
+
+    student_calls: int | None
+    teacher_calls: int | None
+    tokens: int | None = None
+    cost_usd: float | None = None
+    program_runs: float | None = None  # None: the student budget was given in LM calls
+    calls_per_run: float | None = None  # measured; None until the first pass
+
+    def converted(self, calls_per_run: float) -> Limits:
+        """The limits once the LM calls of a program run are measured: a budget in program runs becomes
+        ``ceil(program_runs * calls_per_run)`` LM calls; one given in LM calls stays as it is."""
+        if self.program_runs is None:
+            return dataclasses.replace(self, calls_per_run=calls_per_run)
+        return dataclasses.replace(self, student_calls=math.ceil(self.program_runs * calls_per_run - 1e-9),
+                                   calls_per_run=calls_per_run)
+
+    def with_more_runs(self, runs: float) -> Limits:
+        """A budget in program runs grown by ``runs`` (converted at the measured calls per run)."""
+        if self.program_runs is None:
+            raise ValueError("the student budget was given in LM calls (max_student_calls), not in program runs")
+        grown = dataclasses.replace(self, program_runs=self.program_runs + runs)
+        return grown if self.calls_per_run is None else grown.converted(self.calls_per_run)
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -14,7 +14,9 @@ from typing import Any
 
 import dspy
 
+from .errors import BudgetTooSmallError
 from .foreign import translate
+from .records import Limits
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +115,8 @@ def validate_params(init: Callable[..., Any], values: dict[str, Any], kwargs: di
         raise ValueError(f"val_fraction must be between 0 and 1, got {fraction!r}")
     if v["max_metric_calls"] is not None and v["max_student_calls"] is not None:
         raise ValueError("give max_student_calls or max_metric_calls (GEPA's name for the same budget), not both")
+    if v["on_failure"] not in ("raise", "return"):
+        raise ValueError(f"on_failure must be 'raise' or 'return', got {v['on_failure']!r}")
     for name in ("ablation", "verbose"):
         if not isinstance(v[name], bool):
             raise ValueError(f"{name} must be True or False, got {v[name]!r}")
@@ -145,6 +149,18 @@ def check_number(name: str, value: Any, *, positive: bool = False, minimum: floa
         raise ValueError(f"{name} must be a number > 0, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be a number >= {minimum:g}, got {value!r}")
+
+
+def check_run_budget(limits: Limits, n_train: int, n_val: int) -> None:
+    """A student budget in program runs must pay for the runs every compile makes (the trainset and the valset
+    baseline, once each) and leave some to race a candidate rule: refused before any LM call otherwise."""
+    runs = limits.program_runs
+    if runs is not None and runs <= n_train + n_val:
+        raise BudgetTooSmallError(
+            f"a student budget of {runs:g} program runs cannot pay for the runs every compile makes, the trainset "
+            f"({n_train}) and the valset baseline ({n_val}), and leave any to race a candidate rule: give "
+            f"max_metric_calls of at least {n_train + 2 * n_val} (one full race), or fewer examples"
+        )
 
 
 def check_program(student: Any) -> list[str]:

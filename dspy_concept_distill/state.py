@@ -14,14 +14,15 @@ from typing import Any
 
 import dspy
 
+from .errors import DistillationError
 from .persistence.journal import Journal, Resumed, attach
 from .phases.statistics import hold_back, train_sample
-from .records import BatchReply, Mistake, RoundSummary
+from .records import BatchReply, Limits, Mistake, RoundSummary
 from .rules import Rule, RuleSet, split_instructions
 from .runtime.evaluator import EvalCache, Evaluator
 from .runtime.executor import STOP_FILE, Executor, StopSignal
 from .runtime.ledger import Ledger
-from .runtime.metering import STUDENT, TEACHER, Budget, metered
+from .runtime.metering import STUDENT, TEACHER, Budget, install
 from .runtime.metric import MetricAdapter, metric_max
 from .settings import RunSettings
 
@@ -36,12 +37,13 @@ class CompileState:
     valset: list[dspy.Example]
     evaluator: Evaluator
     budget: Budget
-    teacher_lm: dspy.BaseLM | None  # metered
+    teacher_lm: dspy.BaseLM | None  # the caller's: induction meters its requests
     journal: Journal
     executor: Executor
     stop: StopSignal
     rng: random.Random
     resumed: Resumed
+    limits: Limits
     current: RuleSet = field(default_factory=RuleSet)
     rules: list[Rule] = field(default_factory=list)
     mistakes: list[Mistake] = field(default_factory=list)
@@ -51,7 +53,10 @@ class CompileState:
     baseline_scores: list[float] | None = None
     val_scores: list[float] | None = None
     threshold: float | None = None
-    stopped: str | None = None
+    stopped: str | None = None  # why the run ended early (None: it did not)
+    stop_cause: BaseException | None = None  # the signal that ended it: a used-up budget, a stop request, ...
+    failure: DistillationError | None = None  # the run could not produce evidence: raised (or returned) at the end
+    decisions: int = 0  # candidate rules decided by a race (accepted or rejected on valset evidence)
     inherited: list[Rule] = field(default_factory=list)  # the rules the program's instructions carried, to re-check
     raced: list[dspy.Example] = field(default_factory=list)  # the valset examples races run on (all, or a half)
     held_back: list[dspy.Example] = field(default_factory=list)  # the other half, which confirms what is returned
@@ -78,6 +83,11 @@ class CompileState:
         self.replies.append(reply)
         self.journal.reply(reply)
 
+    def set_limits(self, limits: Limits) -> None:
+        """Replace the run's limits (a new record; the budget enforces the student limit from now on)."""
+        self.limits = limits
+        self.budget.set_limit(STUDENT, limits.student_calls)
+
     def end_runs(self) -> None:
         """No new LM request from here: jobs not started are dropped, the program runs in flight (racing ahead)
         stop at their next request, and every request the LMs received is booked before the result is made."""
@@ -88,38 +98,43 @@ class CompileState:
         """Whether measuring ``rule`` again would be new evidence: the rules in force changed since it was raced."""
         return self.raced_against.get(rule.id) != self.current
 
+    def end_early(self, reason: str, cause: BaseException | None = None) -> None:
+        """End the run early for ``reason`` (``cause``: a used-up budget, a stop request, a failing student LM),
+        keeping what was verified; the first reason is the one reported. The one warning is logged at the end."""
+        if self.stopped is None:
+            self.stopped, self.stop_cause = reason, cause
+        logger.info("stopping early, keeping the rules verified so far: %s", reason)
+
     def stop_with(self, exc: BaseException) -> None:
-        self.stopped = str(exc)
-        logger.warning("stopping early, keeping the rules verified so far: %s", exc)
+        self.end_early(str(exc), exc)
 
 
 @contextmanager
 def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: list[dspy.Example],
                metric: Any, teacher_lm: dspy.BaseLM | None, settings: RunSettings,
-               limits: dict[str, Any],
+               limits: Limits,
                checkpoint: tuple[str | None, str, str]) -> Iterator[CompileState]:
     """A run's state, with its thread pool, journal and signal handlers open for the block and closed after it.
 
-    ``checkpoint`` is ``(directory, journal name, fingerprint)``; ``limits`` the budgets: student_calls,
-    teacher_calls, tokens, cost_usd."""
+    ``checkpoint`` is ``(directory, journal name, fingerprint)``."""
     directory, name, fp = checkpoint
     journal = Journal(directory, name, fp)
     journal.check_writable()
     program = student.deepcopy()
     base, inherited = inherited_rules(student)
-    budget = Budget(Ledger(), limits["student_calls"], limits["teacher_calls"], dspy.settings.usage_tracker,
-                    max_tokens=limits.get("tokens"), max_cost_usd=limits.get("cost_usd"))
+    budget = Budget(Ledger(), limits.student_calls, limits.teacher_calls, dspy.settings.usage_tracker,
+                    max_tokens=limits.tokens, max_cost_usd=limits.cost_usd)
     cache = EvalCache()
     resumed = attach(journal, cache)
     stop = StopSignal(Path(directory) / STOP_FILE if directory is not None else None)
     executor = Executor(settings.num_threads)
     evaluator = Evaluator(program, base, MetricAdapter(metric), budget, executor, stop, cache)
-    teacher = metered(teacher_lm, budget, TEACHER) if teacher_lm is not None else None
+    install()  # DSPy's LM entry point meters every request made inside a run (see runtime.metering)
     plan = random.Random(f"{settings.seed}/data")  # apart from the run's rng: the plan changes no other draw
     raced, held = hold_back(len(valset), plan)
     sample = train_sample(len(trainset), settings.train_sample, plan)
-    state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher, journal, executor,
-                         stop, random.Random(settings.seed), resumed, inherited=inherited,
+    state = CompileState(settings, program, base, trainset, valset, evaluator, budget, teacher_lm, journal, executor,
+                         stop, random.Random(settings.seed), resumed, limits, inherited=inherited,
                          raced=[valset[i] for i in raced], held_back=[valset[i] for i in held],
                          train_runs=[trainset[i] for i in sample])
     try:

@@ -1,7 +1,8 @@
 """The package's import structure: layers that import only downwards, and no import circle.
 
-From the ground up: the records every phase shares (``rules``, ``records``, ``text``); ``runtime`` (evaluator,
-executor, metering, ledger, pricing, forecast, metric, progress); ``persistence`` (journal, fingerprint); the
+From the ground up: the records every phase shares (``rules``, ``records``, ``text``) and the exceptions
+(``errors``); ``runtime`` (evaluator, executor, metering, ledger, pricing, forecast, metric, progress);
+``persistence`` (journal, fingerprint); the
 ``phases`` and ``reporting`` (side by side, neither imports the other); the run (``settings``, ``state``,
 ``finish``); the public face (``optimizer``, ``tracking``, ``__init__``). ``lms`` and ``testing`` stand apart: they
 import nothing of the package outside themselves. Every import counts, also one inside a function or under
@@ -20,7 +21,7 @@ import dspy_concept_distill
 PACKAGE = Path(dspy_concept_distill.__file__).parent
 NAME = "dspy_concept_distill"
 LAYERS = {
-    "rules": 0, "records": 0, "text": 0,
+    "rules": 0, "records": 0, "text": 0, "errors": 0,
     "runtime": 1,
     "persistence": 2,
     "phases": 3, "reporting": 3,

@@ -27,7 +27,7 @@ import pydantic
 from ..runtime.evaluator import example_key
 
 RUN_CONTROLS = frozenset({"num_threads", "max_student_calls", "max_metric_calls", "max_teacher_calls", "max_tokens",
-                          "max_cost_usd"})
+                          "max_cost_usd", "on_failure"})
 _COUNTERS = frozenset({"calls", "call_count", "requests", "sampled_calls", "history"})
 _MAX_ITEMS = 100  # items of a container that count toward an identity
 _DEPTH = 2  # objects deep, for a metric's captured values

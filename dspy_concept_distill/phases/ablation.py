@@ -15,15 +15,15 @@ from ..runtime.metering import phase
 logger = logging.getLogger(__name__)
 
 
-def ablation_cost(rules: RuleSet, valset: Sequence[dspy.Example], predictors: int) -> int:
-    """Most student calls ``ablate`` can make."""
-    return len(rules) * len(valset) * predictors
+def ablation_cost(rules: RuleSet, valset: Sequence[dspy.Example]) -> int:
+    """Most program runs ``ablate`` can make."""
+    return len(rules) * len(valset)
 
 
 def ablate(evaluator: Evaluator, rules: RuleSet, valset: Sequence[dspy.Example], final_scores: Sequence[float],
-           min_gain: float) -> str | None:
+           min_gain: float) -> BaseException | None:
     """Leave each rule of ``rules`` out in turn and record the valset score it is worth now (``Rule.ablation_gain``);
-    a rule worth less than ``min_gain`` no longer adds anything once the others are in. Returns why it stopped
+    a rule worth less than ``min_gain`` no longer adds anything once the others are in. Returns what stopped it
     early, or None."""
     final = sum(final_scores) / len(final_scores)
     try:
@@ -36,6 +36,6 @@ def ablate(evaluator: Evaluator, rules: RuleSet, valset: Sequence[dspy.Example],
                     logger.warning("ablation: rule %r adds %+.3f once the others are in (below min_gain %g)",
                                    rule.text[:80], rule.ablation_gain, min_gain)
     except STOPPING_ERRORS as exc:
-        logger.warning("ablation stopped early: %s", exc)
-        return str(exc)
+        logger.info("ablation stopped early: %s", exc)
+        return exc
     return None

@@ -7,6 +7,7 @@ unknown predictors are resolved or rejected, rules that leak training data are r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ from ..rules import (
 from ..runtime.evaluator import is_lm_infrastructure_error
 from ..runtime.executor import Executor, StopRequestedError
 from ..runtime.logs import folded_warnings, one_line, warn_folded
-from ..runtime.metering import BudgetExhaustedError, phase
+from ..runtime.metering import TEACHER, Budget, BudgetExhaustedError, metering
 from ..text import clip_text
 
 logger = logging.getLogger(__name__)
@@ -232,8 +233,10 @@ def ask_teacher(
     batch_index: int,
     rollout: int | None,
     rng: random.Random,
+    budget: Budget | None = None,
 ) -> BatchReply:
-    """One teacher call on one batch, retried with a fresh rollout when the reply does not parse.
+    """One teacher call on one batch, retried with a fresh rollout when the reply does not parse. With ``budget``,
+    every request the call makes is metered: it takes a permit from ``budget`` and is booked as the teacher's.
 
     If the provider refuses the request itself (some structured-output APIs reject schema keywords such as
     ``maxItems``), the retry sends the uncapped signature."""
@@ -246,7 +249,7 @@ def ask_teacher(
             lm = teacher_lm.copy(rollout_id=rollout if attempt == 0 else rng.randrange(1 << 30), temperature=1.0)
         reply.attempts = attempt + 1
         try:
-            with phase("induction"), dspy.context(lm=lm):
+            with _metered(budget), dspy.context(lm=lm):
                 out = predict(task=brief.task, rules_in_force=brief.rules_in_force, mistakes=mistakes_text,
                               max_rules=brief.max_rules)
             analysis = out.analysis
@@ -277,6 +280,10 @@ def ask_teacher(
     return reply
 
 
+def _metered(budget: Budget | None) -> Any:
+    return contextlib.nullcontext() if budget is None else metering(budget, TEACHER, "induction")
+
+
 def _as_dict(item: Any) -> dict[str, Any]:
     if isinstance(item, pydantic.BaseModel):
         return item.model_dump()
@@ -294,6 +301,7 @@ def induce(
     seed: int,
     on_reply: Callable[[BatchReply], None] | None = None,
     replay: dict[int, BatchReply] | None = None,
+    budget: Budget | None = None,
 ) -> list[BatchReply]:
     """Ask the teacher about every batch, in parallel; ``replay`` holds replies saved by an earlier run.
 
@@ -311,7 +319,7 @@ def induce(
         else:
             try:
                 reply = ask_teacher(teacher_lm, brief, batch, batch_index=index, rollout=rollout,
-                                    rng=random.Random(retry_seed))
+                                    rng=random.Random(retry_seed), budget=budget)
             except (BudgetExhaustedError, StopRequestedError) as exc:
                 return exc
         if on_reply is not None:

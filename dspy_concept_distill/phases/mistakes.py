@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 import dspy
 
+from ..errors import MetricFailedError, ProgramFailedError
 from ..records import ErrorKind, Mistake, Outcome
 from ..rules import RuleSet
 from ..runtime.evaluator import Evaluator, example_key
@@ -50,9 +51,17 @@ def collect_mistakes(
 
 def _fail_fast(outcomes: Sequence[Outcome]) -> None:
     """Stop before any teacher spend when nothing can be learned: the metric or the program fails every time."""
+    fail_if_all_failed(outcomes, "training example")
+
+
+def fail_if_all_failed(outcomes: Sequence[Outcome], what: str) -> None:
+    """``MetricFailedError`` (or ``ProgramFailedError``) when the metric (or the program) failed on every one of
+    ``outcomes``: nothing can be measured, and the fault is not the rules'."""
     if not outcomes:
         return
-    for kind, what, fix in ((ErrorKind.METRIC, "the metric failed", "fix the metric first"),
-                            (ErrorKind.EXCEPTION, "the program raised", "fix the program first")):
+    for kind, error, failed, fix in (
+            (ErrorKind.METRIC, MetricFailedError, "the metric failed", "fix the metric first"),
+            (ErrorKind.EXCEPTION, ProgramFailedError, "the program raised", "fix the program first")):
         if all(o.error_kind == kind for o in outcomes):
-            raise ValueError(f"{what} on every training example, e.g. {outcomes[0].error}; {fix}")
+            every = f"every {what}" if what == "training example" else f"every one of the {len(outcomes)} {what}s"
+            raise error(f"{failed} on {every}, e.g. {outcomes[0].error}; {fix}")

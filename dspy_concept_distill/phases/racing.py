@@ -272,11 +272,11 @@ class Racer:
     """Runs a ``Selection`` on the evaluator, with work ahead on spare threads (see the module docstring)."""
 
     def __init__(self, evaluator: Evaluator, examples: Sequence[dspy.Example], selection: Selection, *,
-                 account: RequiredAccount, calls_per_run: int = 1,
+                 account: RequiredAccount, calls_per_run: float = 1.0,
                  next_trainset: Sequence[dspy.Example] | None = None,
                  on_decided: Callable[[Selection], None] | None = None) -> None:
         self.evaluator, self.valset, self.selection = evaluator, list(examples), selection  # valset, then trainset
-        self.account, self.calls_per_run = account, max(1, calls_per_run)
+        self.account, self.calls_per_run = account, max(1.0, calls_per_run)
         self.next_trainset = None if next_trainset is None else list(next_trainset)
         self.on_decided = on_decided
         threads = evaluator.executor.num_threads
@@ -315,7 +315,7 @@ class Racer:
         less what was run ahead and not required since (counted, not timed, so plans do not depend on timing)."""
         if not self.window:
             return 0
-        return max(0, min(self.window, self.account.reserve // self.calls_per_run - self.account.ahead))
+        return max(0, min(self.window, math.floor(self.account.reserve / self.calls_per_run) - self.account.ahead))
 
     def _ahead(self, ruleset: RuleSet, example: dspy.Example, phase: str) -> bool:
         key = (self.evaluator.key(ruleset), self.evaluator.example_key_of(example))

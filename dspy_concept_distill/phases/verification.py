@@ -16,6 +16,7 @@ Decisions are the same at any thread count.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ from ..records import Mistake, Outcome
 from ..rules import CANDIDATE, Rule, RuleSet
 from ..runtime.account import RequiredAccount
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
+from ..runtime.forecast import calls_per_run
 from .racing import Extension, Race, Racer, Selection
 from .statistics import (
     EPS,
@@ -55,6 +57,7 @@ class VerificationResult:
     decisions: dict[str, Decision] = field(default_factory=dict)
     placements: list[Rule] = field(default_factory=list)  # candidates raced again in another predictor
     raced_against: dict[str, RuleSet] = field(default_factory=dict)  # rule id -> the rules in force it last raced
+    cause: BaseException | None = None  # what stopped it early (a used-up budget, a stop request, ...)
 
 
 def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: Sequence[dspy.Example],
@@ -92,11 +95,11 @@ class Verifier:
         self.rng = rng
         self.progress = progress
         self.order: list[int] = []
-        self.calls_per_run = 1  # the most LM calls one program run took on the valset baseline
+        self.calls_per_run = 1.0  # the mean LM calls of one program run on the valset baseline
 
     def base_scores(self, ruleset: RuleSet) -> list[float]:
         outcomes = self.evaluator.run([(ruleset, ex) for ex in self.valset], phase="verification")
-        self.calls_per_run = max([1, *(o.calls for o in outcomes)])
+        self.calls_per_run = calls_per_run(outcomes)
         return [o.score for o in outcomes]
 
     # -- screening ------------------------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ class Verifier:
             try:
                 self.evaluator.run(jobs, phase="screening")
             except STOPPING_ERRORS as exc:
-                logger.warning("screening stopped early (%s); ordering by what was measured", exc)
+                logger.info("screening stopped early (%s); ordering by what was measured", exc)
             for rule in candidates:
                 pairs = [(self.evaluator.cached(current.with_rule(rule), ex), self.evaluator.cached(current, ex))
                          for ex in plan[rule.id]]
@@ -140,7 +143,7 @@ class Verifier:
             self.order = racing_order(result.scores, self.settings.max_score, self.rng)
             settings = replace(self.settings, prior_variance=prior_variance(result.scores, self.settings.max_score))
             selection = Selection(queue, current, result.scores, self.order, settings, predictors=self.predictors,
-                                  runs=max(0, self.account.left() // self.calls_per_run - hold),
+                                  runs=max(0, runs_left(self.account, self.calls_per_run) - hold),
                                   extension=self._extension(current, queue, mistakes))
             bar = self.progress(total=len(queue), desc="Verifying rules", leave=False) if self.progress else None
 
@@ -156,8 +159,8 @@ class Verifier:
                 result.stopped = f"student call budget used up: {selection.stopped}"
                 logger.warning("verification stopped early: %s", result.stopped)
         except STOPPING_ERRORS as exc:
-            logger.warning("verification stopped early: %s", exc)
-            result.stopped = str(exc)
+            logger.info("verification stopped early: %s", exc)
+            result.stopped, result.cause = str(exc), exc
         finally:
             if bar is not None:
                 bar.close()
@@ -217,9 +220,15 @@ class Verifier:
         return found
 
 
+def runs_left(account: RequiredAccount, calls_per_run: float) -> float:
+    """Program runs the decisions may still spend (inf: no budget)."""
+    left = account.left()
+    return left if math.isinf(left) else math.floor(left / max(1.0, calls_per_run) + 1e-9)
+
+
 def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainset: Sequence[dspy.Example],
                    accepted: RuleSet, baseline: list[float], settings: SelectionSettings, *,
-                   held_back: Sequence[dspy.Example] = (), calls_per_run: int = 1) -> tuple[RuleSet, str | None]:
+                   held_back: Sequence[dspy.Example] = (), calls_per_run: float = 1.0) -> tuple[RuleSet, str | None]:
     """The rules to return: the longest prefix of the accepted path whose gain over the starting instructions is
     shown to be real on examples the selection never scored. The selection raced on ``valset``, so a gain there is
     optimistic (the best of many noisy measurements, and any prompt change re-draws answers the starting prompt got
@@ -260,7 +269,7 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
 
 
 def _confirmed_on_held_back(evaluator: Evaluator, held_back: Sequence[dspy.Example], accepted: RuleSet,
-                            settings: SelectionSettings, calls_per_run: int) -> tuple[RuleSet, str | None]:
+                            settings: SelectionSettings, calls_per_run: float) -> tuple[RuleSet, str | None]:
     rules, n = list(accepted), len(held_back)
     if evaluator.account.left() < 2 * n * calls_per_run:
         return RuleSet(), _left_out(len(rules), 0, None)

@@ -40,7 +40,8 @@ class DistillationResult:
     trainset_size: int = 0
     valset_size: int = 0
     min_gain: float = 0.0
-    budgets: dict[str, float | int | None] = field(default_factory=dict)  # limits: student_calls, teacher_calls, ...
+    # limits (``records.Limits.to_dict``): student_calls, teacher_calls, tokens, cost_usd, program_runs, calls_per_run
+    budgets: dict[str, float | int | None] = field(default_factory=dict)
     cost_estimate: dict[str, float | None] = field(default_factory=dict)  # projected USD before the run: low, high
     trajectory: list[dict[str, Any]] = field(default_factory=list)  # valset score as accepted rules were added
 

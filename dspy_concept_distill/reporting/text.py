@@ -237,6 +237,11 @@ def spend_lines(result: ResultView) -> list[str]:
             cost = "" if row["cost"] is None else f", {fmt_amount(row['cost'], usd=True)}"
             line += f"; {row['cache_hits']:,} cache hits (free); {row['tokens']:,} tokens{cost}"
         lines.append(line)
+    budgets = result.budgets or {}
+    if budgets.get("program_runs") is not None:
+        per_run = budgets.get("calls_per_run")
+        lines.append(f"  (the student budget is {budgets['program_runs']:g} program runs"
+                     + ("" if per_run is None else f", at {per_run:.1f} LM calls per run as measured") + ")")
     lines.append("  " + estimate_line(result.cost_estimate))
     return lines
 

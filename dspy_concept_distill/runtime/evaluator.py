@@ -1,8 +1,9 @@
 """Scoring program variants on examples, in parallel, with one cache.
 
 A *variant* is the caller's program with a RuleSet rendered into its instructions. Every (variant, example)
-pair is run at most once per compile: ``EvalCache`` maps ``(variant_key, example_key)`` to an ``Outcome``. Each
-variant's LMs are metered copies (see ``metering.metered``), so the budget is exact at any thread count.
+pair is run at most once per compile: ``EvalCache`` maps ``(variant_key, example_key)`` to an ``Outcome``. Each run
+is metered (see ``metering``): every LM request it makes, through whatever LM the program picks, is budgeted and
+booked, so the budget is exact at any thread count.
 """
 
 from __future__ import annotations
@@ -19,19 +20,16 @@ from typing import Any
 import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
 
+from ..errors import StudentLMError
 from ..records import EXCEPTION, METRIC_ERROR, PARSE_FAILURE, Outcome
 from ..rules import RuleSet, render_instructions
 from .account import RequiredAccount
 from .executor import Executor, StopRequestedError, StopSignal
-from .metering import STUDENT, Budget, BudgetExhaustedError, metered, phase, refusals
+from .metering import STUDENT, Budget, BudgetExhaustedError, Meter
 from .metric import MetricAdapter
 from .progress import progress
 
 logger = logging.getLogger(__name__)
-
-
-class StudentLMError(RuntimeError):
-    """The student LM itself failed (connection, auth, rate limit, server error) after the retries."""
 
 
 STOPPING_ERRORS = (BudgetExhaustedError, StudentLMError, StopRequestedError)  # end a run; finished work is kept
@@ -123,9 +121,7 @@ class Evaluator:
         self.stop = stop
         self.cache = cache
         self.failure_score = failure_score
-        self.account = account or RequiredAccount(lambda: budget.limits[STUDENT])  # what the decisions may spend
-        default_lm = dspy.settings.lm
-        self._lms = {name: metered(p.lm or default_lm, budget, STUDENT) for name, p in program.named_predictors()}
+        self.account = account or RequiredAccount(lambda: budget.limit(STUDENT))  # what the decisions may spend
         self._variants: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
         self._keys: dict[RuleSet, str] = {}
         self._example_keys: dict[int, tuple[dspy.Example, str]] = {}  # by id; holding the example keeps its id unique
@@ -145,7 +141,7 @@ class Evaluator:
             return self._keys[ruleset]
 
     def variant(self, ruleset: RuleSet) -> tuple[dspy.Module, dict[int, str]]:
-        """The runnable variant (metered LMs) and its predictors' names by ``id``."""
+        """The runnable variant and its predictors' names by ``id``."""
         return self._variant(self.key(ruleset), ruleset)
 
     def _variant(self, key: str, ruleset: RuleSet) -> tuple[dspy.Module, dict[int, str]]:
@@ -157,7 +153,6 @@ class Evaluator:
                 program = ruleset.apply(self.program, self.base_instructions)
                 names = {}
                 for name, predictor in program.named_predictors():
-                    predictor.lm = self._lms[name]
                     names[id(predictor)] = name
                 self._variants[key] = (program, names)
             return self._variants[key]
@@ -271,40 +266,47 @@ class Evaluator:
         if self.stop.requested:
             return _NotRun(StopRequestedError(f"stopped on request: {self.stop.reason}"))
         if self.budget.remaining(STUDENT) == 0:
-            return _NotRun(BudgetExhaustedError(STUDENT, self.budget.limits[STUDENT] or 0))
+            return _NotRun(BudgetExhaustedError(STUDENT, self.budget.limit(STUDENT) or 0))
         program, names = self._variant(key[0], ruleset)
-        with phase(phase_name), refusals() as refused:
-            result = self._run_program(program, names, example)
-        if refused or isinstance(result, BudgetExhaustedError):
-            return _NotRun(refused[0] if refused else result)
+        meter = Meter(self.budget, STUDENT, phase_name)
+        result = self._run_program(program, names, example, meter)
+        if meter.refusals or isinstance(result, BudgetExhaustedError):
+            return _NotRun(meter.refusals[0] if meter.refusals else result)
         if isinstance(result, Outcome):
             self.cache.put(key, result)
+        elif is_lm_infrastructure_error(result) and not len(self.cache):
+            # Nothing has ever worked: the LM is unreachable (a wrong key, a closed port). Stop at once rather than
+            # paying every queued run's retries to learn it again.
+            self.budget.close(f"the student LM failed on its first requests: {result}")
         return result
 
-    def _run_program(self, program: dspy.Module, names: dict[int, str],
-                     example: dspy.Example) -> Outcome | BaseException:
+    def _run_program(self, program: dspy.Module, names: dict[int, str], example: dspy.Example,
+                     meter: Meter) -> Outcome | BaseException:
+        """Run ``program`` on ``example`` (its LM requests metered by ``meter``, which counts them in
+        ``Outcome.calls``), then score it; the metric's own LM calls, if any, are not the program's."""
         trace: list[Any] = []
         try:
-            with dspy.context(trace=trace):
+            with meter.active(), dspy.context(trace=trace):
                 prediction = program(**example.inputs())
         except BudgetExhaustedError as exc:
             return exc
         except AdapterParseError as exc:
             return self._failure(trace, names, PARSE_FAILURE, exc, raw=exc.lm_response,
-                                 failed=_predictor_for_signature(program, exc.signature))
+                                 failed=_predictor_for_signature(program, exc.signature), calls=meter.calls)
         except Exception as exc:
             if is_lm_infrastructure_error(exc):
-                logger.warning("student LM failure on an example: %s", exc)
+                logger.info("student LM failure on an example: %s", exc)
                 return exc
-            return self._failure(trace, names, EXCEPTION, exc)  # raised by program code
+            return self._failure(trace, names, EXCEPTION, exc, calls=meter.calls)  # raised by program code
         steps = _steps(trace, names)
+        calls = meter.calls
         try:
             score, feedback = self.metric(example, prediction)
         except Exception as exc:
             self._warn_metric(exc)
             return Outcome(score=self.failure_score, steps=steps, error=_short_error(exc), error_kind=METRIC_ERROR,
-                           calls=len(trace))
-        return Outcome(score=score, feedback=feedback, steps=steps, calls=len(trace))
+                           calls=calls)
+        return Outcome(score=score, feedback=feedback, steps=steps, calls=calls)
 
     def _warn_metric(self, exc: Exception) -> None:
         with self._lock:
@@ -314,9 +316,9 @@ class Evaluator:
         logger.warning("the metric failed on an example, which scores %s (a metric error, recorded per example; "
                        "this warning is shown once): %r", self.failure_score, exc)
 
-    def _failure(self, trace, names, kind, exc, *, raw=None, failed=None) -> Outcome:
+    def _failure(self, trace, names, kind, exc, *, raw=None, failed=None, calls=0) -> Outcome:
         return Outcome(score=self.failure_score, steps=_steps(trace, names), error=_short_error(exc), error_kind=kind,
-                       raw_text=raw, failed_predictor=failed, calls=len(trace))
+                       raw_text=raw, failed_predictor=failed, calls=calls)
 
 
 def _call_once_usable(futures: Sequence[Future], callback: Callable[[], None]) -> None:

@@ -23,14 +23,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import StopRequestedError
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 STOP_FILE = "STOP"
-
-
-class StopRequestedError(RuntimeError):
-    """The user asked the run to stop (Ctrl-C, SIGTERM or a stop file)."""
 
 
 class StopSignal:

@@ -1,14 +1,17 @@
-"""What a run will cost, said before it pays: LM calls from the preset's bounds, tokens from the prompt sizes, USD
-from the price table (where the models have a price). Refined from measured tokens after the first phase."""
+"""What a run will cost, said before it pays: LM calls from the budget, tokens from the prompt sizes, USD from the
+price table (where the models have a price). After the first trainset pass, the LM calls one program run makes are
+measured (``calls_per_run``): a budget stated in program runs is converted to LM calls with them, and the projection
+is said again from the measured tokens."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import dspy
 
-from ..records import CallBounds
+from ..records import CallBounds, CostForecast, Limits, Outcome
 from .ledger import Ledger
 from .metering import STUDENT, TEACHER, Budget
 from .pricing import rates
@@ -39,10 +42,30 @@ def _usd(model: str, calls: int, tokens_in: int, tokens_out: int) -> float | Non
     return None if found is None else calls * (tokens_in * found[0] + tokens_out * found[1])
 
 
+def calls_per_run(outcomes: Sequence[Outcome]) -> float:
+    """The mean LM calls of one program run over ``outcomes`` (1 when none made a call): what converts a budget in
+    program runs to LM calls. The mean, not the most: a budget of R runs then pays for about R runs; a run that makes
+    more calls than the mean takes more of it, one that makes fewer leaves more for the others."""
+    total = sum(o.calls for o in outcomes)
+    return total / len(outcomes) if total > 0 else 1.0
+
+
+def call_bounds(limits: Limits, *, first_pass_runs: int, assumed_calls_per_run: float) -> CallBounds:
+    """LM calls the run will make: at least the first pass (trainset and valset once), at most the budget; a budget
+    in program runs is converted at ``assumed_calls_per_run`` until the calls are measured."""
+    low = round(first_pass_runs * assumed_calls_per_run)
+    high = limits.student_calls
+    if high is None and limits.program_runs is not None:
+        high = limits.converted(assumed_calls_per_run).student_calls
+    return CallBounds(low, high if high is not None else low, limits.teacher_calls or 0)
+
+
 def project(bounds: CallBounds, *, program: dspy.Module, example: dspy.Example, base_instructions: dict[str, str],
-            teacher: Any, mistakes_per_batch: int, budget: Budget) -> dict[str, float | None]:
-    """Log the projected spend and return ``{"low": usd, "high": usd}`` (None where a model has no price); tell
-    ``budget`` what one request of each role is expected to cost (for token and USD limits)."""
+            teacher: Any, mistakes_per_batch: int, budget: Budget, limits: Limits | None = None,
+            assumed_calls_per_run: float = 1.0) -> CostForecast:
+    """Log the projected spend and return it (USD None where a model has no price); tell ``budget`` what one
+    request of each role is expected to cost (for token and USD limits). With ``limits`` in program runs, the line
+    says the budget is in runs and the calls per run it assumes until they are measured."""
     student = _lm_of(program)
     predictors = len(base_instructions)
     prompt = _prompt_tokens(program, example, base_instructions) * predictors
@@ -61,28 +84,42 @@ def project(bounds: CallBounds, *, program: dspy.Module, example: dspy.Example, 
         budget.expect(TEACHER, teacher_prompt + teacher_out, _usd(teacher_model, 1, teacher_prompt, teacher_out))
         low = None if low is None or t_low is None else low + t_low
         high = None if high is None or t_cost is None else high + t_cost
+    runs = ""
+    if limits is not None and limits.program_runs is not None:
+        runs = (f" (a budget of {limits.program_runs:g} program runs, converted at {assumed_calls_per_run:g} LM "
+                f"call(s) per run until the trainset run measures them)")
     if high is None:
-        logger.info("before the run: student %d-%d LM calls (about %d prompt tokens each), teacher at most %d calls; "
-                    "no USD projection (no price known for %s)", bounds.student_low, bounds.student_high, prompt,
-                    bounds.teacher, student_model if low is None else getattr(teacher, "model", "?"))
+        logger.info("before the run: student %d-%d LM calls%s (about %d prompt tokens each), teacher at most %d "
+                    "calls; no USD projection (no price known for %s)", bounds.student_low, bounds.student_high, runs,
+                    prompt, bounds.teacher, student_model if low is None else getattr(teacher, "model", "?"))
     else:
-        logger.info("before the run: student %d-%d LM calls (about %d prompt tokens each), teacher at most %d calls; "
-                    "projected cost $%.4f-$%.4f", bounds.student_low, bounds.student_high, prompt, bounds.teacher,
-                    low or 0.0, high)
-    return {"low": low, "high": high}
+        logger.info("before the run: student %d-%d LM calls%s (about %d prompt tokens each), teacher at most %d "
+                    "calls; projected cost $%.4f-$%.4f", bounds.student_low, bounds.student_high, runs, prompt,
+                    bounds.teacher, low or 0.0, high)
+    return CostForecast(bounds, low, high)
 
 
-def refine(ledger: Ledger, bounds: CallBounds) -> None:
-    """After the first phase: the projection again, from the tokens the student actually used per request."""
+def refine(ledger: Ledger, limits: Limits) -> None:
+    """After the first pass: the calls per program run measured (and the budget in runs they converted), then the
+    projection again from the tokens the student actually used per request."""
     calls, tokens, cost = ledger.spend(STUDENT)
+    measured = ""
+    if limits.calls_per_run is not None:
+        measured = f"{limits.calls_per_run:.1f} LM calls per program run measured"
+        if limits.program_runs is not None:
+            measured += (f": the student budget of {limits.program_runs:g} program runs is {limits.student_calls} "
+                         "LM calls")
+        measured += "; "
     if not calls:
+        if measured:
+            logger.info("after the trainset run: %s", measured.rstrip("; "))
         return
     per_call = tokens / calls
-    remaining = max(0, bounds.student_high - ledger.calls(STUDENT))
-    if cost:
-        logger.info("after the trainset run: %.0f tokens and $%.5f per student call measured; the rest of the run "
-                    "costs at most $%.4f for the student (%d calls left in its budget), plus $%.4f spent",
+    remaining = None if limits.student_calls is None else max(0, limits.student_calls - ledger.calls(STUDENT))
+    left = "no limit on student calls" if remaining is None else f"at most {remaining} student calls left"
+    if cost and remaining is not None:
+        logger.info("after the trainset run: %s%.0f tokens and $%.5f per student call measured; the rest of the run "
+                    "costs at most $%.4f for the student (%d calls left in its budget), plus $%.4f spent", measured,
                     per_call, cost / calls, cost / calls * remaining, remaining, cost + ledger.spend(TEACHER)[2])
     else:
-        logger.info("after the trainset run: %.0f tokens per student call measured; at most %d student calls left",
-                    per_call, remaining)
+        logger.info("after the trainset run: %s%.0f tokens per student call measured; %s", measured, per_call, left)

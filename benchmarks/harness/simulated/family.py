@@ -10,6 +10,7 @@ over processes. ``reference_records`` fills the rows of DSPy optimizers that wer
 their task definitions match (DSPy's optimizers do not depend on this library, so their rows stay valid while
 ConceptDistillation changes); ``merge`` puts the runs of several results in one.
 """
+
 from __future__ import annotations
 
 import json
@@ -264,21 +265,25 @@ def merge(paths: Sequence[Path], command: str, *, optimizers: Sequence[str] | No
                 raise ValueError(f"task {name} differs between the parts ({path})")
             tasks.setdefault(name, info)
         label = f"reference {payload['meta']['library_revision']}"
+        kept: list[RunRecord] = []
         for record in records_from_json(payload["runs"], payload["tasks"]):
             if optimizers is not None and record.optimizer not in optimizers:
                 continue
             record.source = label if record.source == "this run" else record.source
-            records.setdefault((record.task, record.optimizer, record.seed), record)
+            if records.setdefault((record.task, record.optimizer, record.seed), record) is record:
+                kept.append(record)
         for task, by_seed in payload.get("baseline_test", {}).items():
             for seed, accuracy in by_seed.items():
                 baselines.setdefault(task, {})[int(seed)] = accuracy
         parts.append({"file": str(path), **{k: payload["meta"].get(k) for k in (
             "command", "library_revision", "harness_revision", "seeds_label", "jobs", "threads", "wall_seconds",
-            "versions")}})
+            "versions")}, "runs_kept": len(kept), "sources": sorted({r.source for r in kept}),
+            "tasks": sorted({r.task for r in kept}, key=list(payload["tasks"]).index)})
     first = json.loads(Path(paths[0]).read_text())["meta"]
     meta = {**first, "command": command, "parts": parts, "seeds": sorted({r.seed for r in records.values()}),
             "seeds_label": "+".join(dict.fromkeys(p["seeds_label"] for p in parts)),
-            "library_revision": ", ".join(dict.fromkeys(p["library_revision"] for p in parts)),
+            "library_revision": ", ".join(dict.fromkeys(source.removeprefix("reference ") for p in parts
+                                                        for source in p["sources"])),
             "harness_revision": ", ".join(dict.fromkeys(str(p["harness_revision"]) for p in parts)),
             "wall_seconds": round(sum(p["wall_seconds"] or 0 for p in parts), 1), "reference": None}
     meta.pop("rendered", None)

@@ -433,8 +433,10 @@ def markdown(payload: dict[str, Any]) -> str:
            f"Command: `{meta['command']}`", "",
            f"dspy {meta['versions'].get('dspy')}, gepa {meta['versions'].get('gepa')}, optuna "
            f"{meta['versions'].get('optuna')}; dspy_concept_distill at {meta['library_revision']}; seeds "
-           f"{meta['seeds_label']}; {meta['jobs']} process(es) x {meta['threads']} threads; total wall "
-           f"{meta['wall_seconds']:.0f} s. Scripted LMs (not real models), caches off; calls counted at the engines "
+           f"{meta['seeds_label']}; " + (f"{meta['jobs']} process(es) x {meta['threads']} threads; total wall "
+                                           f"{meta['wall_seconds']:.0f} s" if not meta.get("parts") else
+                                           "merged from the parts below") +
+           ". Scripted LMs (not real models), caches off; calls counted at the engines "
            "during compile. *Oracle acc.*: the analytic expected accuracy of the returned program from the rules in "
            "its instructions (on a partial-credit task, its expected metric value: the expected score"
            + (f"; here {', '.join(partial)}" if partial else "") + "); *test acc.*: the mean metric on the task's "
@@ -446,18 +448,27 @@ def markdown(payload: dict[str, Any]) -> str:
            "force per run. Seeds 0-9 are the tuning block, 10-29 the held-out block, reported separately."
            + (f" ({meta['rendered']}.)" if meta.get("rendered") else ""), ""]
     for part in meta.get("parts", []):
-        out.append(f"- part `{part['command']}`: library {part['library_revision']}, seeds {part['seeds_label']}, "
-                   f"{part['jobs']} process(es), wall {part['wall_seconds'] or 0:.0f} s")
+        versions = ", ".join(f"{k} {v}" for k, v in (part.get("versions") or {}).items())
+        out.append(f"- part `{part['command']}` ({part['file']}): {part.get('runs_kept', '?')} runs kept, of "
+                   f"{', '.join(part.get('tasks', []))}; their source: {', '.join(part.get('sources', []))}; the "
+                   f"part's library {part['library_revision']}, harness "
+                   f"{part.get('harness_revision') or 'not recorded'}, {versions}; seeds {part['seeds_label']}, "
+                   f"{part['jobs']} process(es), wall "
+                   f"{part['wall_seconds'] or 0:.0f} s")
     if meta.get("parts"):
         out.append("")
     out += ["## Tasks", "", *task_table(tasks), "",
             "Effects are expected-accuracy (expected-score) changes of each pool rule added alone (`p`: acts in the "
             "plan predictor). Descriptions:", "", *[f"- **{t['name']}**: {t['summary']}" for t in tasks.values()]]
-    for block in blocks:
-        out += ["", f"## Targets (issue 14 Must 5), {block_title(block)}; means over seeds", "",
-                *targets_table(checks.get(block, {}))]
-    out += ["", "## Below the baseline, valset optimism, rules kept (every task)", "", *overview_table(rows), "",
-            "## Results per task"]
+    if any(r["optimizer"] in CD_KEYS for r in rows):
+        for block in blocks:
+            out += ["", f"## Targets (issue 14 Must 5), {block_title(block)}; means over seeds", "",
+                    *targets_table(checks.get(block, {}))]
+        out += ["", "## Below the baseline, valset optimism, rules kept (every task)", "", *overview_table(rows)]
+    else:
+        out += ["", "No ConceptDistillation run here, so no targets are checked: this file holds reference rows "
+                "(`--reference`) for runs of the CD presets."]
+    out += ["", "## Results per task"]
     for task in tasks:
         base_test = _mean([r.get("baseline_test_accuracy") for r in rows if r["task"] == task])
         out += ["", f"### {task} (baseline {tasks[task]['baseline_accuracy']:.3f}"
