@@ -517,7 +517,7 @@ class ConceptDistillation(Teleprompter):
         for rule in state.current:
             if rule not in list(kept):
                 rule.reason = f"{rule.reason}; {why}"
-        logger.warning("%s", why)
+        logger.info("%s", why)
         scores = state.evaluator.scores(kept, state.raced)
         state.current = kept
         state.val_scores = [s for s in scores if s is not None] if len(kept) else state.baseline_scores

@@ -29,6 +29,7 @@ from ..rules import CANDIDATE, Rule, RuleSet
 from ..runtime.account import RequiredAccount
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
 from ..runtime.forecast import calls_per_run
+from ..runtime.metering import STUDENT, BudgetExhaustedError
 from .racing import Extension, Race, Racer, Selection
 from .statistics import (
     EPS,
@@ -155,9 +156,10 @@ class Verifier:
             Racer(self.evaluator, self.valset + self.trainset, selection, account=self.account,
                   calls_per_run=self.calls_per_run,
                   next_trainset=next_trainset, on_decided=on_decided).run()
-            if selection.stopped is not None:
-                result.stopped = f"student call budget used up: {selection.stopped}"
-                logger.warning("verification stopped early: %s", result.stopped)
+            if selection.stopped is not None:  # the decisions' share of the student budget cannot pay for a race
+                cause = BudgetExhaustedError(STUDENT, self.evaluator.budget.limit(STUDENT) or 0)
+                result.stopped, result.cause = str(cause), cause
+                logger.info("verification stopped early: %s (%s)", cause, selection.stopped)
         except STOPPING_ERRORS as exc:
             logger.info("verification stopped early: %s", exc)
             result.stopped, result.cause = str(exc), exc
