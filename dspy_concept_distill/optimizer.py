@@ -425,7 +425,7 @@ class ConceptDistillation(Teleprompter):
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.rules += result.placements
         state.raced_against.update(result.raced_against)
-        state.decisions += len(result.decisions)
+        state.decisions += len(set(result.decisions) | set(result.raced_against))  # raced, decided or not
         if result.stopped:
             state.end_early(result.stopped, result.cause)
 

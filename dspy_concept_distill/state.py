@@ -56,7 +56,7 @@ class CompileState:
     stopped: str | None = None  # why the run ended early (None: it did not)
     stop_cause: BaseException | None = None  # the signal that ended it: a used-up budget, a stop request, ...
     failure: DistillationError | None = None  # the run could not produce evidence: raised (or returned) at the end
-    decisions: int = 0  # candidate rules decided by a race (accepted or rejected on valset evidence)
+    decisions: int = 0  # candidate rules raced on the valset or decided without a run
     inherited: list[Rule] = field(default_factory=list)  # the rules the program's instructions carried, to re-check
     raced: list[dspy.Example] = field(default_factory=list)  # the valset examples races run on (all, or a half)
     held_back: list[dspy.Example] = field(default_factory=list)  # the other half, which confirms what is returned
