@@ -28,7 +28,7 @@ from .phases.induction import TeacherBrief, describe_rules, describe_task, induc
 from .phases.mistakes import collect_mistakes, fail_if_all_failed
 from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
-from .phases.statistics import SelectionSettings
+from .phases.statistics import SelectionSettings, held_back_size
 from .phases.verification import VerificationResult, Verifier, limit_candidates, returned_rules
 from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
@@ -55,7 +55,7 @@ from .text import clip_text
 logger = logging.getLogger(__name__)
 
 MIN_TRAIN_SAMPLE = 40  # trainset examples the student runs on, at least (all of a smaller trainset)
-TRAIN_SAMPLE_SLOTS = 3  # ... and three times the mistakes the teacher's batches can show
+TRAIN_SAMPLE_SLOTS = 2  # ... and twice the mistakes the teacher's batches can show
 
 AutoMode = Literal["light", "medium", "heavy"]
 OnFailure = Literal["raise", "return"]
@@ -173,10 +173,12 @@ class ConceptDistillation(Teleprompter):
         value = getattr(self, name)
         return getattr(self._preset(), name) if value is None else value
 
-    def _limits(self, n_train: int, n_val: int, rounds: int) -> Limits:
-        """The run's hard limits. The student budget is in program runs (the preset's passes over the data, or
-        ``max_metric_calls``) unless ``max_student_calls`` gives it in LM calls; runs become LM calls once the first
-        pass has measured the calls one run makes (``Limits.converted``)."""
+    def _limits(self, n_train: int, n_val: int, rounds: int, n_predictors: int = 1) -> Limits:
+        """The run's hard limits. The student budget is in program runs (``max_metric_calls``, or the preset's:
+        passes over the trainset examples the student runs on and over the valset examples raced, two runs per
+        held-back valset example, and runs per predictor beyond the first) unless ``max_student_calls`` gives it in
+        LM calls; runs become LM calls once the first pass has measured the calls one run makes
+        (``Limits.converted``)."""
         teacher = self.max_teacher_calls
         if teacher is None:
             teacher = self._teacher_calls_bound(rounds)
@@ -185,8 +187,15 @@ class ConceptDistillation(Teleprompter):
             preset = self._preset()
             runs = self.max_metric_calls
             if runs is None:
-                runs = preset.train_passes * n_train + preset.val_passes * n_val
+                held = held_back_size(n_val)
+                sample = min(n_train, self._train_sample())
+                runs = (preset.train_passes * sample + preset.val_passes * (n_val - held) + 2 * held
+                        + preset.predictor_runs * (n_predictors - 1) + preset.base_runs)
         return Limits(self.max_student_calls, teacher, self.max_tokens, self.max_cost_usd, program_runs=runs)
+
+    def _train_sample(self) -> int:
+        """The most trainset examples the student runs on to find mistakes."""
+        return max(MIN_TRAIN_SAMPLE, TRAIN_SAMPLE_SLOTS * self._setting("num_batches") * self.mistakes_per_batch)
 
     def _default_student_budget(self) -> bool:
         return self.max_student_calls is None and self.max_metric_calls is None
@@ -202,10 +211,10 @@ class ConceptDistillation(Teleprompter):
             mistakes_per_batch=self.mistakes_per_batch, max_rules_per_batch=self.max_rules_per_batch,
             max_candidates=self._setting("max_candidates"), screen_size=self._setting("screen_size"),
             confidence_z=self._preset().confidence_z, futility_z=self._preset().futility_z,
-            window=self._preset().window, final_z=self._preset().final_z, extend=self._preset().extend,
+            window=self._preset().window, final_z=self._preset().final_z, strict_z=self._preset().strict_z,
+            extend=self._preset().extend,
             hold=self._preset().hold,
-            train_sample=max(MIN_TRAIN_SAMPLE,
-                             TRAIN_SAMPLE_SLOTS * self._setting("num_batches") * self.mistakes_per_batch),
+            train_sample=self._train_sample(),
             min_gain=self.min_gain, metric_threshold=self.metric_threshold,
             teacher_retries=self.teacher_retries, num_threads=self.num_threads or dspy.settings.num_threads or 1,
             seed=self.seed,
@@ -216,7 +225,7 @@ class ConceptDistillation(Teleprompter):
               mode: str, settings: RunSettings) -> Iterator[tuple[CompileState, CostForecast]]:
         """The run's state (with its limits) and the cost projection, with ``verbose`` logging on for the block."""
         n_predictors = len(student.named_predictors())
-        limits = self._limits(len(trainset), len(valset), settings.rounds)
+        limits = self._limits(len(trainset), len(valset), settings.rounds, n_predictors)
         base = {n: p.signature.instructions for n, p in student.named_predictors()}
         params = {k: v for k, v in self.get_params().items() if k not in {"checkpoint_dir", "log_dir", "verbose"}}
         fp = fingerprint(student, base, trainset, valset, self.metric, self.teacher_lm, {**params, "mode": mode})
@@ -264,7 +273,7 @@ class ConceptDistillation(Teleprompter):
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, forecast = opened
             try:
-                check_run_budget(state.limits, len(trainset), len(valset))
+                check_run_budget(state.limits, len(state.train_runs), len(state.raced))
                 self._recheck_inherited(state)
                 for round_index in range(state.settings.rounds):
                     if state.stopped or not self._round(state, round_index):
@@ -298,7 +307,7 @@ class ConceptDistillation(Teleprompter):
             state.inherited += [Rule(text=r.text, predictor=r.predictor) for r in rules
                                 if (r.predictor, r.text.lower()) not in found]
             try:
-                check_run_budget(state.limits, 0, len(valset))
+                check_run_budget(state.limits, 0, len(state.raced))
                 self._recheck_inherited(state)
                 self._keep_shown(state)
                 if self.ablation and not state.stopped:
@@ -488,7 +497,7 @@ class ConceptDistillation(Teleprompter):
         return SelectionSettings(
             min_gain=state.min_gain, confidence_z=s.confidence_z, futility_z=s.futility_z,
             screen_size=s.screen_size if screen else 0, max_score=state.max_score, prior_variance=0.0,
-            window=s.window, final_z=s.final_z, extend=s.extend,
+            window=s.window, final_z=s.final_z, strict_z=s.strict_z, extend=s.extend,
         )
 
     def _verifier(self, state: CompileState, *, screen: bool) -> Verifier:

@@ -38,25 +38,30 @@ class Preset:
     confidence_z: float  # the lower confidence bound that accepts a rule: mean gain - confidence_z * se
     futility_z: float  # optimism of the projection that drops a candidate before the end of the valset
     window: int  # candidates raced side by side
-    final_z: float  # the returned rules' gain over the starting instructions must be shown at this confidence
+    final_z: float  # the returned rules' gain over the starting instructions must be shown at this confidence ...
+    strict_z: float  # ... or at this one on the valset alone, when there is no budget to confirm it on fresh examples
     extend: bool  # a near miss on the valset goes on to trainset examples it was not written for
     hold: bool  # racing leaves a trainset pass of the budget for the confirmation of the returned rules
-    train_passes: float  # student budget: runs per training example ...
-    val_passes: float  # ... plus runs per validation example
+    train_passes: float  # student budget in program runs: runs per trainset example the student runs on ...
+    val_passes: float  # ... plus runs per valset example raced (the held-back ones cost two runs each) ...
+    predictor_runs: float  # ... plus this many per predictor beyond the first (placements, more candidates) ...
+    base_runs: float  # ... plus this many
 
 
 PRESETS: dict[str, Preset] = {
-    # light: one round; enough teacher calls that a rule in the teacher's reach is proposed (5 batches); a student
-    # budget of train + 5 x val runs, at most 0.75x COPRO(4, 2)'s when train and val are the same size.
-    "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=0.8, futility_z=3.0,
-                    window=1, final_z=1.0, extend=False,
-                    hold=False, train_passes=1, val_passes=5),
-    "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=1.0, futility_z=3.0,
-                     window=3, final_z=1.0, extend=True,
-                     hold=True, train_passes=2, val_passes=16),
-    "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=1.64, futility_z=2.0,
-                    window=6, final_z=1.0, extend=True,
-                    hold=True, train_passes=3, val_passes=48),
+    # light: one round, rules raced one after another in the teacher's order, the returned rules checked strictly on
+    # the valset (there is no budget for a confirmation pass); at most 0.75x COPRO (4, 2)'s program runs.
+    "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=0.5, futility_z=3.0,
+                    window=1, final_z=1.0, strict_z=2.5, extend=False, hold=False, train_passes=1, val_passes=5,
+                    predictor_runs=60, base_runs=0),
+    # medium: two rounds, three candidates raced side by side, near misses extended to the trainset, the returned
+    # rules confirmed on fresh examples; at most 0.6x GEPA light's program runs.
+    "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=0.6, futility_z=3.0,
+                     window=3, final_z=1.0, strict_z=2.5, extend=True, hold=True, train_passes=2, val_passes=2.75,
+                     predictor_runs=80, base_runs=100),
+    "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=0.6, futility_z=3.0,
+                    window=6, final_z=1.0, strict_z=2.5, extend=True, hold=True, train_passes=3, val_passes=8,
+                    predictor_runs=160, base_runs=200),
 }
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class RunSettings:
     futility_z: float
     window: int
     final_z: float
+    strict_z: float
     extend: bool
     hold: bool
     train_sample: int  # the most trainset examples the student runs on to find mistakes

@@ -28,7 +28,8 @@ EPS = 1e-9
 CHUNK_FRACTIONS = (0.15, 0.3, 0.5, 0.75, 1.0)
 MIN_FIRST_CHUNK = 6
 MIN_PRIOR_SD = 0.1  # of max_score: the least variability a metric is assumed to have
-HOLD_BACK_MIN = 60  # from this many valset examples on, half of them are held back to confirm what is returned
+HOLD_BACK_MIN = 60  # from this many valset examples on, some are held back to confirm what is returned ...
+HOLD_BACK_MAX = 100  # ... half of them, at most this many
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class SelectionSettings:
     window: int = 1  # candidates raced side by side; the best of them is decided first
     final_z: float = 0.0  # the lower bound of the returned rule set's gain over the starting rules must clear 0
     extend: bool = False  # a near miss on the valset goes on to trainset examples it was not written for
+    strict_z: float = 2.5  # the returned rules pass on the valset alone when their gain's lower bound clears 0 here
 
 
 class Verdict(StrEnum):
@@ -95,16 +97,22 @@ def prior_variance(base_scores: Sequence[float], max_score: float) -> float:
     return max(observed, (MIN_PRIOR_SD * max_score) ** 2)
 
 
+def held_back_size(n: int) -> int:
+    """How many of ``n`` valset examples are held back (see ``hold_back``)."""
+    return 0 if n < HOLD_BACK_MIN else min(n // 2, HOLD_BACK_MAX)
+
+
 def hold_back(n: int, rng: random.Random) -> tuple[list[int], list[int]]:
-    """Valset indices to race on and indices held back. From ``HOLD_BACK_MIN`` examples on, a random half is held
-    back: the rules to return are then confirmed on examples the selection never saw (an unbiased measurement of
-    their gain), and races cost half as much; below that, every example races and the trainset confirms."""
+    """Valset indices to race on and indices held back. From ``HOLD_BACK_MIN`` examples on, a random half (at most
+    ``HOLD_BACK_MAX``) is held back: the rules to return are then confirmed on examples the selection never saw (an
+    unbiased measurement of their gain), and races cost less; below that, every example races and the trainset
+    confirms."""
     indices = list(range(n))
-    if n < HOLD_BACK_MIN:
+    held = held_back_size(n)
+    if not held:
         return indices, []
     rng.shuffle(indices)
-    half = n // 2
-    return sorted(indices[half:]), sorted(indices[:half])
+    return sorted(indices[held:]), sorted(indices[:held])
 
 
 def train_sample(n: int, size: int, rng: random.Random) -> list[int]:

@@ -44,7 +44,6 @@ from .statistics import (
 
 logger = logging.getLogger(__name__)
 
-STRICT_Z = 2.5  # the returned rules pass on the valset alone when their gain's lower bound at this z clears 0
 
 
 @dataclass
@@ -238,14 +237,14 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
 
     With ``held_back`` valset examples, a prefix passes when its gain there, against the starting instructions run
     there too, is shown at ``final_z``: an unbiased confirmation. Without, it passes on the valset alone only at the
-    strict ``STRICT_Z``, else on the valset and the trainset together at ``final_z`` (one trainset pass per prefix,
+    strict ``strict_z``, else on the valset and the trainset together at ``final_z`` (one trainset pass per prefix,
     when the account can pay for it and the starting instructions' trainset scores are known). Every run is booked
     as required work. The starting instructions (no rule) when no prefix passes; the second value says why rules
     were left out, or is None."""
     settings = replace(settings, prior_variance=prior_variance(baseline, settings.max_score))
     if held_back:
         return _confirmed_on_held_back(evaluator, held_back, accepted, settings, calls_per_run)
-    strict = replace(settings, final_z=max(settings.final_z, STRICT_Z))
+    strict = replace(settings, final_z=max(settings.final_z, settings.strict_z))
     start = evaluator.scores(RuleSet(), trainset)
     confirm = bool(trainset) and all(s is not None for s in start)
     rules = list(accepted)
