@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import inspect
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -32,6 +33,7 @@ from .phases.statistics import SelectionSettings, held_back_size
 from .phases.verification import VerificationResult, Verifier, limit_candidates, returned_rules
 from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
 from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
+from .runtime.account import SPECULATION_SHARE
 from .runtime.evaluator import STOPPING_ERRORS
 from .runtime.forecast import call_bounds, calls_per_run, project, refine
 from .runtime.logs import one_line
@@ -55,7 +57,7 @@ from .text import clip_text
 logger = logging.getLogger(__name__)
 
 MIN_TRAIN_SAMPLE = 40  # trainset examples the student runs on, at least (all of a smaller trainset)
-TRAIN_SAMPLE_SLOTS = 2  # ... and twice the mistakes the teacher's batches can show
+TRAIN_SAMPLE_SLOTS = 1.5  # ... and 1.5 times the mistakes the teacher's batches can show
 
 AutoMode = Literal["light", "medium", "heavy"]
 OnFailure = Literal["raise", "return"]
@@ -189,13 +191,16 @@ class ConceptDistillation(Teleprompter):
             if runs is None:
                 held = held_back_size(n_val)
                 sample = min(n_train, self._train_sample())
-                runs = (preset.train_passes * sample + preset.val_passes * (n_val - held) + 2 * held
+                raced = n_val - held if preset.base_runs else n_val  # light: a pass for every valset example
+                runs = (preset.train_passes * sample + preset.val_passes * raced + 2 * held
                         + preset.predictor_runs * (n_predictors - 1) + preset.base_runs)
+                runs /= 1 - SPECULATION_SHARE  # work ahead's reserve comes on top of a preset's runs
         return Limits(self.max_student_calls, teacher, self.max_tokens, self.max_cost_usd, program_runs=runs)
 
     def _train_sample(self) -> int:
         """The most trainset examples the student runs on to find mistakes."""
-        return max(MIN_TRAIN_SAMPLE, TRAIN_SAMPLE_SLOTS * self._setting("num_batches") * self.mistakes_per_batch)
+        slots = self._setting("num_batches") * self.mistakes_per_batch
+        return max(MIN_TRAIN_SAMPLE, math.ceil(TRAIN_SAMPLE_SLOTS * slots))
 
     def _default_student_budget(self) -> bool:
         return self.max_student_calls is None and self.max_metric_calls is None

@@ -52,13 +52,13 @@ PRESETS: dict[str, Preset] = {
     # light: one round, rules raced one after another in the teacher's order, the returned rules checked strictly on
     # the valset (there is no budget for a confirmation pass); at most 0.75x COPRO (4, 2)'s program runs.
     "light": Preset(rounds=1, num_batches=5, max_candidates=8, screen_size=0, confidence_z=0.5, futility_z=3.0,
-                    window=1, final_z=1.0, strict_z=2.5, extend=False, hold=False, train_passes=1, val_passes=5,
-                    predictor_runs=60, base_runs=0),
+                    window=1, final_z=1.0, strict_z=1.5, extend=False, hold=False, train_passes=1, val_passes=5,
+                    predictor_runs=150, base_runs=0),
     # medium: two rounds, three candidates raced side by side, near misses extended to the trainset, the returned
     # rules confirmed on fresh examples; at most 0.6x GEPA light's program runs.
     "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=0.6, futility_z=3.0,
-                     window=3, final_z=1.0, strict_z=2.5, extend=True, hold=True, train_passes=2, val_passes=2.75,
-                     predictor_runs=80, base_runs=100),
+                     window=3, final_z=1.0, strict_z=1.5, extend=True, hold=True, train_passes=2, val_passes=2.6,
+                     predictor_runs=200, base_runs=120),
     "heavy": Preset(rounds=3, num_batches=8, max_candidates=32, screen_size=0, confidence_z=0.6, futility_z=3.0,
                     window=6, final_z=1.0, strict_z=2.5, extend=True, hold=True, train_passes=3, val_passes=8,
                     predictor_runs=160, base_runs=200),
