@@ -30,12 +30,13 @@ from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
 from .phases.statistics import SelectionSettings
 from .phases.verification import VerificationResult, Verifier, limit_candidates, returned_rules
-from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
-from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
+from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary, mean_score
+from .reporting.mlflow import log_to_mlflow
+from .rules import Rule, RuleSet, RuleStatus
 from .runtime.evaluator import STOPPING_ERRORS
 from .runtime.forecast import call_bounds, calls_per_run, project, refine
 from .runtime.logs import one_line
-from .runtime.metering import TEACHER
+from .runtime.metering import Role
 from .runtime.progress import progress, verbose_logging
 from .settings import (
     PRESETS,
@@ -50,7 +51,7 @@ from .settings import (
     validate_params,
 )
 from .state import CompileState, open_state
-from .text import clip_text
+from .text import clip_text, fmt_score
 
 logger = logging.getLogger(__name__)
 
@@ -263,20 +264,7 @@ class ConceptDistillation(Teleprompter):
             trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, forecast = opened
-            try:
-                check_run_budget(state.limits, len(trainset), len(valset))
-                self._recheck_inherited(state)
-                for round_index in range(state.settings.rounds):
-                    if state.stopped or not self._round(state, round_index):
-                        break
-                self._keep_shown(state)
-                if self.ablation and not state.stopped:
-                    self._ablate(state)
-            except STOPPING_ERRORS as exc:
-                state.stop_with(exc)
-            except DistillationError as exc:
-                state.failure = exc
-            return self._done(state, student, forecast)
+            return self._run(state, forecast, student)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
@@ -297,17 +285,25 @@ class ConceptDistillation(Teleprompter):
             found = {(r.predictor, r.text.lower()) for r in state.inherited}  # the program's own rules first
             state.inherited += [Rule(text=r.text, predictor=r.predictor) for r in rules
                                 if (r.predictor, r.text.lower()) not in found]
-            try:
-                check_run_budget(state.limits, 0, len(valset))
-                self._recheck_inherited(state)
-                self._keep_shown(state)
-                if self.ablation and not state.stopped:
-                    self._ablate(state)
-            except STOPPING_ERRORS as exc:
-                state.stop_with(exc)
-            except DistillationError as exc:
-                state.failure = exc
-            return self._done(state, student, forecast)
+            return self._run(state, forecast, student)
+
+    def _run(self, state: CompileState, forecast: CostForecast, student: dspy.Module) -> dspy.Module:
+        """The run: the rules the program carries re-checked, the rounds (none for ``verify``), only the rules shown to
+        help over the starting instructions returned, the optional ablation; then the result (``_done``)."""
+        try:
+            check_run_budget(state.limits, len(state.trainset), len(state.valset))
+            self._recheck_inherited(state)
+            for round_index in range(state.settings.rounds):
+                if state.stopped or not self._round(state, round_index):
+                    break
+            self._keep_shown(state)
+            if self.ablation and not state.stopped:
+                self._ablate(state)
+        except STOPPING_ERRORS as exc:
+            state.stop_with(exc)
+        except DistillationError as exc:
+            state.failure = exc
+        return self._done(state, student, forecast)
 
     def _done(self, state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
         """The result; or, when the run produced no evidence, the ``DistillationError`` naming why (raised, or
@@ -321,13 +317,8 @@ class ConceptDistillation(Teleprompter):
         result = optimized.distillation
         if self.log_dir is not None:
             result.save(self.log_dir)
-        try:
-            from .reporting.mlflow import log_to_mlflow
-        except ImportError:
-            pass
-        else:
-            log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
-                                          if isinstance(v, (str, int, float, bool, type(None)))})
+        log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
+                                      if isinstance(v, (str, int, float, bool, type(None)))})
         if failure is not None:
             failure.result = result
             if self.on_failure == "raise":
@@ -357,7 +348,7 @@ class ConceptDistillation(Teleprompter):
         if found:
             kept = sum(r.inherited is not None for r in state.current)
             logger.info("earlier rules: %d of %d kept; valset score %s with them", kept, found,
-                        _fmt(_mean(state.val_scores)))
+                        fmt_score(mean_score(state.val_scores)))
 
     def _ablate(self, state: CompileState) -> None:
         """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
@@ -402,19 +393,19 @@ class ConceptDistillation(Teleprompter):
         candidates += retries
         state.rules += retries
         s = state.settings
-        pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], s.max_candidates)
-        before = _mean(state.val_scores)
+        pending = limit_candidates([c for c in candidates if c.status == RuleStatus.CANDIDATE], s.max_candidates)
+        before = mean_score(state.val_scores)
         last = round_index + 1 >= state.settings.rounds
         result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
                                                         next_trainset=None if last else state.train_runs,
                                                         hold=self._confirmation_runs(state))
         self._take(state, result)
         candidates += result.placements
-        accepted = sum(c.status == ACCEPTED for c in candidates)
+        accepted = sum(c.status == RuleStatus.ACCEPTED for c in candidates)
         state.summaries.append(RoundSummary(number, train_score, len(mistakes), len(pending), accepted, before,
-                                            _mean(state.val_scores)))
+                                            mean_score(state.val_scores)))
         logger.info("round %d: %d of %d candidate rules accepted; valset score %s -> %s", number, accepted,
-                    len(pending), _fmt(before), _fmt(_mean(state.val_scores)))
+                    len(pending), fmt_score(before), fmt_score(mean_score(state.val_scores)))
         return not state.stopped and accepted > 0
 
     @staticmethod
@@ -465,7 +456,7 @@ class ConceptDistillation(Teleprompter):
                              budget=state.budget)
         state.replies += replies
         usable = [r for r in replies if r.error is None]
-        refusal = state.budget.refusal(TEACHER)
+        refusal = state.budget.refusal(Role.TEACHER)
         if refusal is not None:
             logger.info("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
@@ -522,10 +513,3 @@ class ConceptDistillation(Teleprompter):
         state.current = kept
         state.val_scores = [s for s in scores if s is not None] if len(kept) else state.baseline_scores
 
-
-def _mean(scores: list[float] | None) -> float | None:
-    return None if not scores else sum(scores) / len(scores)
-
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -18,8 +19,6 @@ class ErrorKind(StrEnum):
     EXCEPTION = "exception"  # the program raised
     METRIC = "metric"  # the metric raised or returned something that is not a finite number
 
-
-PARSE_FAILURE, EXCEPTION, METRIC_ERROR = ErrorKind.PARSE, ErrorKind.EXCEPTION, ErrorKind.METRIC
 
 
 @dataclass
@@ -62,6 +61,11 @@ def _copied(value: Any) -> Any:
     if type(value) in (list, tuple):
         return type(value)(_copied(v) for v in value)
     return copy.deepcopy(value)
+
+
+def mean_score(scores: Sequence[float] | None) -> float | None:
+    """The mean of ``scores``; None when there are none (a score that could not be measured)."""
+    return None if not scores else sum(scores) / len(scores)
 
 
 @dataclass

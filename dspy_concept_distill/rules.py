@@ -20,7 +20,6 @@ class RuleStatus(StrEnum):
     REJECTED = "rejected"
 
 
-CANDIDATE, ACCEPTED, REJECTED = RuleStatus.CANDIDATE, RuleStatus.ACCEPTED, RuleStatus.REJECTED
 STATUSES = tuple(RuleStatus)
 
 RULES_HEADER = "Follow these rules, learned from past mistakes:"
@@ -60,7 +59,7 @@ class Rule:
     text: str
     predictor: str
     source_mistakes: list[str] = field(default_factory=list)
-    status: RuleStatus = CANDIDATE
+    status: RuleStatus = RuleStatus.CANDIDATE
     reason: str = ""
     gain: float | None = None
     evaluated_on: int = 0
@@ -90,10 +89,10 @@ class Rule:
             self.id = rule_id(self.predictor, self.text)
 
     def accept(self, gain: float, evaluated_on: int, reason: str) -> None:
-        self.status, self.gain, self.evaluated_on, self.reason = ACCEPTED, gain, evaluated_on, reason
+        self.status, self.gain, self.evaluated_on, self.reason = RuleStatus.ACCEPTED, gain, evaluated_on, reason
 
     def reject(self, reason: str, *, gain: float | None = None, evaluated_on: int | None = None) -> None:
-        self.status, self.reason = REJECTED, reason
+        self.status, self.reason = RuleStatus.REJECTED, reason
         if gain is not None:
             self.gain = gain
         if evaluated_on is not None:
@@ -294,7 +293,7 @@ class RuleSet:
                 body = re.sub(r"<!--.*?-->", "", body).strip()
                 if body:
                     gain = float(gain_match.group(1)) if gain_match else None
-                    rules.append(Rule(text=body, predictor=current, gain=gain, status=ACCEPTED))
+                    rules.append(Rule(text=body, predictor=current, gain=gain, status=RuleStatus.ACCEPTED))
         return cls(rules)
 
 

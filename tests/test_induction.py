@@ -10,14 +10,7 @@ from dspy_concept_distill.phases.induction import TeacherBrief, ask_teacher, mak
 from dspy_concept_distill.phases.proposals import resolve_predictor, rules_from_replies
 from dspy_concept_distill.phases.rule_checks import LeakChecker, label_vocabulary
 from dspy_concept_distill.records import BatchReply, Mistake, Outcome
-from dspy_concept_distill.rules import (
-    ACCEPTED,
-    CANDIDATE,
-    MAX_RULE_CHARS,
-    MAX_RULES_CHARS_PER_PREDICTOR,
-    REJECTED,
-    Rule,
-)
+from dspy_concept_distill.rules import MAX_RULE_CHARS, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleStatus
 
 
 def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
@@ -86,13 +79,13 @@ def test_rules_from_replies_validates_merges_and_links_sources():
                "rule": "Before combining quantities, always convert them all to the same unit.", "mistakes": [1]},
               {"predictor": "solve", "rule": "Convert every quantity to the same unit before combining them."}),
     ]
-    known = [Rule(text="Check the plan for missing steps.", predictor="plan", status=REJECTED)]
+    known = [Rule(text="Check the plan for missing steps.", predictor="plan", status=RuleStatus.REJECTED)]
     replies[1].rules.append({"predictor": "plan", "rule": "Check the plan for any missing steps."})
     rules = rules_from_replies(replies, [batch0, batch1], predictor_names=["plan", "solve.predict"],
                                leak_checker=LeakChecker([]), known_rules=known, round_index=0)
     by_text = {r.text: r for r in rules}
     kept = by_text["Convert every quantity to the same unit before combining them."]
-    assert kept.status == CANDIDATE and kept.predictor == "solve.predict"
+    assert kept.status == RuleStatus.CANDIDATE and kept.predictor == "solve.predict"
     assert set(kept.source_mistakes) == {"0-2", "0-3"}  # its own source plus the merged duplicate's
     assert kept.duplicates == ["Before combining quantities, always convert them all to the same unit."]
     assert "unknown predictor 'ghost'" in by_text["Do something."].reason
@@ -111,20 +104,21 @@ def test_empty_proposals_are_ignored(proposal):
 
 
 def test_near_misses_from_earlier_rounds_get_one_more_measurement_on_fresh_evidence_only():
-    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p", status=REJECTED, gain=0.05,
-                     evaluated_on=20)
-    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=REJECTED, gain=-0.1,
-                 evaluated_on=20)
-    tried_twice = Rule(text="Subtract what was given away before answering.", predictor="p", status=REJECTED,
+    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p",
+                     status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20)
+    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=RuleStatus.REJECTED,
+                 gain=-0.1, evaluated_on=20)
+    tried_twice = Rule(text="Subtract what was given away before answering.", predictor="p", status=RuleStatus.REJECTED,
                        gain=0.02, evaluated_on=20, attempts=2)
-    stale = Rule(text="Write the final number without any units.", predictor="p", status=REJECTED, gain=0.05,
+    stale = Rule(text="Write the final number without any units.", predictor="p", status=RuleStatus.REJECTED, gain=0.05,
                  evaluated_on=20)  # raced against the rules in force now: the cache would answer the same
     known = [near_miss, loser, tried_twice, stale]
     proposals = [{"predictor": "p", "rule": r.text, "mistakes": [1]} for r in known]
     rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=known, round_index=1,
                                fresh=lambda rule: rule is not stale)
-    assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1), (REJECTED, 1)]
+    assert [(r.status, r.attempts) for r in rules] == [(RuleStatus.CANDIDATE, 2), (RuleStatus.REJECTED, 1),
+                                                        (RuleStatus.REJECTED, 1), (RuleStatus.REJECTED, 1)]
     assert all("rejected in round 1" in r.reason for r in rules[1:])
 
 
@@ -241,7 +235,7 @@ def test_rules_from_replies_accepts_a_rule_that_names_the_labels():
     proposal = {"predictor": "predict", "rule": "If the ticket is about money, the label is billing."}
     rules = rules_from_replies([reply(0, proposal)], [batch], predictor_names=["predict"],
                                leak_checker=LeakChecker(TRIAGE), known_rules=[], round_index=0)
-    assert [r.status for r in rules] == [CANDIDATE]
+    assert [r.status for r in rules] == [RuleStatus.CANDIDATE]
 
 
 # -- length caps -----------------------------------------------------------------------------------------------------
@@ -251,21 +245,21 @@ def test_a_rule_with_a_huge_token_is_rejected_by_its_length_in_characters():
     rules = rules_from_replies([reply(0, {"predictor": "p", "rule": text})], [[mistake(1)]], predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     (rule,) = rules
-    assert rule.status == REJECTED
+    assert rule.status == RuleStatus.REJECTED
     assert f"at most {MAX_RULE_CHARS} characters" in rule.reason and "10,014" in rule.reason
     assert len(rule.text) <= MAX_RULE_CHARS + 1 and rule.text.endswith("…")
     at_cap = "Answer " + "y" * (MAX_RULE_CHARS - 17) + " in words."
     assert len(at_cap) == MAX_RULE_CHARS
     ok = rules_from_replies([reply(0, {"predictor": "p", "rule": at_cap})], [[mistake(1)]], predictor_names=["p"],
                             leak_checker=LeakChecker([]), known_rules=[], round_index=0)
-    assert ok[0].status == CANDIDATE
+    assert ok[0].status == RuleStatus.CANDIDATE
 
 
 def test_a_candidate_that_would_overflow_its_predictors_rule_text_is_rejected():
     filler = "Check that every quantity in the plan has a unit attached " + "q" * 300 + " before solving"
-    in_force = [Rule(text=f"{filler} {i}.", predictor="plan", status=ACCEPTED)
+    in_force = [Rule(text=f"{filler} {i}.", predictor="plan", status=RuleStatus.ACCEPTED)
                 for i in range(MAX_RULES_CHARS_PER_PREDICTOR // len(filler))]
-    rejected_earlier = Rule(text="r" * 390 + " never counts.", predictor="plan", status=REJECTED)
+    rejected_earlier = Rule(text="r" * 390 + " never counts.", predictor="plan", status=RuleStatus.REJECTED)
     room = MAX_RULES_CHARS_PER_PREDICTOR - sum(len(r.text) for r in in_force)
     text = "Name the unit of the final answer " + "u" * room + " always."
     fits = "Write the unit after the number in every answer."
@@ -275,9 +269,10 @@ def test_a_candidate_that_would_overflow_its_predictors_rule_text_is_rejected():
                                leak_checker=LeakChecker([]), known_rules=[*in_force, rejected_earlier],
                                round_index=1)
     assert len(text) <= MAX_RULE_CHARS and len(fits) <= room < len(fits) + len(rejected_earlier.text)
-    assert rules[0].status == REJECTED
+    assert rules[0].status == RuleStatus.REJECTED
     assert f"MAX_RULES_CHARS_PER_PREDICTOR={MAX_RULES_CHARS_PER_PREDICTOR}" in rules[0].reason
-    assert [r.status for r in rules[1:]] == [CANDIDATE, CANDIDATE]  # other predictor; rejected rules take no room
+    # the other predictor's; rejected rules take no room
+    assert [r.status for r in rules[1:]] == [RuleStatus.CANDIDATE, RuleStatus.CANDIDATE]
 
 
 # -- garbage teacher text stays short --------------------------------------------------------------------------------
@@ -294,7 +289,7 @@ def test_garbage_predictor_names_and_quoted_text_are_clipped():
     rules = rules_from_replies([reply(0, *proposals)], [batch], predictor_names=["plan", "solve"],
                                leak_checker=LeakChecker(train), known_rules=[], round_index=0)
     unknown, leak, copy = rules
-    assert unknown.status == REJECTED and unknown.predictor == garbage[:60].strip() + "…"
+    assert unknown.status == RuleStatus.REJECTED and unknown.predictor == garbage[:60].strip() + "…"
     assert "unknown predictor" in unknown.reason and len(unknown.reason) < 160
     assert "gold answer" in leak.reason and len(leak.reason) < 200
     assert "consecutive words" in copy.reason and len(copy.reason) < 200
@@ -345,14 +340,15 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
 def test_near_misses_not_proposed_again_get_one_more_measurement_in_the_next_round():
     from dspy_concept_distill.phases.proposals import near_misses_to_retry
 
-    near = Rule("Near miss rule text here.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0)
-    loser = Rule("Losing rule text here.", "p", status=REJECTED, gain=-0.1, evaluated_on=20, round=0)
-    flat = Rule("Flat rule text, no gain at all.", "p", status=REJECTED, gain=0.0, evaluated_on=20, round=0)
-    twice = Rule("Twice measured rule text.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0, attempts=2)
-    again = Rule("Proposed again rule text.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0)
+    near = Rule("Near miss rule text here.", "p", status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20, round=0)
+    loser = Rule("Losing rule text here.", "p", status=RuleStatus.REJECTED, gain=-0.1, evaluated_on=20, round=0)
+    flat = Rule("Flat rule text, no gain at all.", "p", status=RuleStatus.REJECTED, gain=0.0, evaluated_on=20, round=0)
+    twice = Rule("Twice measured rule text.", "p", status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20, round=0,
+                 attempts=2)
+    again = Rule("Proposed again rule text.", "p", status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20, round=0)
     proposed_now = [Rule("Proposed again rule text.", "p", round=1, attempts=2)]
     retries = near_misses_to_retry([near, loser, flat, twice, again], proposed_now, round_index=1)
-    assert [(r.text, r.status, r.round, r.attempts) for r in retries] == [(near.text, CANDIDATE, 1, 2)]
+    assert [(r.text, r.status, r.round, r.attempts) for r in retries] == [(near.text, RuleStatus.CANDIDATE, 1, 2)]
     assert near_misses_to_retry([near], [], round_index=0) == []  # only earlier rounds count
     assert near_misses_to_retry([near], [], round_index=1, fresh=lambda rule: False) == []  # no new evidence
 
@@ -399,11 +395,11 @@ def test_the_teacher_sees_only_fields_a_predictor_reads_or_writes_and_gold_only_
 
 def test_a_metric_failure_is_named_as_the_metrics_not_the_programs():
     from dspy_concept_distill.phases.induction import render_mistake
-    from dspy_concept_distill.records import METRIC_ERROR
+    from dspy_concept_distill.records import ErrorKind
 
     failed = Mistake(id="0-1", example_key="k1", inputs={"question": "Q?"}, gold={"answer": "4"},
                      outcome=Outcome(score=0.0, error="ValueError: metric returned None, which is not a number",
-                                     error_kind=METRIC_ERROR))
+                                     error_kind=ErrorKind.METRIC))
     shown = render_mistake(failed, 1)
     assert "The program raised" not in shown
     assert "The metric failed on this output (an error in the metric, not in the program): ValueError: metric " \

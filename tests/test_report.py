@@ -15,7 +15,7 @@ import pytest
 from dspy_concept_distill import ConceptDistillation, RuleSet
 from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSummary
 from dspy_concept_distill.reporting.result import DistillationResult
-from dspy_concept_distill.rules import ACCEPTED, REJECTED, Rule
+from dspy_concept_distill.rules import Rule, RuleStatus
 from dspy_concept_distill.runtime.ledger import Ledger
 from dspy_concept_distill.testing import SimulatedWorld
 from dspy_concept_distill.tracking import summary_metrics
@@ -44,17 +44,17 @@ def make_result(**overrides) -> DistillationResult:
     """Two kept rules (the second ignored by the student and worth nothing once the first is in), a rule with a
     500-character garbage predictor name and markup in its text, and a rule that lost on the valset."""
     units = Rule("Convert every quantity to one unit first.", "solve", source_mistakes=["0-a", "0-b"],
-                 status=ACCEPTED, reason="raised the valset score by +0.200 over the 0 rule(s) in force", gain=0.2,
-                 evaluated_on=20, round=0, batch=0, gain_ci=[0.05, 0.35], ablation_gain=0.15,
+                 status=RuleStatus.ACCEPTED, reason="raised the valset score by +0.200 over the 0 rule(s) in force",
+                 gain=0.2, evaluated_on=20, round=0, batch=0, gain_ci=[0.05, 0.35], ablation_gain=0.15,
                  adherence={"where": "source mistakes", "examples": 2, "changed": 2, "fixed": 2, "ignored": False})
     leftover = Rule("Subtract what was given away before answering.", "solve", source_mistakes=["1-c"],
-                    status=ACCEPTED, reason="raised the valset score by +0.100 over the 1 rule(s) in force",
+                    status=RuleStatus.ACCEPTED, reason="raised the valset score by +0.100 over the 1 rule(s) in force",
                     gain=0.1, evaluated_on=20, round=1, batch=0, gain_ci=[-0.02, 0.22], ablation_gain=0.0,
                     adherence={"where": "source mistakes", "examples": 1, "changed": 0, "fixed": 0, "ignored": True})
     garbage = Rule("Think <script>alert(1)</script> harder about it.", GARBAGE_PREDICTOR, source_mistakes=["1-c"],
-                   status=REJECTED, round=1, batch=0,
+                   status=RuleStatus.REJECTED, round=1, batch=0,
                    reason=f"targets unknown predictor {GARBAGE_PREDICTOR!r}; the program has ['solve']")
-    words = Rule("Answer in words, never digits.", "solve", source_mistakes=["0-a"], status=REJECTED,
+    words = Rule("Answer in words, never digits.", "solve", source_mistakes=["0-a"], status=RuleStatus.REJECTED,
                  reason="gain -0.050 on the valset is below min_gain 0.05", gain=-0.05, evaluated_on=20, round=0,
                  batch=0)
     fields = dict(
@@ -262,11 +262,11 @@ def test_summary_says_why_nothing_was_learned():
     assert "nothing learned: the teacher gave no usable reply (2 of 2 batches failed" in text
     assert "z" * 200 not in text and "the run stopped: teacher call budget" in text
 
-    rejected = [Rule(f"Rule number {w} for the task.", "solve", status=REJECTED, round=0,
+    rejected = [Rule(f"Rule number {w} for the task.", "solve", status=RuleStatus.REJECTED, round=0,
                      reason=f"gain {-g:+.3f} on the valset is below min_gain 0.05")
                 for w, g in (("one", 0.05), ("two", 0.1), ("three", 0.0))]
-    rejected.append(Rule("Rule four for the task.", "solve", status=REJECTED, reason="near-duplicate of candidate "
-                         f"{rejected[0].id}, merged into it"))
+    rejected.append(Rule("Rule four for the task.", "solve", status=RuleStatus.REJECTED,
+                         reason=f"near-duplicate of candidate {rejected[0].id}, merged into it"))
     all_rejected = make_result(ruleset=RuleSet(), rules=rejected, final_score=0.5)
     assert ("every one of the 4 candidate rules was rejected; most often (3 of 4): gain -0.050 on the valset is "
             "below min_gain 0.05") in all_rejected.summary()
@@ -317,7 +317,7 @@ def _reproposed() -> DistillationResult:
     a later record with the same id, which must not take the kept record's place."""
     result = make_result()
     units = result.ruleset.rules[0]
-    again = Rule(units.text, units.predictor, source_mistakes=["1-c"], status=REJECTED, round=1, batch=0,
+    again = Rule(units.text, units.predictor, source_mistakes=["1-c"], status=RuleStatus.REJECTED, round=1, batch=0,
                  reason=f"near-duplicate of rule {units.id} (in force)")
     return make_result(rules=[*result.rules, again])
 
@@ -333,7 +333,7 @@ def test_a_kept_rule_proposed_again_later_keeps_its_accepted_record_everywhere()
     assert units.id not in {r.id for r in result.rejected_rules}
     frame = result.report()
     rows = frame[frame["id"] == units.id]
-    assert len(rows) == 1 and rows.iloc[0]["status"] == ACCEPTED and bool(rows.iloc[0]["kept"])
+    assert len(rows) == 1 and rows.iloc[0]["status"] == RuleStatus.ACCEPTED and bool(rows.iloc[0]["kept"])
     assert rows.iloc[0]["gain"] == pytest.approx(0.2)
     rows = _table_rows(result.to_html())
     assert len(rows) == len(make_result().rules)  # one row per rule: the later proposal adds none
@@ -352,4 +352,4 @@ def test_a_medium_run_keeps_the_accepted_records_of_its_kept_rules():
     frame = result.report()
     for rule in result.ruleset:
         row = frame[frame["id"] == rule.id]
-        assert len(row) == 1 and row.iloc[0]["status"] == ACCEPTED and bool(row.iloc[0]["kept"])
+        assert len(row) == 1 and row.iloc[0]["status"] == RuleStatus.ACCEPTED and bool(row.iloc[0]["kept"])

@@ -5,9 +5,9 @@ import pytest
 
 from dspy_concept_distill import Rule, RuleSet
 from dspy_concept_distill.rules import (
-    ACCEPTED,
     MAX_RULES_CHARS_PER_PREDICTOR,
     RULES_HEADER,
+    RuleStatus,
     fits_predictor_budget,
     render_instructions,
 )
@@ -63,7 +63,7 @@ def test_apply_refuses_rules_for_predictors_the_program_lacks():
 
 
 def test_json_round_trip_keeps_every_field(tmp_path):
-    rule = Rule(text="Convert units.", predictor="plan", source_mistakes=["0-ab"], status=ACCEPTED, gain=0.1,
+    rule = Rule(text="Convert units.", predictor="plan", source_mistakes=["0-ab"], status=RuleStatus.ACCEPTED, gain=0.1,
                 evaluated_on=20, reason="ok", duplicates=["Convert all units."])
     path = tmp_path / "rules.json"
     RuleSet([rule]).to_json(path)
@@ -111,7 +111,7 @@ def test_ruleset_is_a_value_and_drops_exact_repeats():
 
 def test_fits_predictor_budget_counts_only_the_rules_of_the_same_predictor():
     long_text = "Check every step of the plan. " + "z" * 350
-    in_force = [Rule(text=f"{long_text} {i}", predictor="plan", status=ACCEPTED) for i in range(5)]
+    in_force = [Rule(text=f"{long_text} {i}", predictor="plan", status=RuleStatus.ACCEPTED) for i in range(5)]
     used = sum(len(r.text) for r in in_force)
     assert used <= MAX_RULES_CHARS_PER_PREDICTOR
     small = Rule(text="Keep it short.", predictor="plan")

@@ -27,7 +27,7 @@ from ..rules import (
 from ..runtime.evaluator import is_lm_infrastructure_error
 from ..runtime.executor import Executor, StopRequestedError
 from ..runtime.logs import folded_warnings, one_line, warn_folded
-from ..runtime.metering import TEACHER, Budget, BudgetExhaustedError, metering
+from ..runtime.metering import Budget, BudgetExhaustedError, Role, metering
 from ..text import clip_text
 
 logger = logging.getLogger(__name__)
@@ -281,7 +281,7 @@ def ask_teacher(
 
 
 def _metered(budget: Budget | None) -> Any:
-    return contextlib.nullcontext() if budget is None else metering(budget, TEACHER, "induction")
+    return contextlib.nullcontext() if budget is None else metering(budget, Role.TEACHER, "induction")
 
 
 def _as_dict(item: Any) -> dict[str, Any]:

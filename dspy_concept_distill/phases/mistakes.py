@@ -16,7 +16,6 @@ from ..runtime.metric import metric_max
 logger = logging.getLogger(__name__)
 
 
-
 def is_mistake(outcome: Outcome, threshold: float) -> bool:
     return outcome.error_kind is not None or outcome.score < threshold
 
@@ -45,13 +44,8 @@ def collect_mistakes(
         for ex, outcome in zip(trainset, outcomes, strict=True)
         if is_mistake(outcome, threshold) and (key := example_key(ex))
     ]
-    _fail_fast(outcomes)
+    fail_if_all_failed(outcomes, "training example")  # nothing to learn: stop before any teacher spend
     return mistakes, outcomes, threshold
-
-
-def _fail_fast(outcomes: Sequence[Outcome]) -> None:
-    """Stop before any teacher spend when nothing can be learned: the metric or the program fails every time."""
-    fail_if_all_failed(outcomes, "training example")
 
 
 def fail_if_all_failed(outcomes: Sequence[Outcome], what: str) -> None:

@@ -9,11 +9,10 @@ from typing import Any
 
 from ..records import BatchReply, Mistake
 from ..rules import (
-    ACCEPTED,
     MAX_RULE_CHARS,
     MAX_RULES_CHARS_PER_PREDICTOR,
-    REJECTED,
     Rule,
+    RuleStatus,
     fits_predictor_budget,
     normalize_rule_text,
 )
@@ -61,7 +60,7 @@ def rules_from_replies(
     kept: list[Rule] = []
     merged_into: dict[str, Rule] = {}  # rule id -> the kept rule that carries it
     ranks: dict[str, list[float]] = {}  # carrier id -> where each of its proposals stood in its reply (0 = first)
-    in_force = [r for r in known_rules if r.status == ACCEPTED]
+    in_force = [r for r in known_rules if r.status == RuleStatus.ACCEPTED]
     for reply, batch in zip(replies, batches, strict=True):
         for position, proposal in enumerate(reply.rules):
             proposed = _proposed_rule(proposal, batch, predictor_names, round_index, reply.batch)
@@ -93,7 +92,7 @@ def rules_from_replies(
             if earlier is not None and _worth_retrying(earlier, fresh):
                 rule.attempts = earlier.attempts + 1  # proposed again after a near miss: one more, fresh measurement
             elif earlier is not None:
-                what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round + 1}"
+                what = "in force" if earlier.status != RuleStatus.REJECTED else f"rejected in round {earlier.round + 1}"
                 rule.reject(f"near-duplicate of rule {earlier.id} ({what})")
                 continue
             if not fits_predictor_budget(in_force, rule):
@@ -144,8 +143,8 @@ def _worth_retrying(earlier: Rule, fresh: Callable[[Rule], bool]) -> bool:
     force changed since it was raced, so its prompts (and a real LM's answers) are new. Against the same rules the
     evaluation cache would answer the same pairs again, which is no evidence at all. A rule that lost, or was
     already measured twice, stays rejected."""
-    return (earlier.status == REJECTED and earlier.gain is not None and earlier.gain > 0 and earlier.evaluated_on > 0
-            and earlier.attempts < MAX_ATTEMPTS and fresh(earlier))
+    return (earlier.status == RuleStatus.REJECTED and earlier.gain is not None and earlier.gain > 0
+            and earlier.evaluated_on > 0 and earlier.attempts < MAX_ATTEMPTS and fresh(earlier))
 
 
 def near_misses_to_retry(known_rules: Sequence[Rule], proposed: Sequence[Rule], round_index: int,

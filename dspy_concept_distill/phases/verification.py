@@ -25,11 +25,11 @@ from typing import Any
 import dspy
 
 from ..records import Mistake, Outcome
-from ..rules import CANDIDATE, Rule, RuleSet
+from ..rules import Rule, RuleSet, RuleStatus
 from ..runtime.account import RequiredAccount
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
 from ..runtime.forecast import calls_per_run
-from ..runtime.metering import STUDENT, BudgetExhaustedError
+from ..runtime.metering import BudgetExhaustedError, Role
 from .racing import Extension, Race, Racer, Selection
 from .statistics import (
     EPS,
@@ -157,7 +157,7 @@ class Verifier:
                   calls_per_run=self.calls_per_run,
                   next_trainset=next_trainset, on_decided=on_decided).run()
             if selection.stopped is not None:  # the decisions' share of the student budget cannot pay for a race
-                cause = BudgetExhaustedError(STUDENT, self.evaluator.budget.limit(STUDENT) or 0)
+                cause = BudgetExhaustedError(Role.STUDENT, self.evaluator.budget.limit(Role.STUDENT) or 0)
                 result.stopped, result.cause = str(cause), cause
                 logger.info("verification stopped early: %s (%s)", cause, selection.stopped)
         except STOPPING_ERRORS as exc:
@@ -169,7 +169,7 @@ class Verifier:
             if selection is not None:
                 self._record(selection, result, mistakes)
             for rule in [*candidates, *result.placements]:
-                if rule.status == CANDIDATE:
+                if rule.status == RuleStatus.CANDIDATE:
                     rule.reject(f"not verified: {result.stopped}")
         return result
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..records import Mistake
 from ..rules import Rule
+from ..text import fmt_score
 from .plot import trajectory_svg
 from .text import (
     REASON_CHARS,
@@ -24,7 +25,6 @@ from .text import (
     fmt_amount,
     fmt_ci,
     fmt_gain,
-    fmt_score,
     fmt_share,
     headline,
     inherited_note,

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..records import BatchReply, Mistake, RoundSummary
-from ..rules import ACCEPTED, REJECTED, Rule, RuleSet
+from ..rules import Rule, RuleSet, RuleStatus
 from ..runtime.ledger import Ledger
-from ..runtime.metering import STUDENT, TEACHER
+from ..runtime.metering import Role
 from ..text import clip_text
 from .html import render, render_fragment
 from .text import display_round, headline, ordered_rules, summary_lines, why_nothing_learned
@@ -47,14 +47,14 @@ class DistillationResult:
 
     @property
     def accepted_rules(self) -> list[Rule]:
-        return [r for r in self.rules if r.status == ACCEPTED]
+        return [r for r in self.rules if r.status == RuleStatus.ACCEPTED]
 
     @property
     def rejected_rules(self) -> list[Rule]:
         """Rejected candidates; a kept rule proposed again in a later round (rejected as already in force) is not
         one of them."""
         kept = {r.id for r in self.ruleset}
-        return [r for r in self.rules if r.status == REJECTED and r.id not in kept]
+        return [r for r in self.rules if r.status == RuleStatus.REJECTED and r.id not in kept]
 
     @property
     def inherited_rules(self) -> list[Rule]:
@@ -64,11 +64,11 @@ class DistillationResult:
 
     @property
     def student_calls(self) -> int:
-        return self.usage.calls(STUDENT)
+        return self.usage.calls(Role.STUDENT)
 
     @property
     def teacher_calls(self) -> int:
-        return self.usage.calls(TEACHER)
+        return self.usage.calls(Role.TEACHER)
 
     def report(self):
         """One row per candidate rule, kept rules first: round (from 1), predictor, text, status, measured gain

@@ -122,13 +122,19 @@ class SimulatedWorld:
     def concept(self, category: str) -> Concept | None:
         return next((c for c in self.concepts if c.name == category), None)
 
+    def example_concept(self, category: str) -> Concept | None:
+        """The concept whose template words the questions of ``category`` (None for ``plain``); a world with other
+        kinds of category overrides it."""
+        concept = self.concept(category)
+        if category != PLAIN and concept is None:
+            raise ValueError(f"unknown category {category!r}")
+        return concept
+
     def make_examples(self, per_category: dict[str, int]) -> list[dspy.Example]:
         """New examples (fresh question ids), ``per_category[name]`` of each, shuffled."""
         made = []
         for category, count in per_category.items():
-            concept = self.concept(category)
-            if category != PLAIN and concept is None:
-                raise ValueError(f"unknown category {category!r}")
+            concept = self.example_concept(category)
             for _ in range(count):
                 qid, a, b = self._next_qid, self._rng.randint(11, 60), self._rng.randint(11, 60)
                 self._next_qid += 1
