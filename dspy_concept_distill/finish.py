@@ -18,7 +18,7 @@ from .errors import (
     StopRequestedError,
     StudentLMError,
 )
-from .records import CostForecast, mean_score
+from .records import CostForecast, TrajectoryStep, mean_score
 from .reporting.result import DistillationResult
 from .rules import RuleSet, RuleStatus
 from .runtime.metering import Role
@@ -127,18 +127,18 @@ def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
     return out
 
 
-def _trajectory(state: CompileState, current: RuleSet, baseline: float | None) -> list[dict[str, Any]]:
+def _trajectory(state: CompileState, current: RuleSet, baseline: float | None) -> list[TrajectoryStep]:
     """The valset score after each accepted rule, with the rule's gain and its confidence interval."""
     if baseline is None:
         return []
-    steps: list[dict[str, Any]] = [{"rules": 0, "rule_id": None, "text": None, "score": baseline, "gain": None,
-                                    "ci": None}]
+    steps = [TrajectoryStep(0, baseline)]
     for k, ruleset in enumerate(_prefixes(current)[1:], 1):
         scores = state.evaluator.scores(ruleset, state.raced)
         if any(s is None for s in scores):
             break
         rule = list(current)[k - 1]
-        steps.append({"rules": k, "rule_id": rule.id, "text": rule.text, "score": mean_score(scores), "gain": rule.gain,
-                      "ci": rule.gain_ci})
+        ci = None if rule.gain_ci is None else (rule.gain_ci[0], rule.gain_ci[1])
+        score = sum(s for s in scores if s is not None) / len(scores)
+        steps.append(TrajectoryStep(k, score, rule.id, rule.text, rule.gain, ci))
     return steps
 

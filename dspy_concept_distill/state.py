@@ -52,7 +52,6 @@ class CompileState:
     raced_against: dict[str, RuleSet] = field(default_factory=dict)  # rule id -> the rules in force it last raced
     baseline_scores: list[float] | None = None
     val_scores: list[float] | None = None
-    threshold: float | None = None
     stopped: str | None = None  # why the run ended early (None: it did not)
     stop_cause: BaseException | None = None  # the signal that ended it: a used-up budget, a stop request, ...
     failure: DistillationError | None = None  # the run could not produce evidence: raised (or returned) at the end

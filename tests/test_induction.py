@@ -9,8 +9,14 @@ from dspy_concept_distill.phases.dedupe import similar
 from dspy_concept_distill.phases.induction import TeacherBrief, ask_teacher, make_batches
 from dspy_concept_distill.phases.proposals import resolve_predictor, rules_from_replies
 from dspy_concept_distill.phases.rule_checks import LeakChecker, label_vocabulary
-from dspy_concept_distill.records import BatchReply, Mistake, Outcome
-from dspy_concept_distill.rules import MAX_RULE_CHARS, MAX_RULES_CHARS_PER_PREDICTOR, Rule, RuleStatus
+from dspy_concept_distill.records import BatchReply, Mistake, Outcome, Proposal, Step
+from dspy_concept_distill.rules import (
+    MAX_RULE_CHARS,
+    MAX_RULES_CHARS_PER_PREDICTOR,
+    Rule,
+    RuleStatus,
+    record_verdicts,
+)
 
 
 def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
@@ -19,7 +25,15 @@ def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
 
 
 def reply(batch: int, *rules: dict) -> BatchReply:
-    return BatchReply(round=0, batch=batch, mistake_ids=[], rules=list(rules))
+    """A teacher reply proposing ``rules`` (each in the teacher's shape: ``{"predictor", "rule", "mistakes"}``)."""
+    return BatchReply(round=0, batch=batch, mistake_ids=[], rules=[Proposal.from_dict(r) for r in rules])
+
+
+def proposed_rules(*args, **kwargs) -> list[Rule]:
+    """``rules_from_replies`` with its verdicts written into the rules, as the optimizer does at the end of phase 2."""
+    rules, verdicts = rules_from_replies(*args, **kwargs)
+    record_verdicts(rules, verdicts)
+    return rules
 
 
 def test_paraphrases_are_near_duplicates_but_different_rules_are_not():
@@ -80,8 +94,8 @@ def test_rules_from_replies_validates_merges_and_links_sources():
               {"predictor": "solve", "rule": "Convert every quantity to the same unit before combining them."}),
     ]
     known = [Rule(text="Check the plan for missing steps.", predictor="plan", status=RuleStatus.REJECTED)]
-    replies[1].rules.append({"predictor": "plan", "rule": "Check the plan for any missing steps."})
-    rules = rules_from_replies(replies, [batch0, batch1], predictor_names=["plan", "solve.predict"],
+    replies[1].rules.append(Proposal("plan", "Check the plan for any missing steps."))
+    rules = proposed_rules(replies, [batch0, batch1], predictor_names=["plan", "solve.predict"],
                                leak_checker=LeakChecker([]), known_rules=known, round_index=0)
     by_text = {r.text: r for r in rules}
     kept = by_text["Convert every quantity to the same unit before combining them."]
@@ -98,7 +112,7 @@ def test_rules_from_replies_validates_merges_and_links_sources():
 
 @pytest.mark.parametrize("proposal", [{"rule": ""}, {"predictor": "plan"}])
 def test_empty_proposals_are_ignored(proposal):
-    rules = rules_from_replies([reply(0, proposal)], [[mistake(1)]], predictor_names=["plan"],
+    rules = proposed_rules([reply(0, proposal)], [[mistake(1)]], predictor_names=["plan"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert rules == []
 
@@ -114,7 +128,7 @@ def test_near_misses_from_earlier_rounds_get_one_more_measurement_on_fresh_evide
                  evaluated_on=20)  # raced against the rules in force now: the cache would answer the same
     known = [near_miss, loser, tried_twice, stale]
     proposals = [{"predictor": "p", "rule": r.text, "mistakes": [1]} for r in known]
-    rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
+    rules = proposed_rules([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=known, round_index=1,
                                fresh=lambda rule: rule is not stale)
     assert [(r.status, r.attempts) for r in rules] == [(RuleStatus.CANDIDATE, 2), (RuleStatus.REJECTED, 1),
@@ -158,7 +172,7 @@ def test_a_provider_that_refuses_the_capped_schema_gets_the_plain_one():
     dspy.configure(adapter=dspy.JSONAdapter())
     reply = ask(teacher, [mistake(1)], max_rules=2, retries=1)
     assert reply.error is None and reply.attempts == 2
-    assert reply.rules[0]["rule"] == "Convert all quantities to one unit first."
+    assert reply.rules[0].text == "Convert all quantities to one unit first."
     assert "maxItems" in engine.schemas[0] and "maxItems" not in engine.schemas[-1]
 
 
@@ -233,7 +247,7 @@ def test_multi_word_and_list_valued_golds():
 def test_rules_from_replies_accepts_a_rule_that_names_the_labels():
     batch = [mistake(1, gold="billing", field="label")]
     proposal = {"predictor": "predict", "rule": "If the ticket is about money, the label is billing."}
-    rules = rules_from_replies([reply(0, proposal)], [batch], predictor_names=["predict"],
+    rules = proposed_rules([reply(0, proposal)], [batch], predictor_names=["predict"],
                                leak_checker=LeakChecker(TRIAGE), known_rules=[], round_index=0)
     assert [r.status for r in rules] == [RuleStatus.CANDIDATE]
 
@@ -242,7 +256,7 @@ def test_rules_from_replies_accepts_a_rule_that_names_the_labels():
 
 def test_a_rule_with_a_huge_token_is_rejected_by_its_length_in_characters():
     text = "Always answer " + "x" * 10_000
-    rules = rules_from_replies([reply(0, {"predictor": "p", "rule": text})], [[mistake(1)]], predictor_names=["p"],
+    rules = proposed_rules([reply(0, {"predictor": "p", "rule": text})], [[mistake(1)]], predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     (rule,) = rules
     assert rule.status == RuleStatus.REJECTED
@@ -250,7 +264,7 @@ def test_a_rule_with_a_huge_token_is_rejected_by_its_length_in_characters():
     assert len(rule.text) <= MAX_RULE_CHARS + 1 and rule.text.endswith("…")
     at_cap = "Answer " + "y" * (MAX_RULE_CHARS - 17) + " in words."
     assert len(at_cap) == MAX_RULE_CHARS
-    ok = rules_from_replies([reply(0, {"predictor": "p", "rule": at_cap})], [[mistake(1)]], predictor_names=["p"],
+    ok = proposed_rules([reply(0, {"predictor": "p", "rule": at_cap})], [[mistake(1)]], predictor_names=["p"],
                             leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert ok[0].status == RuleStatus.CANDIDATE
 
@@ -265,7 +279,7 @@ def test_a_candidate_that_would_overflow_its_predictors_rule_text_is_rejected():
     fits = "Write the unit after the number in every answer."
     proposals = [{"predictor": "plan", "rule": text}, {"predictor": "solve", "rule": text},
                  {"predictor": "plan", "rule": fits}]
-    rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["plan", "solve"],
+    rules = proposed_rules([reply(0, *proposals)], [[mistake(1)]], predictor_names=["plan", "solve"],
                                leak_checker=LeakChecker([]), known_rules=[*in_force, rejected_earlier],
                                round_index=1)
     assert len(text) <= MAX_RULE_CHARS and len(fits) <= room < len(fits) + len(rejected_earlier.text)
@@ -286,7 +300,7 @@ def test_garbage_predictor_names_and_quoted_text_are_clipped():
     proposals = [{"predictor": garbage, "rule": "Convert every quantity to the same unit."},
                  {"predictor": "plan", "rule": f"Never answer {long_gold} at all."},
                  {"predictor": "plan", "rule": f"Say {copied} always."}]
-    rules = rules_from_replies([reply(0, *proposals)], [batch], predictor_names=["plan", "solve"],
+    rules = proposed_rules([reply(0, *proposals)], [batch], predictor_names=["plan", "solve"],
                                leak_checker=LeakChecker(train), known_rules=[], round_index=0)
     unknown, leak, copy = rules
     assert unknown.status == RuleStatus.REJECTED and unknown.predictor == garbage[:60].strip() + "…"
@@ -329,9 +343,9 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
     with caplog.at_level(logging.WARNING, logger="dspy_concept_distill.phases.induction"):
         result = ask(teacher, [mistake(1), mistake(2)], max_rules=2, retries=0)
     assert result.error is None and result.attempts == 1
-    assert [r["rule"] for r in result.rules] == [rules[0]["rule"], rules[1]["rule"]]
+    assert [r.text for r in result.rules] == [rules[0]["rule"], rules[1]["rule"]]
     assert result.diagnoses == ["a", "b"]
-    assert all(r["mistakes"] == [1, 2] for r in result.rules)
+    assert all(r.mistakes == (1, 2) for r in result.rules)
     assert "3 rules" in caplog.text and "dropped" in caplog.text
     if adapter == "json":
         assert '"maxItems": 2' in engine.schemas[0]  # the caps still reach the LM
@@ -357,7 +371,7 @@ def test_candidates_come_in_the_teachers_order_of_preference_then_support():
     first = {"predictor": "p", "rule": "Always state the units of the answer.", "mistakes": [1]}
     last = {"predictor": "p", "rule": "Re-read the question before you answer it.", "mistakes": [1, 2]}
     replies = [reply(0, last, first), reply(1, first, last), reply(2, first, last)]
-    rules = rules_from_replies(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
+    rules = proposed_rules(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert [r.text for r in rules] == [first["rule"], last["rule"]]  # mean position 1/3 before 2/3
 
@@ -377,9 +391,8 @@ def test_the_teacher_sees_only_fields_a_predictor_reads_or_writes_and_gold_only_
 
     fields = program_fields(PlanAndSolve())
     assert fields.reads == {"question", "plan"} and fields.writes == {"plan", "reasoning", "answer"}
-    steps = [{"predictor": "plan", "inputs": {"question": "Q?"}, "outputs": {"plan": "add"}},
-             {"predictor": "solve.predict", "inputs": {"question": "Q?", "plan": "add"},
-              "outputs": {"reasoning": "r", "answer": "5"}}]
+    steps = [Step("plan", {"question": "Q?"}, {"plan": "add"}),
+             Step("solve.predict", {"question": "Q?", "plan": "add"}, {"reasoning": "r", "answer": "5"})]
     found = Mistake(id="0-1", example_key="k1", inputs={"question": "Q?", "id": "ex-17"},
                     gold={"answer": "4", "plan": "subtract", "source": "gsm8k-train", "rationale": "RATIONALE-TEXT"},
                     outcome=Outcome(score=0.0, steps=steps))

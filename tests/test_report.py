@@ -13,7 +13,7 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, RuleSet
-from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSummary
+from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSummary, Step, TrajectoryStep
 from dspy_concept_distill.reporting.result import DistillationResult
 from dspy_concept_distill.rules import Rule, RuleStatus
 from dspy_concept_distill.runtime.ledger import Ledger
@@ -26,7 +26,7 @@ GARBAGE_DIAGNOSIS = "garbage " * 200
 
 
 def _mistake(mistake_id: str, question: str, gold: int, answer: str, round_: int = 0) -> Mistake:
-    steps = [{"predictor": "solve", "inputs": {"question": question}, "outputs": {"answer": answer}}]
+    steps = [Step("solve", {"question": question}, {"answer": answer})]
     return Mistake(id=mistake_id, example_key=mistake_id, inputs={"question": question}, gold={"answer": gold},
                    outcome=Outcome(score=0.0, steps=steps), round=round_)
 
@@ -70,11 +70,9 @@ def make_result(**overrides) -> DistillationResult:
         trainset_size=20, valset_size=20, min_gain=0.05,
         budgets={"student_calls": 100, "teacher_calls": 10, "tokens": None, "cost_usd": 1.0},
         cost_estimate={"low": 0.001, "high": 0.01},
-        trajectory=[{"rules": 0, "rule_id": None, "text": None, "score": 0.5, "gain": None, "ci": None},
-                    {"rules": 1, "rule_id": units.id, "text": units.text, "score": 0.7, "gain": 0.2,
-                     "ci": [0.05, 0.35]},
-                    {"rules": 2, "rule_id": leftover.id, "text": leftover.text, "score": 0.8, "gain": 0.1,
-                     "ci": [-0.02, 0.22]}],
+        trajectory=[TrajectoryStep(0, 0.5),
+                    TrajectoryStep(1, 0.7, units.id, units.text, 0.2, (0.05, 0.35)),
+                    TrajectoryStep(2, 0.8, leftover.id, leftover.text, 0.1, (-0.02, 0.22))],
     )
     fields.update(overrides)
     return DistillationResult(**fields)
@@ -152,8 +150,7 @@ def test_plot_draws_every_step_with_its_gain_and_confidence_interval():
 
 
 def test_plot_stops_a_whisker_at_the_top_of_a_0_1_score():
-    trajectory = [{"rules": 0, "score": 0.9, "ci": None}, {"rules": 1, "text": "r", "score": 1.0, "gain": 0.1,
-                                                          "ci": [0.02, 0.3]}]
+    trajectory = [TrajectoryStep(0, 0.9), TrajectoryStep(1, 1.0, text="r", gain=0.1, ci=(0.02, 0.3))]
     svg = _svg(make_result(trajectory=trajectory).to_html())
     top = float(next(c for c in svg.iter("circle") if c.get("cy")).get("cy"))
     cy = [float(c.get("cy")) for c in svg.iter("circle")]
@@ -163,7 +160,7 @@ def test_plot_stops_a_whisker_at_the_top_of_a_0_1_score():
 
 
 def test_plot_tick_labels_sit_where_their_values_are():
-    trajectory = [{"rules": 0, "score": 0.25, "ci": None}, {"rules": 1, "text": "r", "score": 0.26, "gain": 0.01}]
+    trajectory = [TrajectoryStep(0, 0.25), TrajectoryStep(1, 0.26, text="r", gain=0.01)]
     svg = _svg(make_result(trajectory=trajectory).to_html())
     ticks = [(float(t.text), float(t.get("y"))) for t in svg.iter("text")
              if t.get("class") == "tick" and re.fullmatch(r"-?[0-9.]+", t.text or "")]
@@ -175,8 +172,7 @@ def test_plot_tick_labels_sit_where_their_values_are():
 
 def test_no_plot_when_no_rule_was_kept():
     result = make_result(ruleset=RuleSet(), final_score=0.5,
-                         trajectory=[{"rules": 0, "rule_id": None, "text": None, "score": 0.5, "gain": None,
-                                      "ci": None}])
+                         trajectory=[TrajectoryStep(0, 0.5)])
     page = result.to_html()
     assert "<svg" not in page and "No rule was kept: the valset score stayed at the baseline, 0.500" in page
 

@@ -7,8 +7,11 @@ from dspy_concept_distill import Rule, RuleSet
 from dspy_concept_distill.rules import (
     MAX_RULES_CHARS_PER_PREDICTOR,
     RULES_HEADER,
+    Adherence,
     RuleStatus,
+    RuleVerdict,
     fits_predictor_budget,
+    record_verdicts,
     render_instructions,
 )
 
@@ -21,6 +24,27 @@ class TwoStep(dspy.Module):
 
     def forward(self, question):
         return self.solve(question=question, plan=self.plan(question=question).plan)
+
+
+def test_a_verdict_is_written_into_the_rule_of_its_id_and_round_and_leaves_what_it_did_not_find():
+    first = Rule("Convert every quantity to one unit first.", "p", round=0)
+    again = Rule(first.text, "p", round=1)  # the same rule proposed again: another record
+    seen = Adherence("valset failures", 4, 3, 2, ignored=False)
+    record_verdicts([first, again], [
+        RuleVerdict.accept(again, gain=0.2, evaluated_on=20, reason="raised it", gain_ci=(0.1, 0.3), adherence=seen),
+        RuleVerdict.reject(first, "lost", gain=-0.1, evaluated_on=10),
+        RuleVerdict(first.id, first.round, ablation_gain=0.05)])
+    assert (again.status, again.gain, again.evaluated_on, again.reason) == (RuleStatus.ACCEPTED, 0.2, 20, "raised it")
+    assert again.gain_ci == [0.1, 0.3] and again.adherence == seen and again.ablation_gain is None
+    assert (first.status, first.gain, first.evaluated_on, first.reason) == (RuleStatus.REJECTED, -0.1, 10, "lost")
+    assert first.ablation_gain == 0.05  # an ablation verdict leaves the status and reason as they were
+    record_verdicts([first], [RuleVerdict.reject(first, "not verified: stopped")])
+    assert (first.gain, first.evaluated_on) == (-0.1, 10)
+    with pytest.raises(KeyError):
+        record_verdicts([first], [RuleVerdict(first.id, 2, reason="no such record")])
+    assert Rule.from_dict(again.to_dict()) == again  # the adherence record reads back from its JSON object
+    assert again.to_dict()["adherence"] == {"where": "valset failures", "examples": 4, "changed": 3, "fixed": 2,
+                                            "ignored": False}
 
 
 def test_rule_text_is_normalized_to_one_line_without_list_marker():

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import BatchReply, Mistake, RoundSummary
+from ..records import BatchReply, Mistake, RoundSummary, TrajectoryStep
 from ..rules import Rule, RuleSet, RuleStatus
 from ..runtime.ledger import Ledger
 from ..runtime.metering import Role
@@ -43,7 +43,7 @@ class DistillationResult:
     # limits (``records.Limits.to_dict``): student_calls, teacher_calls, tokens, cost_usd, program_runs, calls_per_run
     budgets: dict[str, float | int | None] = field(default_factory=dict)
     cost_estimate: dict[str, float | None] = field(default_factory=dict)  # projected USD before the run: low, high
-    trajectory: list[dict[str, Any]] = field(default_factory=list)  # valset score as accepted rules were added
+    trajectory: list[TrajectoryStep] = field(default_factory=list)  # valset score as accepted rules were added
 
     @property
     def accepted_rules(self) -> list[Rule]:
@@ -83,7 +83,7 @@ class DistillationResult:
                 "source_mistakes": len(r.source_mistakes), "duplicates_merged": len(r.duplicates), "id": r.id,
                 "kept": r.id in kept, "gain_ci_low": (r.gain_ci or [None, None])[0],
                 "gain_ci_high": (r.gain_ci or [None, None])[1],
-                "ignored_by_student": None if not r.adherence else bool(r.adherence.get("ignored")),
+                "ignored_by_student": None if r.adherence is None else r.adherence.ignored,
                 "ablation_gain": r.ablation_gain, "inherited": r.inherited is not None,
             }
             for r in ordered_rules(self)
@@ -125,9 +125,9 @@ class DistillationResult:
             "kept_rule_ids": [r.id for r in self.ruleset], "nothing_learned": self.why_nothing_learned(),
             "rules": [r.to_dict() for r in self.rules], "usage": self.usage.to_dict(),
             "rounds": [vars(r).copy() for r in self.rounds], "budgets": dict(self.budgets),
-            "cost_estimate": dict(self.cost_estimate), "trajectory": [dict(s) for s in self.trajectory],
-            "mistakes": [{**vars(m), "outcome": vars(m.outcome).copy()} for m in self.mistakes],
-            "replies": [vars(r).copy() for r in self.replies],
+            "cost_estimate": dict(self.cost_estimate), "trajectory": [s.to_dict() for s in self.trajectory],
+            "mistakes": [{**vars(m), "outcome": m.outcome.to_dict()} for m in self.mistakes],
+            "replies": [r.to_dict() for r in self.replies],
         }
 
     def save(self, directory: str | Path) -> dict[str, Path]:

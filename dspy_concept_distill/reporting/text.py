@@ -90,13 +90,13 @@ def status_word(rule: Rule, kept_ids: set[str]) -> str:
 def adherence_note(rule: Rule) -> str:
     """Does the student act on the rule? "" when it was not measured."""
     adherence = rule.adherence
-    if not adherence:
+    if adherence is None:
         return ""
-    where, n = adherence.get("where", "examples"), adherence.get("examples", 0)
+    where, n = adherence.where, adherence.examples
     if not n:
         return f"adherence not measured (no {where})"
-    counts = f"output changed on {adherence.get('changed', 0)} of {n} {where}, fixed {adherence.get('fixed', 0)}"
-    return f"student ignores it: {counts}" if adherence.get("ignored") else f"followed: {counts}"
+    counts = f"output changed on {adherence.changed} of {n} {where}, fixed {adherence.fixed}"
+    return f"student ignores it: {counts}" if adherence.ignored else f"followed: {counts}"
 
 
 def ablation_note(rule: Rule, min_gain: float) -> str:
@@ -114,7 +114,7 @@ def ablation_note(rule: Rule, min_gain: float) -> str:
 def flags(rule: Rule, min_gain: float) -> list[str]:
     """Short warnings for a kept rule: the student ignores it, or it no longer adds anything."""
     out = []
-    if rule.adherence and rule.adherence.get("ignored"):
+    if rule.adherence is not None and rule.adherence.ignored:
         out.append("student ignores it")
     if rule.ablation_gain is not None and rule.ablation_gain < min_gain:
         out.append("adds nothing once the others are in" if rule.ablation_gain <= 0 else "adds less than min_gain")

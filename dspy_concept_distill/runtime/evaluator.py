@@ -21,7 +21,7 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
 
 from ..errors import StudentLMError
-from ..records import ErrorKind, Outcome
+from ..records import ErrorKind, Outcome, Step
 from ..rules import RuleSet, render_instructions
 from .account import RequiredAccount
 from .executor import Executor, StopRequestedError, StopSignal
@@ -354,12 +354,11 @@ def raise_if_incomplete(results: Sequence[Any], total: int) -> None:
         raise stops[0] if stops else not_run[0]
 
 
-def _steps(trace: list[Any], names: dict[int, str]) -> list[dict[str, Any]]:
+def _steps(trace: list[Any], names: dict[int, str]) -> list[Step]:
     steps = []
     for predictor, inputs, prediction in trace:
         outputs = dict(prediction.items()) if hasattr(prediction, "items") else {"output": prediction}
-        steps.append({"predictor": names.get(id(predictor), type(predictor).__name__),
-                      "inputs": _plain(inputs), "outputs": _plain(outputs)})
+        steps.append(Step(names.get(id(predictor), type(predictor).__name__), _plain(inputs), _plain(outputs)))
     return steps
 
 
