@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def reviews():
-    from tasks import load_task
+    from benchmarks.harness.real.tasks import load_task
 
     return load_task("reviews", n_train=6, n_val=5, seed=1)
 
