@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 import dspy
@@ -19,19 +18,19 @@ from .errors import (
     StopRequestedError,
     StudentLMError,
 )
-from .records import CostForecast
+from .records import CostForecast, TrajectoryStep, mean_score
 from .reporting.result import DistillationResult
-from .rules import CANDIDATE, RuleSet
-from .runtime.metering import STUDENT, TEACHER
+from .rules import RuleSet, RuleStatus
+from .runtime.metering import Role
 from .state import CompileState
-from .text import clip_text
+from .text import clip_text, fmt_score
 
 logger = logging.getLogger(__name__)
 
 
 def finish(state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
     """The optimized copy of ``student`` with ``distillation`` and ``candidate_programs`` attached."""
-    baseline, final = _mean(state.baseline_scores), _mean(state.val_scores)
+    baseline, final = mean_score(state.baseline_scores), mean_score(state.val_scores)
     current = state.current
     if final is None or baseline is None or final < baseline:
         # Never hand back something worse than (or not measured against) what the caller gave us.
@@ -41,7 +40,7 @@ def finish(state: CompileState, student: dspy.Module, forecast: CostForecast) ->
     if state.held_back:  # the scores a person reads are over the whole valset once the held-back half was run
         whole = [state.evaluator.scores(rules, state.valset) for rules in (RuleSet(), current)]
         if all(s is not None for scores in whole for s in scores):
-            baseline, final = (_mean([s for s in scores if s is not None]) for scores in whole)
+            baseline, final = (mean_score([s for s in scores if s is not None]) for scores in whole)
     student = _without_results(student)
     optimized = current.apply(student, state.base_instructions)
     optimized._compiled = True
@@ -55,8 +54,9 @@ def finish(state: CompileState, student: dspy.Module, forecast: CostForecast) ->
         trajectory=_trajectory(state, current, baseline),
     )
     logger.info("concept distillation done: valset score %s -> %s with %d rule(s); %d student and %d teacher "
-                "calls (%d student cache hits)", _fmt(baseline), _fmt(final), len(current),
-                state.ledger.calls(STUDENT), state.ledger.calls(TEACHER), state.ledger.cache_hits(STUDENT))
+                "calls (%d student cache hits)", fmt_score(baseline), fmt_score(final), len(current),
+                state.ledger.calls(Role.STUDENT), state.ledger.calls(Role.TEACHER),
+                state.ledger.cache_hits(Role.STUDENT))
     return optimized
 
 
@@ -88,14 +88,14 @@ def evidence_failure(state: CompileState) -> DistillationError | None:
     if isinstance(cause, BudgetExhaustedError) and not isinstance(cause, RunClosedError) and not state.decisions:
         return BudgetTooSmallError(
             f"the {cause} before any candidate rule was raced on the valset, so nothing was verified "
-            f"({state.ledger.calls(STUDENT)} student and {state.ledger.calls(TEACHER)} teacher calls spent, "
+            f"({state.ledger.calls(Role.STUDENT)} student and {state.ledger.calls(Role.TEACHER)} teacher calls spent, "
             f"{len(state.mistakes)} mistakes collected): give a larger budget or a higher auto preset")
     return None
 
 
 def stop_summary(result: DistillationResult, cause: BaseException | None) -> str:
     """The one line that says a run ended early: why, what it kept, and what was left unverified."""
-    left = [r for r in result.rules if r.status == CANDIDATE or (r.reason or "").startswith("not verified: "
+    left = [r for r in result.rules if r.status == RuleStatus.CANDIDATE or (r.reason or "").startswith("not verified: "
                                                                                            + str(result.stopped))]
     scores = ""
     if result.baseline_score is not None and result.final_score is not None:
@@ -122,30 +122,23 @@ def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
         scores = state.evaluator.scores(ruleset, state.raced)
         if all(s is not None for s in scores):
             program = optimized if ruleset == current else ruleset.apply(student, state.base_instructions)
-            out.append({"score": _mean(scores), "program": program, "rules": ruleset})
+            out.append({"score": mean_score(scores), "program": program, "rules": ruleset})
     out.sort(key=lambda c: (-c["score"], len(c["rules"])))
     return out
 
 
-def _trajectory(state: CompileState, current: RuleSet, baseline: float | None) -> list[dict[str, Any]]:
+def _trajectory(state: CompileState, current: RuleSet, baseline: float | None) -> list[TrajectoryStep]:
     """The valset score after each accepted rule, with the rule's gain and its confidence interval."""
     if baseline is None:
         return []
-    steps: list[dict[str, Any]] = [{"rules": 0, "rule_id": None, "text": None, "score": baseline, "gain": None,
-                                    "ci": None}]
+    steps = [TrajectoryStep(0, baseline)]
     for k, ruleset in enumerate(_prefixes(current)[1:], 1):
         scores = state.evaluator.scores(ruleset, state.raced)
         if any(s is None for s in scores):
             break
         rule = list(current)[k - 1]
-        steps.append({"rules": k, "rule_id": rule.id, "text": rule.text, "score": _mean(scores), "gain": rule.gain,
-                      "ci": rule.gain_ci})
+        ci = None if rule.gain_ci is None else (rule.gain_ci[0], rule.gain_ci[1])
+        score = sum(s for s in scores if s is not None) / len(scores)
+        steps.append(TrajectoryStep(k, score, rule.id, rule.text, rule.gain, ci))
     return steps
 
-
-def _mean(scores: Sequence[float] | None) -> float | None:
-    return None if not scores else sum(scores) / len(scores)
-
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"

@@ -31,13 +31,14 @@ from .phases.proposals import near_misses_to_retry, rules_from_replies
 from .phases.rule_checks import LeakChecker
 from .phases.statistics import SelectionSettings, held_back_size
 from .phases.verification import VerificationResult, Verifier, limit_candidates, returned_rules
-from .records import BatchReply, CostForecast, Limits, Mistake, Outcome, RoundSummary
-from .rules import ACCEPTED, CANDIDATE, Rule, RuleSet
+from .records import BatchReply, CostForecast, Limits, Mistake, MistakesFound, Outcome, RoundSummary, mean_score
+from .reporting.mlflow import log_to_mlflow
+from .rules import Rule, RuleSet, RuleStatus, RuleVerdict, record_verdicts
 from .runtime.account import SPECULATION_SHARE
 from .runtime.evaluator import STOPPING_ERRORS
 from .runtime.forecast import call_bounds, calls_per_run, project, refine
 from .runtime.logs import one_line
-from .runtime.metering import TEACHER
+from .runtime.metering import Role
 from .runtime.progress import progress, verbose_logging
 from .settings import (
     PRESETS,
@@ -52,7 +53,7 @@ from .settings import (
     validate_params,
 )
 from .state import CompileState, open_state
-from .text import clip_text
+from .text import clip_text, fmt_score
 
 logger = logging.getLogger(__name__)
 
@@ -277,20 +278,7 @@ class ConceptDistillation(Teleprompter):
             trainset, valset = split_data(trainset, valset, val_fraction=self.val_fraction, seed=self.seed)
         with self._open(student, trainset, valset, mode="compile", settings=self._run_settings()) as opened:
             state, forecast = opened
-            try:
-                check_run_budget(state.limits, len(state.train_runs), len(state.raced))
-                self._recheck_inherited(state)
-                for round_index in range(state.settings.rounds):
-                    if state.stopped or not self._round(state, round_index):
-                        break
-                self._keep_shown(state)
-                if self.ablation and not state.stopped:
-                    self._ablate(state)
-            except STOPPING_ERRORS as exc:
-                state.stop_with(exc)
-            except DistillationError as exc:
-                state.failure = exc
-            return self._done(state, student, forecast)
+            return self._run(state, forecast, student)
 
     def verify(self, student: dspy.Module, rules: RuleSet, *, valset: list[dspy.Example]) -> dspy.Module:
         """Re-check an existing rule set (e.g. from another student, loaded with ``RuleSet.from_json``) for
@@ -311,17 +299,25 @@ class ConceptDistillation(Teleprompter):
             found = {(r.predictor, r.text.lower()) for r in state.inherited}  # the program's own rules first
             state.inherited += [Rule(text=r.text, predictor=r.predictor) for r in rules
                                 if (r.predictor, r.text.lower()) not in found]
-            try:
-                check_run_budget(state.limits, 0, len(state.raced))
-                self._recheck_inherited(state)
-                self._keep_shown(state)
-                if self.ablation and not state.stopped:
-                    self._ablate(state)
-            except STOPPING_ERRORS as exc:
-                state.stop_with(exc)
-            except DistillationError as exc:
-                state.failure = exc
-            return self._done(state, student, forecast)
+            return self._run(state, forecast, student)
+
+    def _run(self, state: CompileState, forecast: CostForecast, student: dspy.Module) -> dspy.Module:
+        """The run: the rules the program carries re-checked, the rounds (none for ``verify``), only the rules shown to
+        help over the starting instructions returned, the optional ablation; then the result (``_done``)."""
+        try:
+            check_run_budget(state.limits, len(state.train_runs), len(state.raced))
+            self._recheck_inherited(state)
+            for round_index in range(state.settings.rounds):
+                if state.stopped or not self._round(state, round_index):
+                    break
+            self._keep_shown(state)
+            if self.ablation and not state.stopped:
+                self._ablate(state)
+        except STOPPING_ERRORS as exc:
+            state.stop_with(exc)
+        except DistillationError as exc:
+            state.failure = exc
+        return self._done(state, student, forecast)
 
     def _done(self, state: CompileState, student: dspy.Module, forecast: CostForecast) -> dspy.Module:
         """The result; or, when the run produced no evidence, the ``DistillationError`` naming why (raised, or
@@ -335,13 +331,8 @@ class ConceptDistillation(Teleprompter):
         result = optimized.distillation
         if self.log_dir is not None:
             result.save(self.log_dir)
-        try:
-            from .reporting.mlflow import log_to_mlflow
-        except ImportError:
-            pass
-        else:
-            log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
-                                          if isinstance(v, (str, int, float, bool, type(None)))})
+        log_to_mlflow(result, params={k: v for k, v in self.get_params().items()
+                                      if isinstance(v, (str, int, float, bool, type(None)))})
         if failure is not None:
             failure.result = result
             if self.on_failure == "raise":
@@ -371,7 +362,7 @@ class ConceptDistillation(Teleprompter):
         if found:
             kept = sum(r.inherited is not None for r in state.current)
             logger.info("earlier rules: %d of %d kept; valset score %s with them", kept, found,
-                        _fmt(_mean(state.val_scores)))
+                        fmt_score(mean_score(state.val_scores)))
 
     def _ablate(self, state: CompileState) -> None:
         """Leave each accepted rule out of the final set in turn (``Rule.ablation_gain``). With the default student
@@ -383,59 +374,54 @@ class ConceptDistillation(Teleprompter):
         logger.info("ablation: leaving each of %d rules out costs up to %d program runs", len(rules), runs)
         if self._default_student_budget() and state.limits.program_runs is not None:
             state.set_limits(state.limits.with_more_runs(runs))
-        stopped = ablate(state.evaluator, rules, state.raced, state.val_scores, state.min_gain)
+        verdicts, stopped = ablate(state.evaluator, rules, state.raced, state.val_scores, state.min_gain)
+        record_verdicts(rules, verdicts)
         if stopped is not None:
             state.stop_with(stopped)
 
-    # -- one round: the three phases ------------------------------------------------------------------------------
+    # -- one round: the paper's three steps -----------------------------------------------------------------------
     def _round(self, state: CompileState, round_index: int) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
+        found = self._collect_mistakes(state, round_index)
+        if not found.mistakes:
+            logger.info("round %d: no mistakes left to learn from", number)
+            self._baseline(state)
+            return False
+        candidates = self._induce(state, round_index, found.mistakes)
+        before = mean_score(self._baseline(state))  # round 1: the valset baseline kept running during induction
+        verified = self._verify(state, round_index, candidates)
+        accepted = sum(r.status is RuleStatus.ACCEPTED for r in [*verified.candidates, *verified.placements])
+        after = mean_score(state.val_scores)
+        state.summaries.append(RoundSummary(number, found.train_score, len(found.mistakes), len(verified.candidates),
+                                            accepted, before, after))
+        logger.info("round %d: %d of %d candidate rules accepted; valset score %s -> %s", number, accepted,
+                    len(verified.candidates), fmt_score(before), fmt_score(after))
+        return not state.stopped and accepted > 0
+
+    def _collect_mistakes(self, state: CompileState, round_index: int) -> MistakesFound:
+        """Phase 1: the student runs the program, with the rules in force, on the trainset sample; the runs it gets
+        wrong are the round's mistakes. In the first round the valset baseline starts beside it (once the runs show
+        they cannot fail fast), and the first pass measures the LM calls of a program run."""
         first = state.baseline_scores is None
-        baseline = None  # the valset baseline starts beside the trainset once that cannot fail fast
+        baseline = None
         if first and state.settings.num_threads > 1:
             baseline = partial(state.evaluator.prefetch, [(state.current, ex) for ex in state.raced], "verification")
-        mistakes, outcomes, state.threshold = collect_mistakes(
-            state.evaluator, state.current, state.train_runs, threshold=state.settings.metric_threshold,
-            round_index=round_index, on_usable=baseline)
-        state.mistakes += mistakes
+        found = collect_mistakes(state.evaluator, state.current, state.train_runs,
+                                 threshold=state.settings.metric_threshold, round_index=round_index, on_usable=baseline)
+        state.mistakes += found.mistakes
         if first:
-            self._convert_budget(state, outcomes)
-        train_score = sum(o.score for o in outcomes) / len(outcomes)
-        logger.info("round %d: student scores %.3f on the trainset with %d mistakes", number, train_score,
-                    len(mistakes))
-        if not mistakes:
-            logger.info("round %d: no mistakes left to learn from", number)
-            if first:
-                state.baseline_scores = state.val_scores = self._scores(state)
-            return False
-        candidates = self._induce(state, round_index, mistakes)  # the baseline keeps running meanwhile
-        if first:
-            state.baseline_scores = state.val_scores = self._scores(state)
-        retries = near_misses_to_retry(state.rules, candidates, round_index, state.fresh)
-        candidates += retries
-        state.rules += retries
-        s = state.settings
-        pending = limit_candidates([c for c in candidates if c.status == CANDIDATE], s.max_candidates)
-        before = _mean(state.val_scores)
-        last = round_index + 1 >= state.settings.rounds
-        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
-                                                        next_trainset=None if last else state.train_runs,
-                                                        hold=self._confirmation_runs(state))
-        self._take(state, result)
-        candidates += result.placements
-        accepted = sum(c.status == ACCEPTED for c in candidates)
-        state.summaries.append(RoundSummary(number, train_score, len(mistakes), len(pending), accepted, before,
-                                            _mean(state.val_scores)))
-        logger.info("round %d: %d of %d candidate rules accepted; valset score %s -> %s", number, accepted,
-                    len(pending), _fmt(before), _fmt(_mean(state.val_scores)))
-        return not state.stopped and accepted > 0
+            self._convert_budget(state, found.outcomes)
+        logger.info("round %d: student scores %.3f on the trainset with %d mistakes", round_index + 1,
+                    found.train_score, len(found.mistakes))
+        return found
 
     @staticmethod
     def _take(state: CompileState, result: VerificationResult) -> None:
-        """What verification leaves: the rules in force, their scores, the candidates it raced in another predictor,
-        what each rule was last raced against, how many candidates a race decided, and why it stopped early, if it
-        did."""
+        """What verification leaves: its verdicts written into the rules, the rules in force, their scores, the
+        candidates it raced in another predictor, what each rule was last raced against, how many candidates a race
+        decided, and why it stopped early, if it did."""
+        record_verdicts([*result.candidates, *result.placements], result.verdicts)
         state.current, state.val_scores = result.ruleset, result.scores or state.val_scores
         state.rules += result.placements
         state.raced_against.update(result.raced_against)
@@ -461,6 +447,9 @@ class ConceptDistillation(Teleprompter):
         refine(state.ledger, state.limits)
 
     def _induce(self, state: CompileState, round_index: int, mistakes: list[Mistake]) -> list[Rule]:
+        """Phase 2: the teacher explains batches of the mistakes and writes rules; its proposals become the round's
+        candidates (invalid, leaking and duplicate ones rejected), with the near misses of earlier rounds it did not
+        propose again."""
         s = state.settings
         batches = make_batches(mistakes, s.mistakes_per_batch, s.num_batches, state.rng)
         brief = TeacherBrief(task=describe_task(state.program, state.base_instructions),
@@ -479,7 +468,7 @@ class ConceptDistillation(Teleprompter):
                              budget=state.budget)
         state.replies += replies
         usable = [r for r in replies if r.error is None]
-        refusal = state.budget.refusal(TEACHER)
+        refusal = state.budget.refusal(Role.TEACHER)
         if refusal is not None:
             logger.info("teacher budget used up after %d of %d batches", len(replies), len(batches))
         if not usable:
@@ -488,13 +477,35 @@ class ConceptDistillation(Teleprompter):
                 raise LMUnavailableError("teacher", failed[0].error or "no reply")  # it never answered
             errors = one_line("; ".join(sorted({r.error for r in replies if r.error})) or refusal or "none asked")
             state.end_early(f"no usable teacher reply in round {round_index + 1} ({errors})", refusal)
-        candidates = rules_from_replies(
+        proposed, rejected = rules_from_replies(
             usable, [batches[r.batch] for r in usable], predictor_names=state.names,
             leak_checker=LeakChecker(state.trainset), known_rules=state.rules, round_index=round_index,
             fresh=state.fresh,
         )
-        state.rules += candidates
-        return candidates
+        retries = near_misses_to_retry(state.rules, proposed, round_index, state.fresh)
+        record_verdicts(proposed, rejected)
+        state.rules += proposed + retries
+        return proposed + retries
+
+    def _baseline(self, state: CompileState) -> list[float] | None:
+        """The valset scores of the rules in force; in the first round, the baseline is measured here."""
+        if state.baseline_scores is None:
+            state.baseline_scores = state.val_scores = self._scores(state)
+        return state.val_scores
+
+    def _verify(self, state: CompileState, round_index: int, candidates: list[Rule]) -> VerificationResult:
+        """Phase 3: the first ``max_candidates`` candidates are raced on the valset on top of the rules in force,
+        and each joins them only if its gain is shown to be real. The next round's trainset runs may start on
+        spare threads meanwhile (booked as phase 1's, "mistakes")."""
+        pending, cut = limit_candidates([c for c in candidates if c.status is RuleStatus.CANDIDATE],
+                                        state.settings.max_candidates)
+        last = round_index + 1 >= state.settings.rounds
+        result = self._verifier(state, screen=True).run(state.current, pending, {m.id: m for m in state.mistakes},
+                                                        next_trainset=None if last else state.train_runs,
+                                                        hold=self._confirmation_runs(state))
+        record_verdicts(candidates, cut)
+        self._take(state, result)
+        return result
 
     @staticmethod
     def _selection_settings(state: CompileState, *, screen: bool) -> SelectionSettings:
@@ -528,18 +539,10 @@ class ConceptDistillation(Teleprompter):
                                    calls_per_run=calls_per_run)
         if why is None:
             return
-        for rule in state.current:
-            if rule not in list(kept):
-                rule.reason = f"{rule.reason}; {why}"
+        record_verdicts(state.current, [RuleVerdict(rule.id, rule.round, reason=f"{rule.reason}; {why}")
+                                        for rule in state.current if rule not in list(kept)])
         logger.info("%s", why)
         scores = state.evaluator.scores(kept, state.raced)
         state.current = kept
         state.val_scores = [s for s in scores if s is not None] if len(kept) else state.baseline_scores
 
-
-def _mean(scores: list[float] | None) -> float | None:
-    return None if not scores else sum(scores) / len(scores)
-
-
-def _fmt(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"

@@ -1,13 +1,16 @@
-"""The records that pass between the phases of a compile: what one program run produced (``Outcome``), a
-training mistake (``Mistake``), one teacher reply (``BatchReply``), one round's summary (``RoundSummary``), a run's
-hard limits (``Limits``), the bounds of its LM calls (``CallBounds``) and its cost forecast (``CostForecast``). Plain
-data: every phase imports them, and they import nothing of the package."""
+"""The records that pass between the phases of a compile: one step of a program run (``Step``), what one run
+produced (``Outcome``), a training mistake (``Mistake``), the mistakes phase's result (``MistakesFound``), a rule as
+the teacher proposed it (``Proposal``) and one teacher reply (``BatchReply``), one round's summary (``RoundSummary``),
+a point of the score trajectory (``TrajectoryStep``), a run's hard limits (``Limits``), the bounds of its LM calls
+(``CallBounds``) and its cost forecast (``CostForecast``). Plain data: every phase imports them, and they import nothing
+of the package."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
@@ -19,7 +22,25 @@ class ErrorKind(StrEnum):
     METRIC = "metric"  # the metric raised or returned something that is not a finite number
 
 
-PARSE_FAILURE, EXCEPTION, METRIC_ERROR = ErrorKind.PARSE, ErrorKind.EXCEPTION, ErrorKind.METRIC
+
+@dataclass(frozen=True)
+class Step:
+    """One predictor call of a program run: the predictor's name and the inputs and outputs it saw (JSON-friendly)."""
+
+    predictor: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"predictor", "inputs", "outputs"}``, the containers copied."""
+        return {"predictor": self.predictor, "inputs": _copied(self.inputs), "outputs": _copied(self.outputs)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Step:
+        if not (isinstance(data, dict) and isinstance(data.get("predictor"), str)
+                and isinstance(data.get("inputs"), dict) and isinstance(data.get("outputs"), dict)):
+            raise ValueError("steps must be a list of {predictor, inputs, outputs} objects")
+        return cls(data["predictor"], data["inputs"], data["outputs"])
 
 
 @dataclass
@@ -28,7 +49,7 @@ class Outcome:
 
     score: float
     feedback: str | None = None
-    steps: list[dict[str, Any]] = field(default_factory=list)  # [{"predictor", "inputs", "outputs"}] in call order
+    steps: list[Step] = field(default_factory=list)  # the predictor calls, in call order
     error: str | None = None
     error_kind: ErrorKind | None = None
     raw_text: str | None = None  # the LM reply that failed to parse
@@ -37,11 +58,15 @@ class Outcome:
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a dict, containers copied (as ``dataclasses.asdict`` gives, without its generic walk)."""
-        return {name: _copied(getattr(self, name)) for name in _OUTCOME_FIELDS}
+        return {name: [step.to_dict() for step in self.steps] if name == "steps" else _copied(getattr(self, name))
+                for name in _OUTCOME_FIELDS}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Outcome:
-        outcome = cls(**data)
+        steps = data.get("steps", [])
+        if not isinstance(steps, list):
+            raise ValueError("steps must be a list of {predictor, inputs, outputs} objects")
+        outcome = cls(**{**data, "steps": [Step.from_dict(step) for step in steps]})
         if outcome.error_kind is not None:
             outcome.error_kind = ErrorKind(outcome.error_kind)
         if not isinstance(outcome.score, (int, float)) or not math.isfinite(outcome.score):
@@ -64,6 +89,11 @@ def _copied(value: Any) -> Any:
     return copy.deepcopy(value)
 
 
+def mean_score(scores: Sequence[float] | None) -> float | None:
+    """The mean of ``scores``; None when there are none (a score that could not be measured)."""
+    return None if not scores else sum(scores) / len(scores)
+
+
 @dataclass
 class Mistake:
     """One training example the student got wrong, with everything the teacher needs to explain it: the example's
@@ -81,7 +111,7 @@ class Mistake:
         return self.outcome.score
 
     @property
-    def steps(self) -> list[dict[str, Any]]:
+    def steps(self) -> list[Step]:
         return self.outcome.steps
 
     @property
@@ -105,6 +135,42 @@ class Mistake:
         return self.outcome.failed_predictor
 
 
+@dataclass(frozen=True)
+class MistakesFound:
+    """The result of phase 1: the student's mistakes on the trainset, the outcome of every run (trainset order) and
+    the score below which a run counted as a mistake."""
+
+    mistakes: list[Mistake]
+    outcomes: list[Outcome]
+    threshold: float
+
+    @property
+    def train_score(self) -> float:
+        """The student's mean score on the trainset examples it ran on."""
+        return sum(o.score for o in self.outcomes) / len(self.outcomes)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One rule as the teacher proposed it: the predictor it names (as the teacher wrote the name), the rule's text,
+    and the numbers (from 1) of the batch's mistakes it says the rule prevents."""
+
+    predictor: str
+    text: str
+    mistakes: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The teacher's reply shape: ``{"predictor", "rule", "mistakes"}``."""
+        return {"predictor": self.predictor, "rule": self.text, "mistakes": list(self.mistakes)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Proposal:
+        """From the teacher's reply shape: a missing predictor is "", mistake numbers that are not integers are
+        dropped."""
+        return cls(predictor=str(data.get("predictor") or ""), text=str(data.get("rule", "")),
+                   mistakes=tuple(n for n in data.get("mistakes", []) or [] if isinstance(n, int)))
+
+
 @dataclass
 class BatchReply:
     """What one teacher call returned (kept for the report and checkpoints)."""
@@ -113,10 +179,20 @@ class BatchReply:
     batch: int
     mistake_ids: list[str]
     diagnoses: list[str] = field(default_factory=list)
-    rules: list[dict[str, Any]] = field(default_factory=list)
+    rules: list[Proposal] = field(default_factory=list)  # best first, as the teacher ranked them
     error: str | None = None
     attempts: int = 0
     transient: bool = False  # the teacher LM itself failed (network, quota): ask again on resume
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields, each proposal in the teacher's reply shape."""
+        return {"round": self.round, "batch": self.batch, "mistake_ids": list(self.mistake_ids),
+                "diagnoses": list(self.diagnoses), "rules": [p.to_dict() for p in self.rules], "error": self.error,
+                "attempts": self.attempts, "transient": self.transient}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchReply:
+        return cls(**{**data, "rules": [Proposal.from_dict(p) for p in data.get("rules", [])]})
 
 
 @dataclass
@@ -128,6 +204,23 @@ class RoundSummary:
     accepted: int
     val_score_before: float | None
     val_score_after: float | None
+
+
+@dataclass(frozen=True)
+class TrajectoryStep:
+    """The valset score with the first ``rules`` kept rules (0: the starting instructions); for a step past the
+    first, the rule added there, its gain when it was accepted and that gain's 95% interval."""
+
+    rules: int
+    score: float
+    rule_id: str | None = None
+    text: str | None = None
+    gain: float | None = None
+    ci: tuple[float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rules": self.rules, "rule_id": self.rule_id, "text": self.text, "score": self.score,
+                "gain": self.gain, "ci": None if self.ci is None else list(self.ci)}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Rules ("concepts"), rule sets, rendering into instructions, and JSON/Markdown I/O."""
+"""Rules ("concepts"), what the phases of a run find out about them (``RuleVerdict``, written into a rule by
+``record_verdicts`` alone), rule sets, rendering into instructions, and JSON/Markdown I/O."""
 
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ class RuleStatus(StrEnum):
     REJECTED = "rejected"
 
 
-CANDIDATE, ACCEPTED, REJECTED = RuleStatus.CANDIDATE, RuleStatus.ACCEPTED, RuleStatus.REJECTED
 STATUSES = tuple(RuleStatus)
 
 RULES_HEADER = "Follow these rules, learned from past mistakes:"
@@ -49,6 +49,19 @@ def rule_id(predictor: str, text: str) -> str:
     return f"r{digest[:10]}"
 
 
+@dataclass(frozen=True)
+class Adherence:
+    """Does the student act on a rule? Measured on ``examples`` already run with and without it (no new LM call):
+    on how many of them an output ``changed``, how many mistakes were ``fixed``, and ``ignored`` when no output
+    changed."""
+
+    where: str  # "source mistakes" (the training mistakes it was written for) or "valset failures"
+    examples: int
+    changed: int
+    fixed: int
+    ignored: bool
+
+
 @dataclass
 class Rule:
     """A candidate instruction for one predictor, and what verification found out about it.
@@ -60,7 +73,7 @@ class Rule:
     text: str
     predictor: str
     source_mistakes: list[str] = field(default_factory=list)
-    status: RuleStatus = CANDIDATE
+    status: RuleStatus = RuleStatus.CANDIDATE
     reason: str = ""
     gain: float | None = None
     evaluated_on: int = 0
@@ -69,7 +82,7 @@ class Rule:
     duplicates: list[str] = field(default_factory=list)
     attempts: int = 1  # how many rounds it was verified in (a near miss may be proposed and measured again)
     gain_ci: list[float] | None = None  # paired 95% confidence interval [low, high] of ``gain`` on the valset
-    adherence: dict[str, Any] | None = None  # does the student act on it? see ``DistillationResult``
+    adherence: Adherence | None = None  # does the student act on it? (kept rules)
     ablation_gain: float | None = None  # valset score lost when it alone is left out of the final rule set
     placement_of: str | None = None  # the id of the rule whose text this one races in another predictor
     id: str = ""
@@ -86,18 +99,10 @@ class Rule:
         if self.status not in STATUSES:
             raise ValueError(f"rule status must be one of {[str(s) for s in STATUSES]}, got {self.status!r}")
         self.status = RuleStatus(self.status)
+        if isinstance(self.adherence, dict):  # as ``to_dict`` writes it
+            self.adherence = Adherence(**self.adherence)
         if not self.id:
             self.id = rule_id(self.predictor, self.text)
-
-    def accept(self, gain: float, evaluated_on: int, reason: str) -> None:
-        self.status, self.gain, self.evaluated_on, self.reason = ACCEPTED, gain, evaluated_on, reason
-
-    def reject(self, reason: str, *, gain: float | None = None, evaluated_on: int | None = None) -> None:
-        self.status, self.reason = REJECTED, reason
-        if gain is not None:
-            self.gain = gain
-        if evaluated_on is not None:
-            self.evaluated_on = evaluated_on
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,6 +118,49 @@ class Rule:
         if "text" not in data or "predictor" not in data:
             raise ValueError(f"a rule needs 'text' and 'predictor', got keys {sorted(data)}")
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    """What one phase of a run found out about one rule in one round: phases return verdicts, and
+    ``record_verdicts`` alone writes them into the rules' public fields at the end of the phase. A finding left
+    None leaves the rule's field as it is."""
+
+    rule_id: str
+    round: int
+    status: RuleStatus | None = None
+    reason: str | None = None
+    gain: float | None = None  # the valset gain over the rules in force it was raced against
+    evaluated_on: int | None = None  # the examples that gain was measured on
+    gain_ci: tuple[float, float] | None = None
+    adherence: Adherence | None = None
+    ablation_gain: float | None = None
+
+    @classmethod
+    def accept(cls, rule: Rule, *, gain: float, evaluated_on: int, reason: str,
+               gain_ci: tuple[float, float] | None = None, adherence: Adherence | None = None) -> RuleVerdict:
+        return cls(rule.id, rule.round, RuleStatus.ACCEPTED, reason, gain, evaluated_on, gain_ci, adherence)
+
+    @classmethod
+    def reject(cls, rule: Rule, reason: str, *, gain: float | None = None,
+               evaluated_on: int | None = None) -> RuleVerdict:
+        return cls(rule.id, rule.round, RuleStatus.REJECTED, reason, gain, evaluated_on)
+
+
+_VERDICT_FIELDS = ("status", "reason", "gain", "evaluated_on", "adherence", "ablation_gain")
+
+
+def record_verdicts(rules: Iterable[Rule], verdicts: Iterable[RuleVerdict]) -> None:
+    """Write ``verdicts`` into the ``rules`` they are about (matched by rule id and round): the one place a run sets a
+    rule's status, reason, gain, interval, adherence or ablation gain."""
+    by_key = {(rule.id, rule.round): rule for rule in rules}
+    for verdict in verdicts:
+        rule = by_key[(verdict.rule_id, verdict.round)]
+        for name in _VERDICT_FIELDS:
+            if (value := getattr(verdict, name)) is not None:
+                setattr(rule, name, value)
+        if verdict.gain_ci is not None:
+            rule.gain_ci = list(verdict.gain_ci)
 
 
 def render_instructions(base_instructions: str, rules: Iterable[Rule | str]) -> str:
@@ -294,7 +342,7 @@ class RuleSet:
                 body = re.sub(r"<!--.*?-->", "", body).strip()
                 if body:
                     gain = float(gain_match.group(1)) if gain_match else None
-                    rules.append(Rule(text=body, predictor=current, gain=gain, status=ACCEPTED))
+                    rules.append(Rule(text=body, predictor=current, gain=gain, status=RuleStatus.ACCEPTED))
         return cls(rules)
 
 

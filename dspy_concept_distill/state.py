@@ -22,7 +22,7 @@ from .rules import Rule, RuleSet, split_instructions
 from .runtime.evaluator import EvalCache, Evaluator
 from .runtime.executor import STOP_FILE, Executor, StopSignal
 from .runtime.ledger import Ledger
-from .runtime.metering import STUDENT, TEACHER, Budget, install
+from .runtime.metering import Budget, Role, install
 from .runtime.metric import MetricAdapter, metric_max
 from .settings import RunSettings
 
@@ -52,7 +52,6 @@ class CompileState:
     raced_against: dict[str, RuleSet] = field(default_factory=dict)  # rule id -> the rules in force it last raced
     baseline_scores: list[float] | None = None
     val_scores: list[float] | None = None
-    threshold: float | None = None
     stopped: str | None = None  # why the run ended early (None: it did not)
     stop_cause: BaseException | None = None  # the signal that ended it: a used-up budget, a stop request, ...
     failure: DistillationError | None = None  # the run could not produce evidence: raised (or returned) at the end
@@ -79,14 +78,10 @@ class CompileState:
         """The gain a rule must be shown to exceed: the user's ``min_gain``, else 0 (any gain shown to be real)."""
         return self.settings.min_gain if self.settings.min_gain is not None else 0.0
 
-    def record_reply(self, reply: BatchReply) -> None:
-        self.replies.append(reply)
-        self.journal.reply(reply)
-
     def set_limits(self, limits: Limits) -> None:
         """Replace the run's limits (a new record; the budget enforces the student limit from now on)."""
         self.limits = limits
-        self.budget.set_limit(STUDENT, limits.student_calls)
+        self.budget.set_limit(Role.STUDENT, limits.student_calls)
 
     def end_runs(self) -> None:
         """No new LM request from here: jobs not started are dropped, the program runs in flight (racing ahead)
@@ -146,8 +141,8 @@ def open_state(student: dspy.Module, *, trainset: list[dspy.Example], valset: li
     finally:
         executor.close()
         journal.close()
-        logger.debug("run closed: %d student and %d teacher requests", state.ledger.calls(STUDENT),
-                     state.ledger.calls(TEACHER))
+        logger.debug("run closed: %d student and %d teacher requests", state.ledger.calls(Role.STUDENT),
+                     state.ledger.calls(Role.TEACHER))
 
 
 EARLIER_FIELDS = ("round", "gain", "gain_ci", "evaluated_on", "reason", "source_mistakes", "inherited")

@@ -16,7 +16,7 @@ import pytest
 from dspy_concept_distill.runtime import ledger as ledger_module
 from dspy_concept_distill.runtime import metering, pricing
 from dspy_concept_distill.runtime.ledger import Ledger
-from dspy_concept_distill.runtime.metering import STUDENT, TEACHER, Budget, BudgetExhaustedError, metered, phase
+from dspy_concept_distill.runtime.metering import Budget, BudgetExhaustedError, Role, metered, phase
 from dspy_concept_distill.testing.faults import RATE_LIMIT, SERVER_ERROR, TIMEOUT, Fault, FaultyEngine, every
 
 
@@ -33,25 +33,25 @@ def test_a_permit_is_taken_before_a_request_and_in_flight_requests_count_against
     ledger = Ledger()
     budget = Budget(ledger, max_student_calls=3, max_teacher_calls=None)
     for _ in range(3):
-        budget.acquire(STUDENT)
+        budget.acquire(Role.STUDENT)
     with pytest.raises(BudgetExhaustedError, match="student call budget of 3"):
-        budget.acquire(STUDENT)  # three in flight, none booked yet
-    budget.settle(STUDENT, "m", {"prompt_tokens": 5, "completion_tokens": 1})
+        budget.acquire(Role.STUDENT)  # three in flight, none booked yet
+    budget.settle(Role.STUDENT, "m", {"prompt_tokens": 5, "completion_tokens": 1})
     with pytest.raises(BudgetExhaustedError):
-        budget.acquire(STUDENT)  # one booked, two in flight
-    budget.release(STUDENT)  # a permit whose request was never sent comes back
-    budget.acquire(STUDENT)
-    assert ledger.calls(STUDENT) == 1 and budget.remaining(STUDENT) == 0 and budget.exhausted(STUDENT)
-    budget.acquire(TEACHER)  # no teacher limit
-    assert not budget.exhausted(TEACHER)
+        budget.acquire(Role.STUDENT)  # one booked, two in flight
+    budget.release(Role.STUDENT)  # a permit whose request was never sent comes back
+    budget.acquire(Role.STUDENT)
+    assert ledger.calls(Role.STUDENT) == 1 and budget.remaining(Role.STUDENT) == 0 and budget.exhausted(Role.STUDENT)
+    budget.acquire(Role.TEACHER)  # no teacher limit
+    assert not budget.exhausted(Role.TEACHER)
 
 
 def test_retried_requests_are_each_booked_and_each_take_a_permit(monkeypatch):
     monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
     lm, engine = lm_with({0: Fault(RATE_LIMIT), 1: Fault(SERVER_ERROR), 2: Fault(TIMEOUT)})
     budget = Budget(Ledger(), max_student_calls=10, max_teacher_calls=None)
-    assert metered(lm, budget, STUDENT)("hello") == ["reply 3"]
-    assert engine.received == budget.ledger.calls(STUDENT) == 4
+    assert metered(lm, budget, Role.STUDENT)("hello") == ["reply 3"]
+    assert engine.received == budget.ledger.calls(Role.STUDENT) == 4
     assert lm.num_retries == 3  # the caller's LM is not changed
 
 
@@ -60,8 +60,8 @@ def test_retries_stop_at_the_budget(monkeypatch):
     lm, engine = lm_with(every(1, Fault(RATE_LIMIT)))
     budget = Budget(Ledger(), max_student_calls=2, max_teacher_calls=None)
     with pytest.raises(BudgetExhaustedError):
-        metered(lm, budget, STUDENT)("hello")
-    assert engine.received == budget.ledger.calls(STUDENT) == 2
+        metered(lm, budget, Role.STUDENT)("hello")
+    assert engine.received == budget.ledger.calls(Role.STUDENT) == 2
 
 
 def test_a_request_cut_short_by_ctrl_c_is_still_booked_and_its_permit_returned():
@@ -71,14 +71,14 @@ def test_a_request_cut_short_by_ctrl_c_is_still_booked_and_its_permit_returned()
     engine = FaultyEngine(reply=interrupted)
     budget = Budget(Ledger(), max_student_calls=5, max_teacher_calls=None)
     with pytest.raises(KeyboardInterrupt):
-        metered(dspy.LM("faulty/student", engine=engine), budget, STUDENT)("hello")
-    assert engine.received == budget.ledger.calls(STUDENT) == 1 and budget.remaining(STUDENT) == 4
+        metered(dspy.LM("faulty/student", engine=engine), budget, Role.STUDENT)("hello")
+    assert engine.received == budget.ledger.calls(Role.STUDENT) == 1 and budget.remaining(Role.STUDENT) == 4
 
 
 def test_a_retry_after_of_zero_means_retry_at_once():
     lm, engine = lm_with({0: Fault(RATE_LIMIT, retry_after=0.0)})
     start = time.monotonic()
-    metered(lm, Budget(Ledger(), None, None), STUDENT)("hello")
+    metered(lm, Budget(Ledger(), None, None), Role.STUDENT)("hello")
     assert engine.received == 2
     assert time.monotonic() - start < 0.5  # not the exponential back-off's 1 s
 
@@ -87,7 +87,7 @@ def test_a_hard_limit_holds_with_32_threads_hammering_one_lm(monkeypatch):
     monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
     lm, engine = lm_with(every(5, Fault(RATE_LIMIT)), latency=0.002)
     budget = Budget(Ledger(), max_student_calls=150, max_teacher_calls=None)
-    student = metered(lm, budget, STUDENT)
+    student = metered(lm, budget, Role.STUDENT)
 
     def hammer(worker: int) -> None:
         for i in range(20):
@@ -103,7 +103,7 @@ def test_a_hard_limit_holds_with_32_threads_hammering_one_lm(monkeypatch):
         thread.start()
     for thread in threads:
         thread.join()
-    assert engine.received == budget.ledger.calls(STUDENT) == 150
+    assert engine.received == budget.ledger.calls(Role.STUDENT) == 150
     assert engine.max_in_flight > 1  # the threads really overlapped
 
 
@@ -111,13 +111,13 @@ def test_cache_hits_are_counted_apart_and_use_up_no_budget():
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
     lm, engine = lm_with()
     budget = Budget(Ledger(), max_student_calls=2, max_teacher_calls=None)
-    student = metered(lm, budget, STUDENT)
+    student = metered(lm, budget, Role.STUDENT)
     with phase("mistakes"):
         first, second, third = student("same prompt"), student("same prompt"), student("another prompt")
     assert first == second != third and engine.received == 2
     row = budget.ledger.rows()[0]
     assert (row.phase, row.calls, row.cache_hits) == ("mistakes", 2, 1)
-    assert budget.ledger.calls(STUDENT) == 2 and budget.ledger.cache_hits(STUDENT) == 1
+    assert budget.ledger.calls(Role.STUDENT) == 2 and budget.ledger.cache_hits(Role.STUDENT) == 1
 
 
 @pytest.mark.parametrize("threads", [1, 4])
@@ -125,7 +125,7 @@ def test_usage_reaches_the_callers_track_usage_from_any_thread(threads):
     lm, engine = lm_with()
     with dspy.track_usage() as tracker:
         budget = Budget(Ledger(), None, None, dspy.settings.usage_tracker)
-        student = metered(lm, budget, STUDENT)
+        student = metered(lm, budget, Role.STUDENT)
         runner = [threading.Thread(target=student, args=(f"prompt {i}",)) for i in range(threads)]
         for thread in runner:
             thread.start()
@@ -139,16 +139,16 @@ def test_ledger_survives_a_copy_and_prices_rows_from_a_price_table(monkeypatch):
     table = {"acme/big": (2e-6, 8e-6)}
     monkeypatch.setattr(ledger_module, "price", functools.partial(pricing.price, table=table))
     ledger = Ledger()
-    ledger.record(TEACHER, "induction", "acme/big", {"prompt_tokens": 1000, "completion_tokens": 100})
-    ledger.record(TEACHER, "induction", "acme/big", {"input_tokens": 500, "output_tokens": 50})
-    ledger.record(STUDENT, "mistakes", "acme/unknown", {"prompt_tokens": 10, "completion_tokens": 1})
+    ledger.record(Role.TEACHER, "induction", "acme/big", {"prompt_tokens": 1000, "completion_tokens": 100})
+    ledger.record(Role.TEACHER, "induction", "acme/big", {"input_tokens": 500, "output_tokens": 50})
+    ledger.record(Role.STUDENT, "mistakes", "acme/unknown", {"prompt_tokens": 10, "completion_tokens": 1})
     import copy
 
     for copied in (ledger, copy.deepcopy(ledger), Ledger.from_dict(ledger.to_dict())):
         costs = {row.model: row.cost for row in copied.rows()}
         assert costs["acme/big"] == pytest.approx(1500 * 2e-6 + 150 * 8e-6)
         assert costs["acme/unknown"] is None
-        assert copied.totals()[TEACHER]["calls"] == 2 and copied.totals()[STUDENT]["cost"] is None
+        assert copied.totals()[Role.TEACHER]["calls"] == 2 and copied.totals()[Role.STUDENT]["cost"] is None
 
 
 def test_price_uses_the_given_table_before_anything_else():
@@ -208,4 +208,4 @@ def test_a_closed_budget_sends_nothing_more_and_a_run_it_stops_is_not_recorded()
     assert "the run is over" in str(outcome.reason)
     assert engine.received == 0 and len(cache) == 0 and budget.ledger.calls() == 0
     with pytest.raises(RunClosedError):
-        budget.acquire(TEACHER)
+        budget.acquire(Role.TEACHER)

@@ -20,7 +20,8 @@ import pytest
 
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.persistence.fingerprint import fingerprint
-from dspy_concept_distill.persistence.journal import Journal
+from dspy_concept_distill.persistence.journal import Journal, Resumed
+from dspy_concept_distill.records import BatchReply, Outcome, Proposal, Step
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedWorld
 from dspy_concept_distill.testing.faults import FaultyEngine
 
@@ -208,6 +209,28 @@ def test_a_state_file_of_the_wrong_shape_is_ignored_with_a_warning(tmp_path, ref
 
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_reply_and_an_outcome_come_back_from_the_journal_as_the_records_they_were(tmp_path):
+    reply = BatchReply(round=1, batch=2, mistake_ids=["1-a", "1-b"], diagnoses=["d"], attempts=1,
+                       rules=[Proposal("plan", "Convert every quantity to one unit first.", (1, 2)),
+                              Proposal("", "Subtract what was given away.")])
+    outcome = Outcome(score=0.5, steps=[Step("plan", {"question": "Q?"}, {"plan": "add"})], calls=1)
+    journal = Journal(tmp_path, "state", "fp")
+    journal.open(Resumed())
+    journal.reply(reply)
+    journal.outcome(("variant", "example"), outcome)
+    journal.close()
+    _header, saved_reply, saved_outcome = _records(tmp_path / "state.jsonl")
+    # on disk, a proposal keeps the teacher's reply shape and a step its dict: journals of earlier versions read alike
+    assert saved_reply["rules"] == [{"predictor": "plan", "rule": "Convert every quantity to one unit first.",
+                                     "mistakes": [1, 2]},
+                                    {"predictor": "", "rule": "Subtract what was given away.", "mistakes": []}]
+    assert saved_outcome["outcome"]["steps"] == [{"predictor": "plan", "inputs": {"question": "Q?"},
+                                                  "outputs": {"plan": "add"}}]
+    resumed = Journal(tmp_path, "state", "fp").load()
+    assert resumed.replies == {(1, 2): reply}
+    assert [Outcome.from_dict(r["outcome"]) for r in resumed.outcomes] == [outcome]
 
 
 REPLY_DAMAGE = [("rules", "not a list of rules"), ("rules", ["a bare string, not a rule object"]), ("round", "zero")]

@@ -26,7 +26,7 @@ from dspy.utils import parallelizer
 
 from dspy_concept_distill.runtime import metering
 from dspy_concept_distill.runtime.ledger import Ledger
-from dspy_concept_distill.runtime.metering import STUDENT, Budget
+from dspy_concept_distill.runtime.metering import Budget, Role
 from dspy_concept_distill.testing.faults import RATE_LIMIT, Fault, FaultyEngine
 
 settings_module = importlib.import_module("dspy.dsp.utils.settings")
@@ -88,9 +88,9 @@ def test_the_wrapper_is_inert_outside_a_run_and_meters_inside_one(monkeypatch):
     assert not hasattr(vars(base_lm.BaseLM)["__call__"]._cd_dspy, "_cd_dspy")
     assert lm("outside") == ["hi"] and engine.received == 2  # DSPy's own retry
     budget = Budget(Ledger(), max_student_calls=10, max_teacher_calls=None)
-    with metering.metering(budget, STUDENT, "t") as meter:
+    with metering.metering(budget, Role.STUDENT, "t") as meter:
         assert lm("inside") == ["hi"]
-    assert engine.received == 4 and budget.ledger.calls(STUDENT) == 2 and meter.calls == 1  # retry booked too
+    assert engine.received == 4 and budget.ledger.calls(Role.STUDENT) == 2 and meter.calls == 1  # retry booked too
     assert lm.num_retries == 2 and len(lm.history) == 2  # the caller's LM unchanged, its history complete
 
 
@@ -100,9 +100,9 @@ def test_an_adapters_own_messages_call_stays_free_of_deprecation_warnings_when_m
     budget = Budget(Ledger(), None, None)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        with metering.metering(budget, STUDENT, "t"), dspy.context(lm=lm):
+        with metering.metering(budget, Role.STUDENT, "t"), dspy.context(lm=lm):
             assert dspy.Predict("question -> answer")(question="2+2?").answer == "4"
-    assert budget.ledger.calls(STUDENT) == 1
+    assert budget.ledger.calls(Role.STUDENT) == 1
 
 
 def test_dspy_context_reaches_the_workers_of_dspy_parallel():
@@ -110,6 +110,6 @@ def test_dspy_context_reaches_the_workers_of_dspy_parallel():
     lm = dspy.LM("faulty/x", engine=engine)
     budget = Budget(Ledger(), None, None)
     predict = dspy.Predict("question -> answer")
-    with metering.metering(budget, STUDENT, "t"), dspy.context(lm=lm):
+    with metering.metering(budget, Role.STUDENT, "t"), dspy.context(lm=lm):
         dspy.Parallel(num_threads=3, disable_progress_bar=True)([(predict, {"question": str(i)}) for i in range(6)])
-    assert engine.received == budget.ledger.calls(STUDENT) == 6
+    assert engine.received == budget.ledger.calls(Role.STUDENT) == 6

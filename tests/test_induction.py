@@ -9,14 +9,13 @@ from dspy_concept_distill.phases.dedupe import similar
 from dspy_concept_distill.phases.induction import TeacherBrief, ask_teacher, make_batches
 from dspy_concept_distill.phases.proposals import resolve_predictor, rules_from_replies
 from dspy_concept_distill.phases.rule_checks import LeakChecker, label_vocabulary
-from dspy_concept_distill.records import BatchReply, Mistake, Outcome
+from dspy_concept_distill.records import BatchReply, Mistake, Outcome, Proposal, Step
 from dspy_concept_distill.rules import (
-    ACCEPTED,
-    CANDIDATE,
     MAX_RULE_CHARS,
     MAX_RULES_CHARS_PER_PREDICTOR,
-    REJECTED,
     Rule,
+    RuleStatus,
+    record_verdicts,
 )
 
 
@@ -26,7 +25,15 @@ def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
 
 
 def reply(batch: int, *rules: dict) -> BatchReply:
-    return BatchReply(round=0, batch=batch, mistake_ids=[], rules=list(rules))
+    """A teacher reply proposing ``rules`` (each in the teacher's shape: ``{"predictor", "rule", "mistakes"}``)."""
+    return BatchReply(round=0, batch=batch, mistake_ids=[], rules=[Proposal.from_dict(r) for r in rules])
+
+
+def proposed_rules(*args, **kwargs) -> list[Rule]:
+    """``rules_from_replies`` with its verdicts written into the rules, as the optimizer does at the end of phase 2."""
+    rules, verdicts = rules_from_replies(*args, **kwargs)
+    record_verdicts(rules, verdicts)
+    return rules
 
 
 def test_paraphrases_are_near_duplicates_but_different_rules_are_not():
@@ -86,13 +93,13 @@ def test_rules_from_replies_validates_merges_and_links_sources():
                "rule": "Before combining quantities, always convert them all to the same unit.", "mistakes": [1]},
               {"predictor": "solve", "rule": "Convert every quantity to the same unit before combining them."}),
     ]
-    known = [Rule(text="Check the plan for missing steps.", predictor="plan", status=REJECTED)]
-    replies[1].rules.append({"predictor": "plan", "rule": "Check the plan for any missing steps."})
-    rules = rules_from_replies(replies, [batch0, batch1], predictor_names=["plan", "solve.predict"],
+    known = [Rule(text="Check the plan for missing steps.", predictor="plan", status=RuleStatus.REJECTED)]
+    replies[1].rules.append(Proposal("plan", "Check the plan for any missing steps."))
+    rules = proposed_rules(replies, [batch0, batch1], predictor_names=["plan", "solve.predict"],
                                leak_checker=LeakChecker([]), known_rules=known, round_index=0)
     by_text = {r.text: r for r in rules}
     kept = by_text["Convert every quantity to the same unit before combining them."]
-    assert kept.status == CANDIDATE and kept.predictor == "solve.predict"
+    assert kept.status == RuleStatus.CANDIDATE and kept.predictor == "solve.predict"
     assert set(kept.source_mistakes) == {"0-2", "0-3"}  # its own source plus the merged duplicate's
     assert kept.duplicates == ["Before combining quantities, always convert them all to the same unit."]
     assert "unknown predictor 'ghost'" in by_text["Do something."].reason
@@ -105,26 +112,27 @@ def test_rules_from_replies_validates_merges_and_links_sources():
 
 @pytest.mark.parametrize("proposal", [{"rule": ""}, {"predictor": "plan"}])
 def test_empty_proposals_are_ignored(proposal):
-    rules = rules_from_replies([reply(0, proposal)], [[mistake(1)]], predictor_names=["plan"],
+    rules = proposed_rules([reply(0, proposal)], [[mistake(1)]], predictor_names=["plan"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert rules == []
 
 
 def test_near_misses_from_earlier_rounds_get_one_more_measurement_on_fresh_evidence_only():
-    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p", status=REJECTED, gain=0.05,
-                     evaluated_on=20)
-    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=REJECTED, gain=-0.1,
-                 evaluated_on=20)
-    tried_twice = Rule(text="Subtract what was given away before answering.", predictor="p", status=REJECTED,
+    near_miss = Rule(text="Convert every quantity to the same unit first.", predictor="p",
+                     status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20)
+    loser = Rule(text="Round every final answer up to a whole number.", predictor="p", status=RuleStatus.REJECTED,
+                 gain=-0.1, evaluated_on=20)
+    tried_twice = Rule(text="Subtract what was given away before answering.", predictor="p", status=RuleStatus.REJECTED,
                        gain=0.02, evaluated_on=20, attempts=2)
-    stale = Rule(text="Write the final number without any units.", predictor="p", status=REJECTED, gain=0.05,
+    stale = Rule(text="Write the final number without any units.", predictor="p", status=RuleStatus.REJECTED, gain=0.05,
                  evaluated_on=20)  # raced against the rules in force now: the cache would answer the same
     known = [near_miss, loser, tried_twice, stale]
     proposals = [{"predictor": "p", "rule": r.text, "mistakes": [1]} for r in known]
-    rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
+    rules = proposed_rules([reply(0, *proposals)], [[mistake(1)]], predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=known, round_index=1,
                                fresh=lambda rule: rule is not stale)
-    assert [(r.status, r.attempts) for r in rules] == [(CANDIDATE, 2), (REJECTED, 1), (REJECTED, 1), (REJECTED, 1)]
+    assert [(r.status, r.attempts) for r in rules] == [(RuleStatus.CANDIDATE, 2), (RuleStatus.REJECTED, 1),
+                                                        (RuleStatus.REJECTED, 1), (RuleStatus.REJECTED, 1)]
     assert all("rejected in round 1" in r.reason for r in rules[1:])
 
 
@@ -164,7 +172,7 @@ def test_a_provider_that_refuses_the_capped_schema_gets_the_plain_one():
     dspy.configure(adapter=dspy.JSONAdapter())
     reply = ask(teacher, [mistake(1)], max_rules=2, retries=1)
     assert reply.error is None and reply.attempts == 2
-    assert reply.rules[0]["rule"] == "Convert all quantities to one unit first."
+    assert reply.rules[0].text == "Convert all quantities to one unit first."
     assert "maxItems" in engine.schemas[0] and "maxItems" not in engine.schemas[-1]
 
 
@@ -239,45 +247,46 @@ def test_multi_word_and_list_valued_golds():
 def test_rules_from_replies_accepts_a_rule_that_names_the_labels():
     batch = [mistake(1, gold="billing", field="label")]
     proposal = {"predictor": "predict", "rule": "If the ticket is about money, the label is billing."}
-    rules = rules_from_replies([reply(0, proposal)], [batch], predictor_names=["predict"],
+    rules = proposed_rules([reply(0, proposal)], [batch], predictor_names=["predict"],
                                leak_checker=LeakChecker(TRIAGE), known_rules=[], round_index=0)
-    assert [r.status for r in rules] == [CANDIDATE]
+    assert [r.status for r in rules] == [RuleStatus.CANDIDATE]
 
 
 # -- length caps -----------------------------------------------------------------------------------------------------
 
 def test_a_rule_with_a_huge_token_is_rejected_by_its_length_in_characters():
     text = "Always answer " + "x" * 10_000
-    rules = rules_from_replies([reply(0, {"predictor": "p", "rule": text})], [[mistake(1)]], predictor_names=["p"],
+    rules = proposed_rules([reply(0, {"predictor": "p", "rule": text})], [[mistake(1)]], predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     (rule,) = rules
-    assert rule.status == REJECTED
+    assert rule.status == RuleStatus.REJECTED
     assert f"at most {MAX_RULE_CHARS} characters" in rule.reason and "10,014" in rule.reason
     assert len(rule.text) <= MAX_RULE_CHARS + 1 and rule.text.endswith("…")
     at_cap = "Answer " + "y" * (MAX_RULE_CHARS - 17) + " in words."
     assert len(at_cap) == MAX_RULE_CHARS
-    ok = rules_from_replies([reply(0, {"predictor": "p", "rule": at_cap})], [[mistake(1)]], predictor_names=["p"],
+    ok = proposed_rules([reply(0, {"predictor": "p", "rule": at_cap})], [[mistake(1)]], predictor_names=["p"],
                             leak_checker=LeakChecker([]), known_rules=[], round_index=0)
-    assert ok[0].status == CANDIDATE
+    assert ok[0].status == RuleStatus.CANDIDATE
 
 
 def test_a_candidate_that_would_overflow_its_predictors_rule_text_is_rejected():
     filler = "Check that every quantity in the plan has a unit attached " + "q" * 300 + " before solving"
-    in_force = [Rule(text=f"{filler} {i}.", predictor="plan", status=ACCEPTED)
+    in_force = [Rule(text=f"{filler} {i}.", predictor="plan", status=RuleStatus.ACCEPTED)
                 for i in range(MAX_RULES_CHARS_PER_PREDICTOR // len(filler))]
-    rejected_earlier = Rule(text="r" * 390 + " never counts.", predictor="plan", status=REJECTED)
+    rejected_earlier = Rule(text="r" * 390 + " never counts.", predictor="plan", status=RuleStatus.REJECTED)
     room = MAX_RULES_CHARS_PER_PREDICTOR - sum(len(r.text) for r in in_force)
     text = "Name the unit of the final answer " + "u" * room + " always."
     fits = "Write the unit after the number in every answer."
     proposals = [{"predictor": "plan", "rule": text}, {"predictor": "solve", "rule": text},
                  {"predictor": "plan", "rule": fits}]
-    rules = rules_from_replies([reply(0, *proposals)], [[mistake(1)]], predictor_names=["plan", "solve"],
+    rules = proposed_rules([reply(0, *proposals)], [[mistake(1)]], predictor_names=["plan", "solve"],
                                leak_checker=LeakChecker([]), known_rules=[*in_force, rejected_earlier],
                                round_index=1)
     assert len(text) <= MAX_RULE_CHARS and len(fits) <= room < len(fits) + len(rejected_earlier.text)
-    assert rules[0].status == REJECTED
+    assert rules[0].status == RuleStatus.REJECTED
     assert f"MAX_RULES_CHARS_PER_PREDICTOR={MAX_RULES_CHARS_PER_PREDICTOR}" in rules[0].reason
-    assert [r.status for r in rules[1:]] == [CANDIDATE, CANDIDATE]  # other predictor; rejected rules take no room
+    # the other predictor's; rejected rules take no room
+    assert [r.status for r in rules[1:]] == [RuleStatus.CANDIDATE, RuleStatus.CANDIDATE]
 
 
 # -- garbage teacher text stays short --------------------------------------------------------------------------------
@@ -291,10 +300,10 @@ def test_garbage_predictor_names_and_quoted_text_are_clipped():
     proposals = [{"predictor": garbage, "rule": "Convert every quantity to the same unit."},
                  {"predictor": "plan", "rule": f"Never answer {long_gold} at all."},
                  {"predictor": "plan", "rule": f"Say {copied} always."}]
-    rules = rules_from_replies([reply(0, *proposals)], [batch], predictor_names=["plan", "solve"],
+    rules = proposed_rules([reply(0, *proposals)], [batch], predictor_names=["plan", "solve"],
                                leak_checker=LeakChecker(train), known_rules=[], round_index=0)
     unknown, leak, copy = rules
-    assert unknown.status == REJECTED and unknown.predictor == garbage[:60].strip() + "…"
+    assert unknown.status == RuleStatus.REJECTED and unknown.predictor == garbage[:60].strip() + "…"
     assert "unknown predictor" in unknown.reason and len(unknown.reason) < 160
     assert "gold answer" in leak.reason and len(leak.reason) < 200
     assert "consecutive words" in copy.reason and len(copy.reason) < 200
@@ -334,9 +343,9 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
     with caplog.at_level(logging.WARNING, logger="dspy_concept_distill.phases.induction"):
         result = ask(teacher, [mistake(1), mistake(2)], max_rules=2, retries=0)
     assert result.error is None and result.attempts == 1
-    assert [r["rule"] for r in result.rules] == [rules[0]["rule"], rules[1]["rule"]]
+    assert [r.text for r in result.rules] == [rules[0]["rule"], rules[1]["rule"]]
     assert result.diagnoses == ["a", "b"]
-    assert all(r["mistakes"] == [1, 2] for r in result.rules)
+    assert all(r.mistakes == (1, 2) for r in result.rules)
     assert "3 rules" in caplog.text and "dropped" in caplog.text
     if adapter == "json":
         assert '"maxItems": 2' in engine.schemas[0]  # the caps still reach the LM
@@ -345,14 +354,15 @@ def test_a_teacher_list_over_the_cap_is_truncated_not_discarded(adapter, caplog)
 def test_near_misses_not_proposed_again_get_one_more_measurement_in_the_next_round():
     from dspy_concept_distill.phases.proposals import near_misses_to_retry
 
-    near = Rule("Near miss rule text here.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0)
-    loser = Rule("Losing rule text here.", "p", status=REJECTED, gain=-0.1, evaluated_on=20, round=0)
-    flat = Rule("Flat rule text, no gain at all.", "p", status=REJECTED, gain=0.0, evaluated_on=20, round=0)
-    twice = Rule("Twice measured rule text.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0, attempts=2)
-    again = Rule("Proposed again rule text.", "p", status=REJECTED, gain=0.05, evaluated_on=20, round=0)
+    near = Rule("Near miss rule text here.", "p", status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20, round=0)
+    loser = Rule("Losing rule text here.", "p", status=RuleStatus.REJECTED, gain=-0.1, evaluated_on=20, round=0)
+    flat = Rule("Flat rule text, no gain at all.", "p", status=RuleStatus.REJECTED, gain=0.0, evaluated_on=20, round=0)
+    twice = Rule("Twice measured rule text.", "p", status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20, round=0,
+                 attempts=2)
+    again = Rule("Proposed again rule text.", "p", status=RuleStatus.REJECTED, gain=0.05, evaluated_on=20, round=0)
     proposed_now = [Rule("Proposed again rule text.", "p", round=1, attempts=2)]
     retries = near_misses_to_retry([near, loser, flat, twice, again], proposed_now, round_index=1)
-    assert [(r.text, r.status, r.round, r.attempts) for r in retries] == [(near.text, CANDIDATE, 1, 2)]
+    assert [(r.text, r.status, r.round, r.attempts) for r in retries] == [(near.text, RuleStatus.CANDIDATE, 1, 2)]
     assert near_misses_to_retry([near], [], round_index=0) == []  # only earlier rounds count
     assert near_misses_to_retry([near], [], round_index=1, fresh=lambda rule: False) == []  # no new evidence
 
@@ -361,7 +371,7 @@ def test_candidates_come_in_the_teachers_order_of_preference_then_support():
     first = {"predictor": "p", "rule": "Always state the units of the answer.", "mistakes": [1]}
     last = {"predictor": "p", "rule": "Re-read the question before you answer it.", "mistakes": [1, 2]}
     replies = [reply(0, last, first), reply(1, first, last), reply(2, first, last)]
-    rules = rules_from_replies(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
+    rules = proposed_rules(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert [r.text for r in rules] == [first["rule"], last["rule"]]  # mean position 1/3 before 2/3
 
@@ -381,9 +391,8 @@ def test_the_teacher_sees_only_fields_a_predictor_reads_or_writes_and_gold_only_
 
     fields = program_fields(PlanAndSolve())
     assert fields.reads == {"question", "plan"} and fields.writes == {"plan", "reasoning", "answer"}
-    steps = [{"predictor": "plan", "inputs": {"question": "Q?"}, "outputs": {"plan": "add"}},
-             {"predictor": "solve.predict", "inputs": {"question": "Q?", "plan": "add"},
-              "outputs": {"reasoning": "r", "answer": "5"}}]
+    steps = [Step("plan", {"question": "Q?"}, {"plan": "add"}),
+             Step("solve.predict", {"question": "Q?", "plan": "add"}, {"reasoning": "r", "answer": "5"})]
     found = Mistake(id="0-1", example_key="k1", inputs={"question": "Q?", "id": "ex-17"},
                     gold={"answer": "4", "plan": "subtract", "source": "gsm8k-train", "rationale": "RATIONALE-TEXT"},
                     outcome=Outcome(score=0.0, steps=steps))
@@ -399,11 +408,11 @@ def test_the_teacher_sees_only_fields_a_predictor_reads_or_writes_and_gold_only_
 
 def test_a_metric_failure_is_named_as_the_metrics_not_the_programs():
     from dspy_concept_distill.phases.induction import render_mistake
-    from dspy_concept_distill.records import METRIC_ERROR
+    from dspy_concept_distill.records import ErrorKind
 
     failed = Mistake(id="0-1", example_key="k1", inputs={"question": "Q?"}, gold={"answer": "4"},
                      outcome=Outcome(score=0.0, error="ValueError: metric returned None, which is not a number",
-                                     error_kind=METRIC_ERROR))
+                                     error_kind=ErrorKind.METRIC))
     shown = render_mistake(failed, 1)
     assert "The program raised" not in shown
     assert "The metric failed on this output (an error in the metric, not in the program): ValueError: metric " \

@@ -8,7 +8,14 @@ import pytest
 
 from dspy_concept_distill import ConceptDistillation, DistillationResult, RuleSet
 from dspy_concept_distill.phases.induction import render_mistake
-from dspy_concept_distill.testing import PLAIN, Concept, Distractor, SimulatedWorld
+from dspy_concept_distill.testing import (
+    PLAIN,
+    Concept,
+    Distractor,
+    SimulatedWorld,
+    assert_verified,
+    default_distractors,
+)
 
 
 class TwoStep(dspy.Module):
@@ -44,6 +51,13 @@ def setup(world: SimulatedWorld, n_train=20, n_val=20):
 def concepts_in(world: SimulatedWorld, texts) -> list[str]:
     """The concepts whose phrase some text holds (a rule or its paraphrase: later teacher batches are sampled)."""
     return sorted(c.name for c in world.concepts if any(c.phrase.lower() in t.lower() for t in texts))
+
+
+def worst_first() -> SimulatedWorld:
+    """A world whose teacher proposes a harmful and a tempting rule before the helpful ones, so verification races
+    rules it must reject first: a check of its verdicts then fails when the acceptance rule is broken (the
+    fallback to the starting instructions hides that from ``final_score >= baseline_score``)."""
+    return SimulatedWorld(distractors=default_distractors()[:2], distractors_first=True)
 
 
 def independent_score(program, valset, metric) -> float:
@@ -203,7 +217,8 @@ def test_feedback_reaches_the_teacher_prompt(world):
 
 
 def test_unparseable_teacher_reply_is_retried_then_skipped_without_crashing(caplog):
-    world = SimulatedWorld(bad_teacher_calls=[0, 1, 2, 3])  # batch 0: both attempts (and their JSON fallbacks) fail
+    world = worst_first()
+    world.bad_teacher_calls = {0, 1, 2, 3}  # batch 0: both attempts (and their JSON fallbacks) fail
     train, val, _, teacher = setup(world)
     with caplog.at_level(logging.WARNING, logger="dspy_concept_distill"):
         optimized = ConceptDistillation(metric=world.metric, teacher_lm=teacher, teacher_retries=1,
@@ -214,18 +229,21 @@ def test_unparseable_teacher_reply_is_retried_then_skipped_without_crashing(capl
     assert all(r.error is None for r in result.replies[1:])
     skipped = [r.getMessage() for r in caplog.records if "a batch of mistakes was skipped" in r.getMessage()]
     assert skipped == ["round 1: a batch of mistakes was skipped: no usable teacher reply after 2 attempt(s)"]
-    assert result.final_score >= result.baseline_score
     assert result.accepted_rules  # later batches still produced helpful rules
+    assert_verified(result)
+    assert len(result.ruleset) and result.final_score > result.baseline_score
 
 
-def test_student_budget_is_a_hard_limit_and_keeps_verified_work(world):
+def test_student_budget_is_a_hard_limit_and_keeps_verified_work():
+    world = worst_first()
     train, val, student, teacher = setup(world)
     optimized = ConceptDistillation(metric=world.metric, teacher_lm=teacher, max_student_calls=75).compile(
         dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
     result = optimized.distillation
     assert student.engine.calls <= 75
     assert "budget" in result.stopped
-    assert result.final_score >= result.baseline_score
+    assert_verified(result)  # what was decided before the budget ran out stands: the harmful rules were rejected
+    assert [r.status for r in result.rules if r.reason.startswith("dropped in the race")] == ["rejected"] * 2
     assert any("not verified" in r.reason for r in result.rejected_rules)
     assert independent_score(optimized, val, world.metric) == pytest.approx(result.final_score)
 
@@ -372,7 +390,8 @@ def test_compile_never_prints(world, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_student_lm_failure_keeps_finished_work_and_resumes_from_checkpoint(world, tmp_path):
+def test_student_lm_failure_keeps_finished_work_and_resumes_from_checkpoint(tmp_path):
+    world = worst_first()
     train, val, student, teacher = setup(world)
     original = student.engine.complete
     budget = {"left": 70}
@@ -386,10 +405,12 @@ def test_student_lm_failure_keeps_finished_work_and_resumes_from_checkpoint(worl
 
     student.engine.complete = flaky
     student.num_retries = 0
-    opt = ConceptDistillation(metric=world.metric, teacher_lm=teacher, checkpoint_dir=str(tmp_path))
+    runs = 160  # room for the two rules to reject and the three to accept
+    opt = ConceptDistillation(metric=world.metric, teacher_lm=teacher, checkpoint_dir=str(tmp_path),
+                              max_metric_calls=runs)
     first = opt.compile(dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
     assert "student LM failed" in first.distillation.stopped
-    assert first.distillation.final_score >= first.distillation.baseline_score
+    assert_verified(first.distillation)
     calls_before = student.engine.calls
     student.engine.complete = original
     second = opt.compile(dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
@@ -398,7 +419,7 @@ def test_student_lm_failure_keeps_finished_work_and_resumes_from_checkpoint(worl
     # finished runs were not paid for again: both halves together cost what one uninterrupted compile costs
     fresh_student = world.student_lm()
     dspy.configure(lm=fresh_student)
-    ConceptDistillation(metric=world.metric, teacher_lm=world.teacher_lm()).compile(
+    ConceptDistillation(metric=world.metric, teacher_lm=world.teacher_lm(), max_metric_calls=runs).compile(
         dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
     assert student.engine.calls == fresh_student.engine.calls
     assert (tmp_path / "compile_state.jsonl").exists()

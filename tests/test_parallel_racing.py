@@ -50,8 +50,8 @@ class SlowStudent(SimulatedStudentEngine):
 
 def _compile(task: SimulatedTask, threads: int, **kwargs):
     engine = SlowStudent(task.world, latency=0.004)
-    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(), auto="medium",
-                                    screen_size=0, num_threads=threads, seed=0, **kwargs)
+    optimizer = ConceptDistillation(metric=task.world.metric, teacher_lm=task.world.teacher_lm(),
+                                    **{"auto": "medium", **kwargs}, screen_size=0, num_threads=threads, seed=0)
     with dspy.context(lm=dspy.LM("simulated/student", engine=engine, cache=False)):
         result = optimizer.compile(dspy.ChainOfThought("question -> answer: float"), trainset=task.trainset,
                                    valset=task.valset).distillation
@@ -222,6 +222,30 @@ def test_the_next_rounds_trainset_runs_ahead_only_with_the_rules_in_force_at_the
     assert all(sorted(rules) == sorted(end_of_round_1) for rules in run_ahead)  # never a wrong guess
     paid = [r.usage.calls("student", "mistakes") for r in (one, result)]
     assert paid[0] == paid[1] == 2 * len(task.trainset)  # every run-ahead request was used by round 2
+
+
+def test_the_next_rounds_trainset_runs_started_during_verification_are_booked_as_phase_1s(monkeypatch):
+    """The racer runs the next round's trainset ahead on spare threads; the ledger books those runs under phase 1
+    ("mistakes"), whose work they are, not under verification, which scheduled them."""
+    task = SimulatedTask.create(30, 30, seed=2, flip_rate=0.1)  # round 1 ends with a leader and no rival left
+    trainset = {id(ex) for ex in task.trainset}
+    ahead: list[dspy.Example] = []
+    started = racing.Racer._ahead
+
+    def spy(self, ruleset, example, phase):
+        submitted = started(self, ruleset, example, phase)
+        if submitted and id(example) in trainset:
+            ahead.append(example)
+        return submitted
+
+    monkeypatch.setattr(racing.Racer, "_ahead", spy)
+    one, decisions, _ = _compile(task, 1, auto="heavy")
+    assert ahead == []  # at one thread nothing runs ahead
+    many, same_decisions, _ = _compile(task, 16, auto="heavy")
+    assert same_decisions == decisions
+    assert len(ahead) >= len(task.trainset) // 2  # much of round 2's trainset ran during round 1's verification
+    # booked as phase 1's, as at one thread: two trainset passes of one LM call per run
+    assert many.usage.calls("student", "mistakes") == one.usage.calls("student", "mistakes") == 2 * len(task.trainset)
 
 
 def test_nothing_runs_ahead_into_a_round_that_will_not_come(noisy_task, run_ahead):

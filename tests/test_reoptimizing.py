@@ -9,7 +9,7 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.rules import ACCEPTED, REJECTED, RULES_HEADER
+from dspy_concept_distill.rules import RULES_HEADER, RuleStatus
 from dspy_concept_distill.testing import PLAIN, SimulatedWorld
 
 
@@ -51,7 +51,8 @@ def test_compiling_an_optimized_program_keeps_one_list_and_lists_every_rule_in_f
     for rule in result.ruleset:  # each one inherited, with its provenance, and re-checked on the new valset
         assert rule.inherited["source"] == "an earlier compile (program.distillation)"
         assert rule.inherited["earlier"]["gain"] == earlier[rule.text].gain
-        assert rule.status == ACCEPTED and rule.evaluated_on == len(val) and "raised the valset score" in rule.reason
+        assert rule.status == RuleStatus.ACCEPTED and rule.evaluated_on == len(val)
+        assert "raised the valset score" in rule.reason
     assert result.inherited_rules == list(result.ruleset)
     assert result.baseline_score < result.final_score == pytest.approx(1.0)
     assert teacher.engine.calls == calls  # no mistakes left: the teacher was not asked again
@@ -72,10 +73,10 @@ def test_a_rule_that_stopped_helping_goes_away_and_new_rules_join_the_same_list(
     assert listed(second) == [groups, leftover]
     by_text = {r.text: r for r in result.rules}
     dropped = by_text[units]
-    assert dropped.inherited is not None and dropped.status == REJECTED
+    assert dropped.inherited is not None and dropped.status == RuleStatus.REJECTED
     assert dropped.evaluated_on > 0 and dropped.gain == pytest.approx(0.0) and dropped.reason  # measured, with why
-    assert by_text[groups].inherited is not None and by_text[groups].status == ACCEPTED
-    assert by_text[leftover].inherited is None and by_text[leftover].status == ACCEPTED
+    assert by_text[groups].inherited is not None and by_text[groups].status == RuleStatus.ACCEPTED
+    assert by_text[leftover].inherited is None and by_text[leftover].status == RuleStatus.ACCEPTED
     assert [r.text for r in result.ruleset] == [groups, leftover]
 
 

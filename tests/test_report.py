@@ -13,9 +13,9 @@ import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation, RuleSet
-from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSummary
+from dspy_concept_distill.records import BatchReply, Mistake, Outcome, RoundSummary, Step, TrajectoryStep
 from dspy_concept_distill.reporting.result import DistillationResult
-from dspy_concept_distill.rules import ACCEPTED, REJECTED, Rule
+from dspy_concept_distill.rules import Rule, RuleStatus
 from dspy_concept_distill.runtime.ledger import Ledger
 from dspy_concept_distill.testing import SimulatedWorld
 from dspy_concept_distill.tracking import summary_metrics
@@ -26,7 +26,7 @@ GARBAGE_DIAGNOSIS = "garbage " * 200
 
 
 def _mistake(mistake_id: str, question: str, gold: int, answer: str, round_: int = 0) -> Mistake:
-    steps = [{"predictor": "solve", "inputs": {"question": question}, "outputs": {"answer": answer}}]
+    steps = [Step("solve", {"question": question}, {"answer": answer})]
     return Mistake(id=mistake_id, example_key=mistake_id, inputs={"question": question}, gold={"answer": gold},
                    outcome=Outcome(score=0.0, steps=steps), round=round_)
 
@@ -44,17 +44,17 @@ def make_result(**overrides) -> DistillationResult:
     """Two kept rules (the second ignored by the student and worth nothing once the first is in), a rule with a
     500-character garbage predictor name and markup in its text, and a rule that lost on the valset."""
     units = Rule("Convert every quantity to one unit first.", "solve", source_mistakes=["0-a", "0-b"],
-                 status=ACCEPTED, reason="raised the valset score by +0.200 over the 0 rule(s) in force", gain=0.2,
-                 evaluated_on=20, round=0, batch=0, gain_ci=[0.05, 0.35], ablation_gain=0.15,
+                 status=RuleStatus.ACCEPTED, reason="raised the valset score by +0.200 over the 0 rule(s) in force",
+                 gain=0.2, evaluated_on=20, round=0, batch=0, gain_ci=[0.05, 0.35], ablation_gain=0.15,
                  adherence={"where": "source mistakes", "examples": 2, "changed": 2, "fixed": 2, "ignored": False})
     leftover = Rule("Subtract what was given away before answering.", "solve", source_mistakes=["1-c"],
-                    status=ACCEPTED, reason="raised the valset score by +0.100 over the 1 rule(s) in force",
+                    status=RuleStatus.ACCEPTED, reason="raised the valset score by +0.100 over the 1 rule(s) in force",
                     gain=0.1, evaluated_on=20, round=1, batch=0, gain_ci=[-0.02, 0.22], ablation_gain=0.0,
                     adherence={"where": "source mistakes", "examples": 1, "changed": 0, "fixed": 0, "ignored": True})
     garbage = Rule("Think <script>alert(1)</script> harder about it.", GARBAGE_PREDICTOR, source_mistakes=["1-c"],
-                   status=REJECTED, round=1, batch=0,
+                   status=RuleStatus.REJECTED, round=1, batch=0,
                    reason=f"targets unknown predictor {GARBAGE_PREDICTOR!r}; the program has ['solve']")
-    words = Rule("Answer in words, never digits.", "solve", source_mistakes=["0-a"], status=REJECTED,
+    words = Rule("Answer in words, never digits.", "solve", source_mistakes=["0-a"], status=RuleStatus.REJECTED,
                  reason="gain -0.050 on the valset is below min_gain 0.05", gain=-0.05, evaluated_on=20, round=0,
                  batch=0)
     fields = dict(
@@ -70,11 +70,9 @@ def make_result(**overrides) -> DistillationResult:
         trainset_size=20, valset_size=20, min_gain=0.05,
         budgets={"student_calls": 100, "teacher_calls": 10, "tokens": None, "cost_usd": 1.0},
         cost_estimate={"low": 0.001, "high": 0.01},
-        trajectory=[{"rules": 0, "rule_id": None, "text": None, "score": 0.5, "gain": None, "ci": None},
-                    {"rules": 1, "rule_id": units.id, "text": units.text, "score": 0.7, "gain": 0.2,
-                     "ci": [0.05, 0.35]},
-                    {"rules": 2, "rule_id": leftover.id, "text": leftover.text, "score": 0.8, "gain": 0.1,
-                     "ci": [-0.02, 0.22]}],
+        trajectory=[TrajectoryStep(0, 0.5),
+                    TrajectoryStep(1, 0.7, units.id, units.text, 0.2, (0.05, 0.35)),
+                    TrajectoryStep(2, 0.8, leftover.id, leftover.text, 0.1, (-0.02, 0.22))],
     )
     fields.update(overrides)
     return DistillationResult(**fields)
@@ -152,8 +150,7 @@ def test_plot_draws_every_step_with_its_gain_and_confidence_interval():
 
 
 def test_plot_stops_a_whisker_at_the_top_of_a_0_1_score():
-    trajectory = [{"rules": 0, "score": 0.9, "ci": None}, {"rules": 1, "text": "r", "score": 1.0, "gain": 0.1,
-                                                          "ci": [0.02, 0.3]}]
+    trajectory = [TrajectoryStep(0, 0.9), TrajectoryStep(1, 1.0, text="r", gain=0.1, ci=(0.02, 0.3))]
     svg = _svg(make_result(trajectory=trajectory).to_html())
     top = float(next(c for c in svg.iter("circle") if c.get("cy")).get("cy"))
     cy = [float(c.get("cy")) for c in svg.iter("circle")]
@@ -163,7 +160,7 @@ def test_plot_stops_a_whisker_at_the_top_of_a_0_1_score():
 
 
 def test_plot_tick_labels_sit_where_their_values_are():
-    trajectory = [{"rules": 0, "score": 0.25, "ci": None}, {"rules": 1, "text": "r", "score": 0.26, "gain": 0.01}]
+    trajectory = [TrajectoryStep(0, 0.25), TrajectoryStep(1, 0.26, text="r", gain=0.01)]
     svg = _svg(make_result(trajectory=trajectory).to_html())
     ticks = [(float(t.text), float(t.get("y"))) for t in svg.iter("text")
              if t.get("class") == "tick" and re.fullmatch(r"-?[0-9.]+", t.text or "")]
@@ -175,8 +172,7 @@ def test_plot_tick_labels_sit_where_their_values_are():
 
 def test_no_plot_when_no_rule_was_kept():
     result = make_result(ruleset=RuleSet(), final_score=0.5,
-                         trajectory=[{"rules": 0, "rule_id": None, "text": None, "score": 0.5, "gain": None,
-                                      "ci": None}])
+                         trajectory=[TrajectoryStep(0, 0.5)])
     page = result.to_html()
     assert "<svg" not in page and "No rule was kept: the valset score stayed at the baseline, 0.500" in page
 
@@ -262,11 +258,11 @@ def test_summary_says_why_nothing_was_learned():
     assert "nothing learned: the teacher gave no usable reply (2 of 2 batches failed" in text
     assert "z" * 200 not in text and "the run stopped: teacher call budget" in text
 
-    rejected = [Rule(f"Rule number {w} for the task.", "solve", status=REJECTED, round=0,
+    rejected = [Rule(f"Rule number {w} for the task.", "solve", status=RuleStatus.REJECTED, round=0,
                      reason=f"gain {-g:+.3f} on the valset is below min_gain 0.05")
                 for w, g in (("one", 0.05), ("two", 0.1), ("three", 0.0))]
-    rejected.append(Rule("Rule four for the task.", "solve", status=REJECTED, reason="near-duplicate of candidate "
-                         f"{rejected[0].id}, merged into it"))
+    rejected.append(Rule("Rule four for the task.", "solve", status=RuleStatus.REJECTED,
+                         reason=f"near-duplicate of candidate {rejected[0].id}, merged into it"))
     all_rejected = make_result(ruleset=RuleSet(), rules=rejected, final_score=0.5)
     assert ("every one of the 4 candidate rules was rejected; most often (3 of 4): gain -0.050 on the valset is "
             "below min_gain 0.05") in all_rejected.summary()
@@ -317,7 +313,7 @@ def _reproposed() -> DistillationResult:
     a later record with the same id, which must not take the kept record's place."""
     result = make_result()
     units = result.ruleset.rules[0]
-    again = Rule(units.text, units.predictor, source_mistakes=["1-c"], status=REJECTED, round=1, batch=0,
+    again = Rule(units.text, units.predictor, source_mistakes=["1-c"], status=RuleStatus.REJECTED, round=1, batch=0,
                  reason=f"near-duplicate of rule {units.id} (in force)")
     return make_result(rules=[*result.rules, again])
 
@@ -333,7 +329,7 @@ def test_a_kept_rule_proposed_again_later_keeps_its_accepted_record_everywhere()
     assert units.id not in {r.id for r in result.rejected_rules}
     frame = result.report()
     rows = frame[frame["id"] == units.id]
-    assert len(rows) == 1 and rows.iloc[0]["status"] == ACCEPTED and bool(rows.iloc[0]["kept"])
+    assert len(rows) == 1 and rows.iloc[0]["status"] == RuleStatus.ACCEPTED and bool(rows.iloc[0]["kept"])
     assert rows.iloc[0]["gain"] == pytest.approx(0.2)
     rows = _table_rows(result.to_html())
     assert len(rows) == len(make_result().rules)  # one row per rule: the later proposal adds none
@@ -352,4 +348,4 @@ def test_a_medium_run_keeps_the_accepted_records_of_its_kept_rules():
     frame = result.report()
     for rule in result.ruleset:
         row = frame[frame["id"] == rule.id]
-        assert len(row) == 1 and row.iloc[0]["status"] == ACCEPTED and bool(row.iloc[0]["kept"])
+        assert len(row) == 1 and row.iloc[0]["status"] == RuleStatus.ACCEPTED and bool(row.iloc[0]["kept"])

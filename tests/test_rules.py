@@ -5,10 +5,13 @@ import pytest
 
 from dspy_concept_distill import Rule, RuleSet
 from dspy_concept_distill.rules import (
-    ACCEPTED,
     MAX_RULES_CHARS_PER_PREDICTOR,
     RULES_HEADER,
+    Adherence,
+    RuleStatus,
+    RuleVerdict,
     fits_predictor_budget,
+    record_verdicts,
     render_instructions,
 )
 
@@ -21,6 +24,27 @@ class TwoStep(dspy.Module):
 
     def forward(self, question):
         return self.solve(question=question, plan=self.plan(question=question).plan)
+
+
+def test_a_verdict_is_written_into_the_rule_of_its_id_and_round_and_leaves_what_it_did_not_find():
+    first = Rule("Convert every quantity to one unit first.", "p", round=0)
+    again = Rule(first.text, "p", round=1)  # the same rule proposed again: another record
+    seen = Adherence("valset failures", 4, 3, 2, ignored=False)
+    record_verdicts([first, again], [
+        RuleVerdict.accept(again, gain=0.2, evaluated_on=20, reason="raised it", gain_ci=(0.1, 0.3), adherence=seen),
+        RuleVerdict.reject(first, "lost", gain=-0.1, evaluated_on=10),
+        RuleVerdict(first.id, first.round, ablation_gain=0.05)])
+    assert (again.status, again.gain, again.evaluated_on, again.reason) == (RuleStatus.ACCEPTED, 0.2, 20, "raised it")
+    assert again.gain_ci == [0.1, 0.3] and again.adherence == seen and again.ablation_gain is None
+    assert (first.status, first.gain, first.evaluated_on, first.reason) == (RuleStatus.REJECTED, -0.1, 10, "lost")
+    assert first.ablation_gain == 0.05  # an ablation verdict leaves the status and reason as they were
+    record_verdicts([first], [RuleVerdict.reject(first, "not verified: stopped")])
+    assert (first.gain, first.evaluated_on) == (-0.1, 10)
+    with pytest.raises(KeyError):
+        record_verdicts([first], [RuleVerdict(first.id, 2, reason="no such record")])
+    assert Rule.from_dict(again.to_dict()) == again  # the adherence record reads back from its JSON object
+    assert again.to_dict()["adherence"] == {"where": "valset failures", "examples": 4, "changed": 3, "fixed": 2,
+                                            "ignored": False}
 
 
 def test_rule_text_is_normalized_to_one_line_without_list_marker():
@@ -63,7 +87,7 @@ def test_apply_refuses_rules_for_predictors_the_program_lacks():
 
 
 def test_json_round_trip_keeps_every_field(tmp_path):
-    rule = Rule(text="Convert units.", predictor="plan", source_mistakes=["0-ab"], status=ACCEPTED, gain=0.1,
+    rule = Rule(text="Convert units.", predictor="plan", source_mistakes=["0-ab"], status=RuleStatus.ACCEPTED, gain=0.1,
                 evaluated_on=20, reason="ok", duplicates=["Convert all units."])
     path = tmp_path / "rules.json"
     RuleSet([rule]).to_json(path)
@@ -111,7 +135,7 @@ def test_ruleset_is_a_value_and_drops_exact_repeats():
 
 def test_fits_predictor_budget_counts_only_the_rules_of_the_same_predictor():
     long_text = "Check every step of the plan. " + "z" * 350
-    in_force = [Rule(text=f"{long_text} {i}", predictor="plan", status=ACCEPTED) for i in range(5)]
+    in_force = [Rule(text=f"{long_text} {i}", predictor="plan", status=RuleStatus.ACCEPTED) for i in range(5)]
     used = sum(len(r.text) for r in in_force)
     assert used <= MAX_RULES_CHARS_PER_PREDICTOR
     small = Rule(text="Keep it short.", predictor="plan")

@@ -17,7 +17,7 @@ import pytest
 from benchmarks import cli
 from benchmarks.harness.simulated import speculation, speed
 from dspy_concept_distill import ConceptDistillation
-from dspy_concept_distill.records import ErrorKind, Outcome
+from dspy_concept_distill.records import ErrorKind, Outcome, Step
 from dspy_concept_distill.rules import RuleSet
 from dspy_concept_distill.runtime import evaluator as evaluation
 from dspy_concept_distill.runtime.evaluator import EvalCache, Evaluator, example_key
@@ -156,16 +156,14 @@ def make_evaluator(world: SimulatedWorld) -> tuple[Evaluator, SimulatedStudentEn
 
 
 def test_outcome_to_dict_is_asdict_and_shares_no_container():
-    outcome = Outcome(score=0.5, feedback="f", steps=[{"predictor": "p", "inputs": {"q": "x", "l": [1, {"a": None}]},
-                                                       "outputs": {"answer": 4.0}}],
+    outcome = Outcome(score=0.5, feedback="f", steps=[Step("p", {"q": "x", "l": [1, {"a": None}]}, {"answer": 4.0})],
                       error="e", error_kind=ErrorKind.PARSE, raw_text="r", failed_predictor="p", calls=2)
     data = outcome.to_dict()
     assert data == asdict(outcome) and list(data) == list(asdict(outcome))
     assert data["error_kind"] is ErrorKind.PARSE
     data["steps"][0]["inputs"]["l"][1]["a"] = "changed"
     data["steps"].append({})
-    assert outcome.steps == [{"predictor": "p", "inputs": {"q": "x", "l": [1, {"a": None}]},
-                              "outputs": {"answer": 4.0}}]
+    assert outcome.steps == [Step("p", {"q": "x", "l": [1, {"a": None}]}, {"answer": 4.0})]
     assert Outcome.from_dict(outcome.to_dict()) == outcome
 
 

@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,7 @@ class Journal:
         """Journal a teacher reply, a failed one too (a resume would get the same unusable reply), unless the
         teacher LM itself failed (``transient``): that batch is asked again on resume."""
         if not reply.transient:
-            self._write({"type": "reply", **asdict(reply)}, sync=True)
+            self._write({"type": "reply", **reply.to_dict()}, sync=True)
 
     def sync(self) -> None:
         with self._lock:
@@ -203,11 +203,7 @@ def checked_outcome(data: Any) -> Outcome:
         raise ValueError(f"an outcome needs a finite score, got {outcome.score!r}")
     for name in ("feedback", "error", "raw_text", "failed_predictor"):
         _check_str(getattr(outcome, name), name, optional=True)
-    _check_int(outcome.calls, "calls")
-    if not isinstance(outcome.steps, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("predictor"), str) and isinstance(s.get("inputs"), dict)
-            and isinstance(s.get("outputs"), dict) for s in outcome.steps):
-        raise ValueError("steps must be a list of {predictor, inputs, outputs} objects")
+    _check_int(outcome.calls, "calls")  # the steps' shape is checked by Outcome.from_dict
     if outcome.error_kind is not None and not isinstance(outcome.error_kind, ErrorKind):
         raise ValueError(f"unknown error kind {outcome.error_kind!r}")
     return outcome
@@ -215,7 +211,17 @@ def checked_outcome(data: Any) -> Outcome:
 
 def checked_reply(data: dict[str, Any]) -> BatchReply:
     """A ``BatchReply`` from saved data, every field of the type the code relies on (else ``ValueError``)."""
-    reply = BatchReply(**data)
+    rules = data.get("rules", [])
+    if not isinstance(rules, list):
+        raise ValueError("rules must be a list")
+    for rule in rules:
+        if not isinstance(rule, dict) or not isinstance(rule.get("rule", ""), str):
+            raise ValueError("each rule must be an object with a text 'rule'")
+        _check_str(rule.get("predictor"), "predictor", optional=True)
+        mistakes = rule.get("mistakes", [])
+        if mistakes is not None and not isinstance(mistakes, list):
+            raise ValueError("a rule's mistakes must be a list")
+    reply = BatchReply.from_dict(data)
     for name in ("round", "batch", "attempts"):
         _check_int(getattr(reply, name), name)
     if not isinstance(reply.transient, bool):
@@ -225,15 +231,6 @@ def checked_reply(data: dict[str, Any]) -> BatchReply:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError(f"{name} must be a list of strings")
     _check_str(reply.error, "error", optional=True)
-    if not isinstance(reply.rules, list):
-        raise ValueError("rules must be a list")
-    for rule in reply.rules:
-        if not isinstance(rule, dict) or not isinstance(rule.get("rule", ""), str):
-            raise ValueError("each rule must be an object with a text 'rule'")
-        _check_str(rule.get("predictor"), "predictor", optional=True)
-        mistakes = rule.get("mistakes", [])
-        if mistakes is not None and not isinstance(mistakes, list):
-            raise ValueError("a rule's mistakes must be a list")
     return reply
 
 

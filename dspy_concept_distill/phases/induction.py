@@ -1,8 +1,8 @@
 """Phase 2: the teacher explains batches of mistakes and writes candidate rules.
 
 Teacher calls are DSPy Signatures with typed outputs, run under ``dspy.context(lm=teacher_lm)``. Replies that
-do not parse are retried with a fresh rollout, then skipped with a warning. Proposed rules are cleaned up here:
-unknown predictors are resolved or rejected, rules that leak training data are rejected, near-duplicates merged.
+do not parse are retried with a fresh rollout, then skipped with a warning. Each reply's rules come back as
+``Proposal`` records; ``proposals`` turns them into candidate rules.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import dspy
 import pydantic
 from dspy.utils.exceptions import LMInvalidRequestError, LMUnsupportedFeatureError
 
-from ..records import BatchReply, ErrorKind, Mistake
-from ..rules import (
-    Rule,
-)
+from ..records import BatchReply, ErrorKind, Mistake, Proposal
+from ..rules import Rule
 from ..runtime.evaluator import is_lm_infrastructure_error
 from ..runtime.executor import Executor, StopRequestedError
 from ..runtime.logs import folded_warnings, one_line, warn_folded
-from ..runtime.metering import TEACHER, Budget, BudgetExhaustedError, metering
+from ..runtime.metering import Budget, BudgetExhaustedError, Role, metering
 from ..text import clip_text
 
 logger = logging.getLogger(__name__)
@@ -172,9 +170,9 @@ def render_mistake(mistake: Mistake, number: int, fields: ProgramFields | None =
     lines += [f"  {k}: {_clip(v)}" for k, v in gold.items()] or ["  (none given)"]
     lines.append("What the student did:")
     for step in mistake.steps:
-        lines.append(f"  [{step['predictor']}]")
-        lines += [f"    input {k}: {_clip(v)}" for k, v in step["inputs"].items() if inputs.get(k) != v]
-        lines += [f"    {k}: {_clip(v)}" for k, v in step["outputs"].items()]
+        lines.append(f"  [{step.predictor}]")
+        lines += [f"    input {k}: {_clip(v)}" for k, v in step.inputs.items() if inputs.get(k) != v]
+        lines += [f"    {k}: {_clip(v)}" for k, v in step.outputs.items()]
     if mistake.error_kind == ErrorKind.PARSE:
         where = f" of predictor `{mistake.failed_predictor}`" if mistake.failed_predictor else ""
         lines.append(f"  The reply{where} could not be parsed into the output fields. "
@@ -254,7 +252,7 @@ def ask_teacher(
                               max_rules=brief.max_rules)
             analysis = out.analysis
             reply.diagnoses = [clip_text(d, MAX_DIAGNOSIS_CHARS) for d in (analysis.diagnoses or [])]
-            reply.rules = [_as_dict(r) for r in (analysis.rules or [])]
+            reply.rules = [_proposal(r) for r in (analysis.rules or [])]
             reply.error = None
             return reply
         except (BudgetExhaustedError, StopRequestedError):
@@ -281,15 +279,14 @@ def ask_teacher(
 
 
 def _metered(budget: Budget | None) -> Any:
-    return contextlib.nullcontext() if budget is None else metering(budget, TEACHER, "induction")
+    return contextlib.nullcontext() if budget is None else metering(budget, Role.TEACHER, "induction")
 
 
-def _as_dict(item: Any) -> dict[str, Any]:
+def _proposal(item: Any) -> Proposal:
+    """A rule of the teacher's reply as a record (a ``ProposedRule`` model; a dict or text, leniently)."""
     if isinstance(item, pydantic.BaseModel):
-        return item.model_dump()
-    if isinstance(item, dict):
-        return dict(item)
-    return {"rule": str(item)}
+        item = item.model_dump()
+    return Proposal.from_dict(item if isinstance(item, dict) else {"rule": str(item)})
 
 
 def induce(

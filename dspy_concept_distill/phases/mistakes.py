@@ -8,13 +8,12 @@ from collections.abc import Callable, Sequence
 import dspy
 
 from ..errors import MetricFailedError, ProgramFailedError
-from ..records import ErrorKind, Mistake, Outcome
+from ..records import ErrorKind, Mistake, MistakesFound, Outcome
 from ..rules import RuleSet
 from ..runtime.evaluator import Evaluator, example_key
 from ..runtime.metric import metric_max
 
 logger = logging.getLogger(__name__)
-
 
 
 def is_mistake(outcome: Outcome, threshold: float) -> bool:
@@ -29,8 +28,8 @@ def collect_mistakes(
     threshold: float | None,
     round_index: int,
     on_usable: Callable[[], None] | None = None,
-) -> tuple[list[Mistake], list[Outcome], float]:
-    """Run the current variant on the trainset; return (mistakes, outcomes, threshold used).
+) -> MistakesFound:
+    """Run the current variant on the trainset; return its mistakes, every outcome and the threshold used.
 
     With no explicit ``threshold`` a mistake is a score below the metric's maximum, taken as 1.0 or the largest
     score seen if that is larger. ``on_usable`` is called as soon as the run cannot fail fast any more.
@@ -45,13 +44,8 @@ def collect_mistakes(
         for ex, outcome in zip(trainset, outcomes, strict=True)
         if is_mistake(outcome, threshold) and (key := example_key(ex))
     ]
-    _fail_fast(outcomes)
-    return mistakes, outcomes, threshold
-
-
-def _fail_fast(outcomes: Sequence[Outcome]) -> None:
-    """Stop before any teacher spend when nothing can be learned: the metric or the program fails every time."""
-    fail_if_all_failed(outcomes, "training example")
+    fail_if_all_failed(outcomes, "training example")  # nothing to learn: stop before any teacher spend
+    return MistakesFound(mistakes, outcomes, threshold)
 
 
 def fail_if_all_failed(outcomes: Sequence[Outcome], what: str) -> None:

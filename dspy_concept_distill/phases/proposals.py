@@ -5,15 +5,14 @@ near miss of an earlier round may be measured once more."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from ..records import BatchReply, Mistake
+from ..records import BatchReply, Mistake, Proposal
 from ..rules import (
-    ACCEPTED,
     MAX_RULE_CHARS,
     MAX_RULES_CHARS_PER_PREDICTOR,
-    REJECTED,
     Rule,
+    RuleStatus,
+    RuleVerdict,
     fits_predictor_budget,
     normalize_rule_text,
 )
@@ -48,20 +47,21 @@ def rules_from_replies(
     known_rules: Sequence[Rule],
     round_index: int,
     fresh: Callable[[Rule], bool] = lambda rule: True,
-) -> list[Rule]:
+) -> tuple[list[Rule], list[RuleVerdict]]:
     """Turn teacher replies into candidate rules, in the teacher's order of preference (the mean position of a
-    rule in the replies that proposed it, best first; then support); invalid, leaking and duplicate ones come back
-    rejected.
+    rule in the replies that proposed it, best first; then support), and a verdict rejecting each invalid, leaking
+    or duplicate one.
 
     ``known_rules`` are rules from earlier rounds (in force or rejected): a near-duplicate of one of them is
     rejected without spending calls on it again, unless it was rejected as a near miss and a new measurement would
     be fresh evidence (``fresh``: the rules in force changed since it was raced; see ``_worth_retrying``).
     """
     out: list[Rule] = []
+    rejected: list[RuleVerdict] = []
     kept: list[Rule] = []
     merged_into: dict[str, Rule] = {}  # rule id -> the kept rule that carries it
     ranks: dict[str, list[float]] = {}  # carrier id -> where each of its proposals stood in its reply (0 = first)
-    in_force = [r for r in known_rules if r.status == ACCEPTED]
+    in_force = [r for r in known_rules if r.status == RuleStatus.ACCEPTED]
     for reply, batch in zip(replies, batches, strict=True):
         for position, proposal in enumerate(reply.rules):
             proposed = _proposed_rule(proposal, batch, predictor_names, round_index, reply.batch)
@@ -79,7 +79,7 @@ def rules_from_replies(
             out.append(rule)
             reason = reason or leak_checker.check(rule.text, [m.gold for m in batch])
             if reason:
-                rule.reject(reason)
+                rejected.append(RuleVerdict.reject(rule, reason))
                 continue
             original = _find_duplicate(rule, kept)
             if original is not None:
@@ -87,36 +87,36 @@ def rules_from_replies(
                 original.duplicates.append(rule.text)
                 original.source_mistakes = list(dict.fromkeys([*original.source_mistakes, *rule.source_mistakes]))
                 merged_into[rule.id] = original
-                rule.reject(f"near-duplicate of candidate {original.id}, merged into it")
+                rejected.append(RuleVerdict.reject(rule, f"near-duplicate of candidate {original.id}, merged into it"))
                 continue
             earlier = _find_duplicate(rule, known_rules)
             if earlier is not None and _worth_retrying(earlier, fresh):
                 rule.attempts = earlier.attempts + 1  # proposed again after a near miss: one more, fresh measurement
             elif earlier is not None:
-                what = "in force" if earlier.status != REJECTED else f"rejected in round {earlier.round + 1}"
-                rule.reject(f"near-duplicate of rule {earlier.id} ({what})")
+                what = "in force" if earlier.status != RuleStatus.REJECTED else f"rejected in round {earlier.round + 1}"
+                rejected.append(RuleVerdict.reject(rule, f"near-duplicate of rule {earlier.id} ({what})"))
                 continue
             if not fits_predictor_budget(in_force, rule):
-                rule.reject(_over_budget_reason(in_force, rule))
+                rejected.append(RuleVerdict.reject(rule, _over_budget_reason(in_force, rule)))
                 continue
             kept.append(rule)
             merged_into[rule.id] = rule
     # The teacher's order of preference: where it put the rule in its replies ("best first"), then support.
     out.sort(key=lambda r: (sum(ranks[r.id]) / len(ranks[r.id]), -len(r.source_mistakes)))
-    return out
+    return out, rejected
 
 
-def _proposed_rule(proposal: dict[str, Any], batch: Sequence[Mistake], names: Sequence[str], round_index: int,
+def _proposed_rule(proposal: Proposal, batch: Sequence[Mistake], names: Sequence[str], round_index: int,
                    batch_index: int) -> tuple[Rule, str | None] | None:
     """The Rule a teacher's proposal describes (None if it has no text) and why it is malformed, if it is: an
     unknown predictor, too long or too short. Teacher text that fails a cap is stored clipped (an unknown
     predictor's name to ``CLIP_CHARS``, an over-long rule to ``MAX_RULE_CHARS``) so it cannot flood a report."""
-    text = normalize_rule_text(str(proposal.get("rule", "")))
+    text = normalize_rule_text(proposal.text)
     if not text:
         return None
-    numbers = [n for n in proposal.get("mistakes", []) or [] if isinstance(n, int) and 1 <= n <= len(batch)]
+    numbers = [n for n in proposal.mistakes if 1 <= n <= len(batch)]
     sources = [batch[n - 1] for n in numbers] or list(batch)
-    name = str(proposal.get("predictor") or "")
+    name = proposal.predictor
     target = resolve_predictor(name, names)
     problem = length_problem(text)
     rule = Rule(
@@ -144,8 +144,8 @@ def _worth_retrying(earlier: Rule, fresh: Callable[[Rule], bool]) -> bool:
     force changed since it was raced, so its prompts (and a real LM's answers) are new. Against the same rules the
     evaluation cache would answer the same pairs again, which is no evidence at all. A rule that lost, or was
     already measured twice, stays rejected."""
-    return (earlier.status == REJECTED and earlier.gain is not None and earlier.gain > 0 and earlier.evaluated_on > 0
-            and earlier.attempts < MAX_ATTEMPTS and fresh(earlier))
+    return (earlier.status == RuleStatus.REJECTED and earlier.gain is not None and earlier.gain > 0
+            and earlier.evaluated_on > 0 and earlier.attempts < MAX_ATTEMPTS and fresh(earlier))
 
 
 def near_misses_to_retry(known_rules: Sequence[Rule], proposed: Sequence[Rule], round_index: int,

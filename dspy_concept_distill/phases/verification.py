@@ -25,11 +25,11 @@ from typing import Any
 import dspy
 
 from ..records import Mistake, Outcome
-from ..rules import CANDIDATE, Rule, RuleSet
+from ..rules import Adherence, Rule, RuleSet, RuleVerdict
 from ..runtime.account import RequiredAccount
 from ..runtime.evaluator import STOPPING_ERRORS, Evaluator, example_key
 from ..runtime.forecast import calls_per_run
-from ..runtime.metering import STUDENT, BudgetExhaustedError
+from ..runtime.metering import BudgetExhaustedError, Role
 from .racing import Extension, Race, Racer, Selection
 from .statistics import (
     EPS,
@@ -49,10 +49,13 @@ logger = logging.getLogger(__name__)
 @dataclass
 class VerificationResult:
     """The rules in force after verification, their valset scores (None if even the starting point could not be
-    scored) and why verification stopped early (None if it finished)."""
+    scored), a verdict on every candidate (``verdicts``: accepted, rejected, or not verified when it stopped early)
+    and why verification stopped early (None if it finished)."""
 
     ruleset: RuleSet
     scores: list[float] | None
+    candidates: list[Rule] = field(default_factory=list)  # the rules it was asked to verify
+    verdicts: list[RuleVerdict] = field(default_factory=list)  # on the candidates and placements
     stopped: str | None = None
     decisions: dict[str, Decision] = field(default_factory=dict)
     placements: list[Rule] = field(default_factory=list)  # candidates raced again in another predictor
@@ -61,7 +64,7 @@ class VerificationResult:
 
 
 def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: Sequence[dspy.Example],
-              where: str) -> dict[str, Any] | None:
+              where: str) -> Adherence | None:
     """Does the student act on the rule that turns ``before`` into ``after``? On ``examples`` already run with both
     (no new LM calls): how many outputs changed and how many mistakes went away."""
     changed = fixed = seen = 0
@@ -74,11 +77,11 @@ def adherence(evaluator: Evaluator, before: RuleSet, after: RuleSet, examples: S
         fixed += new.score > old.score + EPS
     if not seen:
         return None
-    return {"where": where, "examples": seen, "changed": changed, "fixed": fixed, "ignored": changed == 0}
+    return Adherence(where, seen, changed, fixed, ignored=changed == 0)
 
 
 def _outputs(outcome: Outcome) -> list[Any]:
-    return [step.get("outputs") for step in outcome.steps] + [outcome.raw_text, outcome.error]
+    return [step.outputs for step in outcome.steps] + [outcome.raw_text, outcome.error]
 
 
 class Verifier:
@@ -131,10 +134,11 @@ class Verifier:
             next_trainset: Sequence[dspy.Example] | None = None, hold: int = 0) -> VerificationResult:
         """Screen and race ``candidates`` on top of ``current``. When the budget runs out, the student LM fails or a
         stop is requested, undecided candidates are rejected with that reason and everything decided so far
-        stands: every accepted rule was verified on the whole valset. ``next_trainset`` (the next round's, if one
+        stands: every accepted rule was verified on the whole valset. The rules are not changed: the result holds a
+        verdict on each. ``next_trainset`` (the next round's, if one
         may follow) can be run ahead on idle threads with the rules predicted to be in force at the end. ``hold``
         program runs of the budget are left for the confirmation of the returned rules."""
-        result = VerificationResult(current, None)
+        result = VerificationResult(current, None, list(candidates))
         bar = None
         selection: Selection | None = None
         try:
@@ -156,7 +160,7 @@ class Verifier:
                   calls_per_run=self.calls_per_run,
                   next_trainset=next_trainset, on_decided=on_decided).run()
             if selection.stopped is not None:  # the decisions' share of the student budget cannot pay for a race
-                cause = BudgetExhaustedError(STUDENT, self.evaluator.budget.limit(STUDENT) or 0)
+                cause = BudgetExhaustedError(Role.STUDENT, self.evaluator.budget.limit(Role.STUDENT) or 0)
                 result.stopped, result.cause = str(cause), cause
                 logger.info("verification stopped early: %s (%s)", cause, selection.stopped)
         except STOPPING_ERRORS as exc:
@@ -167,9 +171,9 @@ class Verifier:
                 bar.close()
             if selection is not None:
                 self._record(selection, result, mistakes)
-            for rule in [*candidates, *result.placements]:
-                if rule.status == CANDIDATE:
-                    rule.reject(f"not verified: {result.stopped}")
+            decided = {verdict.rule_id for verdict in result.verdicts}
+            result.verdicts += [RuleVerdict.reject(rule, f"not verified: {result.stopped}")
+                                for rule in [*candidates, *result.placements] if rule.id not in decided]
         return result
 
     def _extension(self, current: RuleSet, queue: Sequence[Rule], mistakes: Mapping[str, Mistake]) -> Extension | None:
@@ -190,26 +194,28 @@ class Verifier:
         return Extension(current, {n + j: s or 0.0 for j, s in enumerate(scores)}, order, excluded)
 
     def _record(self, selection: Selection, result: VerificationResult, mistakes: Mapping[str, Mistake]) -> None:
-        """Write the selection's decisions into the rules: the accepted ones in the order they joined."""
+        """The selection's decisions as verdicts: the accepted rules in the order they joined, then the rejected."""
         result.placements = list(selection.placements)
         result.raced_against = {rule_id: race.current for rule_id, race in selection.races.items() if race.own}
         for rule, race in selection.accepted:
             decision = selection.decisions[rule.id]
-            rule.accept(decision.gain, decision.seen,
-                        f"raised the valset score by {decision.gain:+.3f} over the {len(race.current)} rule(s) in "
-                        f"force (lower confidence bound {decision.lower:+.3f})")
-            rule.gain_ci = paired_ci([race.diffs[i] for i in range(len(race.base))])
-            rule.adherence = self._adherence(rule, race, mistakes)
+            low, high = paired_ci([race.diffs[i] for i in range(len(race.base))])
+            result.verdicts.append(RuleVerdict.accept(
+                rule, gain=decision.gain, evaluated_on=decision.seen,
+                reason=f"raised the valset score by {decision.gain:+.3f} over the {len(race.current)} rule(s) in force "
+                       f"(lower confidence bound {decision.lower:+.3f})",
+                gain_ci=(low, high), adherence=self._adherence(rule, race, mistakes)))
             result.decisions[rule.id] = decision
         for rule in [*selection.queue]:
             decision = selection.decisions.get(rule.id)
             if decision is None or decision.verdict is Verdict.ACCEPT:
                 continue
-            rule.reject(decision.reason, gain=decision.gain if decision.seen else None, evaluated_on=decision.seen)
+            result.verdicts.append(RuleVerdict.reject(rule, decision.reason, evaluated_on=decision.seen,
+                                                      gain=decision.gain if decision.seen else None))
             result.decisions[rule.id] = decision
         result.ruleset, result.scores = selection.in_force, selection.scores
 
-    def _adherence(self, rule: Rule, race: Race, mistakes: Mapping[str, Mistake]) -> dict[str, Any] | None:
+    def _adherence(self, rule: Rule, race: Race, mistakes: Mapping[str, Mistake]) -> Adherence | None:
         """On the training mistakes the rule was written for when they were run (the screen), else on the valset
         examples the rules in force got wrong."""
         sources = [self.train_by_key[m.example_key] for mid in rule.source_mistakes
@@ -299,9 +305,9 @@ def _left_out(accepted: int, kept: int, lower: float | None) -> str | None:
             "be real on fresh examples")
 
 
-def limit_candidates(pending: list[Rule], limit: int) -> list[Rule]:
-    """The first ``limit`` candidates (they come in the teacher's order of preference); the rest are rejected."""
-    for rule in pending[limit:]:
-        rule.reject(f"not verified: more than max_candidates={limit} candidates this round, and the teacher "
-                    "preferred the others")
-    return pending[:limit]
+def limit_candidates(pending: list[Rule], limit: int) -> tuple[list[Rule], list[RuleVerdict]]:
+    """The first ``limit`` candidates (they come in the teacher's order of preference), and a verdict rejecting
+    each of the rest."""
+    return pending[:limit], [
+        RuleVerdict.reject(rule, f"not verified: more than max_candidates={limit} candidates this round, and the "
+                                 "teacher preferred the others") for rule in pending[limit:]]

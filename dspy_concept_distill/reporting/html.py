@@ -13,6 +13,7 @@ from typing import Any
 
 from ..records import Mistake
 from ..rules import Rule
+from ..text import fmt_score
 from .plot import trajectory_svg
 from .text import (
     REASON_CHARS,
@@ -24,7 +25,6 @@ from .text import (
     fmt_amount,
     fmt_ci,
     fmt_gain,
-    fmt_score,
     fmt_share,
     headline,
     inherited_note,
@@ -121,9 +121,9 @@ def _plot(result: ResultView) -> str:
                 f"{fmt_score(result.baseline_score)}.</p>")
     items = []
     for step in result.trajectory[1:]:
-        ci = fmt_ci(step.get("ci"))
-        items.append(f"<li><b>R{step['rules']}</b> {_e(tidy(step.get('text') or '', 160))} "
-                     f'<span class="small">score {fmt_score(step.get("score"))}, gain {fmt_gain(step.get("gain"))}'
+        ci = fmt_ci(step.ci)
+        items.append(f"<li><b>R{step.rules}</b> {_e(tidy(step.text or '', 160))} "
+                     f'<span class="small">score {fmt_score(step.score)}, gain {fmt_gain(step.gain)}'
                      f"{_e(', ' + ci) if ci else ''}</span></li>")
     missing = len(result.ruleset) - (len(result.trajectory) - 1)
     note = (f'<p class="small">{missing} kept rule(s) are not plotted: their prefix was not scored on the whole '
@@ -186,8 +186,7 @@ def _mistake(mistake: Mistake | None, mistake_id: str, diagnosis: str | None) ->
         return f'<div class="mistake"><b>Mistake {_e(mistake_id)}</b> <span class="small">(not recorded)</span></div>'
     rows = [("input", k, v) for k, v in mistake.inputs.items()] + [("gold", k, v) for k, v in mistake.gold.items()]
     for step in mistake.steps:
-        rows += [(f"student [{predictor_label(step.get('predictor', '?'))}]", k, v)
-                 for k, v in (step.get("outputs") or {}).items()]
+        rows += [(f"student [{predictor_label(step.predictor)}]", k, v) for k, v in step.outputs.items()]
     if mistake.error:
         rows.append(("error", str(mistake.error_kind or ""), mistake.error))
     if mistake.raw_text:

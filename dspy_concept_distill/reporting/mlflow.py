@@ -124,11 +124,11 @@ def _log_metrics(mlflow: Any, result: ResultView, _params: dict[str, Any], prefi
         if values:
             mlflow.log_metrics(values, step=int(summary.round))
     for step in result.trajectory:  # step k: the valset score with the first k kept rules (0: the baseline)
-        ci = step.get("ci") or [None, None]
-        values = _finite({f"{prefix}trajectory_score": step.get("score"), f"{prefix}trajectory_gain": step.get("gain"),
-                          f"{prefix}trajectory_gain_ci_low": ci[0], f"{prefix}trajectory_gain_ci_high": ci[1]})
+        low, high = step.ci or (None, None)
+        values = _finite({f"{prefix}trajectory_score": step.score, f"{prefix}trajectory_gain": step.gain,
+                          f"{prefix}trajectory_gain_ci_low": low, f"{prefix}trajectory_gain_ci_high": high})
         if values:
-            mlflow.log_metrics(values, step=int(step.get("rules", 0)))
+            mlflow.log_metrics(values, step=step.rules)
     tags = {f"{prefix}{ARTIFACT_DIR}.stopped": result.stopped,
             f"{prefix}{ARTIFACT_DIR}.nothing_learned": result.why_nothing_learned()}
     tags = {k: _param(v) for k, v in tags.items() if v}

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from ..records import TrajectoryStep
 from ..text import clip_text
 
 WIDTH, HEIGHT = 1000, 360
@@ -24,29 +25,29 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _ci(step: dict[str, Any]) -> tuple[float, float] | None:
-    ci = step.get("ci")
+def _ci(step: TrajectoryStep) -> tuple[float, float] | None:
+    ci = step.ci
     if not ci or len(ci) != 2 or not all(_finite(v) for v in ci):
         return None
     return float(ci[0]), float(ci[1])
 
 
-def _limits(steps: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
+def _limits(steps: Sequence[TrajectoryStep]) -> tuple[float, float] | None:
     """(0, 1) when every score lies in [0, 1] (a 0-1 metric, as far as one can tell): whiskers stop there, since
     no score can pass them; else None."""
-    return (0.0, 1.0) if all(0.0 <= s["score"] <= 1.0 for s in steps) else None
+    return (0.0, 1.0) if all(0.0 <= s.score <= 1.0 for s in steps) else None
 
 
 def _clamp(value: float, limits: tuple[float, float] | None) -> float:
     return value if limits is None else min(max(value, limits[0]), limits[1])
 
 
-def _domain(steps: Sequence[dict[str, Any]]) -> tuple[float, float]:
+def _domain(steps: Sequence[TrajectoryStep]) -> tuple[float, float]:
     limits = _limits(steps)
-    values = [s["score"] for s in steps]
+    values = [s.score for s in steps]
     for prev, step in itertools.pairwise(steps):
         if (ci := _ci(step)) is not None:
-            values += [_clamp(prev["score"] + ci[0], limits), _clamp(prev["score"] + ci[1], limits)]
+            values += [_clamp(prev.score + ci[0], limits), _clamp(prev.score + ci[1], limits)]
     low, high = min(values), max(values)
     pad = max((high - low) * 0.1, 0.05)
     low, high = _clamp(low - pad, limits), _clamp(high + pad, limits)
@@ -70,7 +71,7 @@ def _decimals(ticks: Sequence[float]) -> int:
 
 
 class _Axes:
-    def __init__(self, steps: Sequence[dict[str, Any]]) -> None:
+    def __init__(self, steps: Sequence[TrajectoryStep]) -> None:
         self.n = len(steps)
         self.low, self.high = _domain(steps)
         self.limits = _limits(steps)
@@ -107,12 +108,12 @@ def _frame(axes: _Axes, baseline: float) -> list[str]:
     return out
 
 
-def _step(axes: _Axes, k: int, prev: dict[str, Any], step: dict[str, Any]) -> list[str]:
-    x, before, after = axes.x(k), prev["score"], step["score"]
+def _step(axes: _Axes, k: int, prev: TrajectoryStep, step: TrajectoryStep) -> list[str]:
+    x, before, after = axes.x(k), prev.score, step.score
     top, bottom = sorted((axes.y(before), axes.y(after)))
-    gain = step.get("gain")
-    shown = after - before if not _finite(gain) else gain
-    title = escape(f"R{k}: {clip_text(step.get('text') or '', 200)}; score {after:.3f}; gain {shown:+.3f}")
+    gain = step.gain
+    shown = gain if gain is not None and _finite(gain) else after - before
+    title = escape(f"R{k}: {clip_text(step.text or '', 200)}; score {after:.3f}; gain {shown:+.3f}")
     out = [f'<rect class="gain" x="{x - BAR / 2:.1f}" y="{top:.1f}" width="{BAR}" height="{max(bottom - top, 1):.1f}">'
            f'<title>{title}</title></rect>']
     if (ci := _ci(step)) is not None:
@@ -130,22 +131,22 @@ def _step(axes: _Axes, k: int, prev: dict[str, Any], step: dict[str, Any]) -> li
     return out
 
 
-def trajectory_svg(trajectory: Sequence[dict[str, Any]]) -> str:
+def trajectory_svg(trajectory: Sequence[TrajectoryStep]) -> str:
     """The plot, or "" when there is nothing to plot (no measured score, or no kept rule after the baseline)."""
-    steps = [s for s in trajectory if _finite(s.get("score"))]
+    steps = [s for s in trajectory if _finite(s.score)]
     if len(steps) < 2:
         return ""
     axes = _Axes(steps)
-    parts = _frame(axes, steps[0]["score"])
+    parts = _frame(axes, steps[0].score)
     for k in range(1, len(steps)):
         parts += _step(axes, k, steps[k - 1], steps[k])
-    points = " ".join(f"{axes.x(k):.1f},{axes.y(s['score']):.1f}" for k, s in enumerate(steps))
+    points = " ".join(f"{axes.x(k):.1f},{axes.y(s.score):.1f}" for k, s in enumerate(steps))
     parts.append(f'<polyline class="path" points="{points}"/>')
     for k, step in enumerate(steps):
-        score = step["score"]
+        score = step.score
         parts.append(f'<circle class="point" cx="{axes.x(k):.1f}" cy="{axes.y(score):.1f}" r="4.5">'
                      f"<title>{k} rule(s): valset score {score:.3f}</title></circle>")
-    label = (f"valset score from {steps[0]['score']:.3f} to {steps[-1]['score']:.3f} over {len(steps) - 1} "
+    label = (f"valset score from {steps[0].score:.3f} to {steps[-1].score:.3f} over {len(steps) - 1} "
              "kept rule(s)")
     return (f'<svg class="plot" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
             f'aria-label="{escape(label)}">' + "".join(parts) + "</svg>")

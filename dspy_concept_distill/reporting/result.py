@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..records import BatchReply, Mistake, RoundSummary
-from ..rules import ACCEPTED, REJECTED, Rule, RuleSet
+from ..records import BatchReply, Mistake, RoundSummary, TrajectoryStep
+from ..rules import Rule, RuleSet, RuleStatus
 from ..runtime.ledger import Ledger
-from ..runtime.metering import STUDENT, TEACHER
+from ..runtime.metering import Role
 from ..text import clip_text
 from .html import render, render_fragment
 from .text import display_round, headline, ordered_rules, summary_lines, why_nothing_learned
@@ -43,18 +43,18 @@ class DistillationResult:
     # limits (``records.Limits.to_dict``): student_calls, teacher_calls, tokens, cost_usd, program_runs, calls_per_run
     budgets: dict[str, float | int | None] = field(default_factory=dict)
     cost_estimate: dict[str, float | None] = field(default_factory=dict)  # projected USD before the run: low, high
-    trajectory: list[dict[str, Any]] = field(default_factory=list)  # valset score as accepted rules were added
+    trajectory: list[TrajectoryStep] = field(default_factory=list)  # valset score as accepted rules were added
 
     @property
     def accepted_rules(self) -> list[Rule]:
-        return [r for r in self.rules if r.status == ACCEPTED]
+        return [r for r in self.rules if r.status == RuleStatus.ACCEPTED]
 
     @property
     def rejected_rules(self) -> list[Rule]:
         """Rejected candidates; a kept rule proposed again in a later round (rejected as already in force) is not
         one of them."""
         kept = {r.id for r in self.ruleset}
-        return [r for r in self.rules if r.status == REJECTED and r.id not in kept]
+        return [r for r in self.rules if r.status == RuleStatus.REJECTED and r.id not in kept]
 
     @property
     def inherited_rules(self) -> list[Rule]:
@@ -64,11 +64,11 @@ class DistillationResult:
 
     @property
     def student_calls(self) -> int:
-        return self.usage.calls(STUDENT)
+        return self.usage.calls(Role.STUDENT)
 
     @property
     def teacher_calls(self) -> int:
-        return self.usage.calls(TEACHER)
+        return self.usage.calls(Role.TEACHER)
 
     def report(self):
         """One row per candidate rule, kept rules first: round (from 1), predictor, text, status, measured gain
@@ -83,7 +83,7 @@ class DistillationResult:
                 "source_mistakes": len(r.source_mistakes), "duplicates_merged": len(r.duplicates), "id": r.id,
                 "kept": r.id in kept, "gain_ci_low": (r.gain_ci or [None, None])[0],
                 "gain_ci_high": (r.gain_ci or [None, None])[1],
-                "ignored_by_student": None if not r.adherence else bool(r.adherence.get("ignored")),
+                "ignored_by_student": None if r.adherence is None else r.adherence.ignored,
                 "ablation_gain": r.ablation_gain, "inherited": r.inherited is not None,
             }
             for r in ordered_rules(self)
@@ -125,9 +125,9 @@ class DistillationResult:
             "kept_rule_ids": [r.id for r in self.ruleset], "nothing_learned": self.why_nothing_learned(),
             "rules": [r.to_dict() for r in self.rules], "usage": self.usage.to_dict(),
             "rounds": [vars(r).copy() for r in self.rounds], "budgets": dict(self.budgets),
-            "cost_estimate": dict(self.cost_estimate), "trajectory": [dict(s) for s in self.trajectory],
-            "mistakes": [{**vars(m), "outcome": vars(m.outcome).copy()} for m in self.mistakes],
-            "replies": [vars(r).copy() for r in self.replies],
+            "cost_estimate": dict(self.cost_estimate), "trajectory": [s.to_dict() for s in self.trajectory],
+            "mistakes": [{**vars(m), "outcome": m.outcome.to_dict()} for m in self.mistakes],
+            "replies": [r.to_dict() for r in self.replies],
         }
 
     def save(self, directory: str | Path) -> dict[str, Path]:

@@ -12,9 +12,9 @@ import re
 from collections import Counter
 from typing import Any
 
-from ..rules import ACCEPTED, CANDIDATE, REJECTED, Rule
-from ..runtime.metering import STUDENT, TEACHER
-from ..text import clip_text
+from ..rules import Rule, RuleStatus
+from ..runtime.metering import Role
+from ..text import clip_text, fmt_score
 from .view import ResultView
 
 PREDICTOR_CHARS = 40  # a predictor name as shown (a teacher may invent a 500-character one)
@@ -22,7 +22,7 @@ MODEL_CHARS = 48
 RULE_CHARS = 160  # a rule text in the plain-text summary
 REASON_CHARS = 200
 MAX_LISTED_REJECTED = 20  # rejected rules listed one per line in the summary; the rest are counted
-STATUS_WORDS = {ACCEPTED: "kept", REJECTED: "dropped", CANDIDATE: "not verified"}
+STATUS_WORDS = {RuleStatus.ACCEPTED: "kept", RuleStatus.REJECTED: "dropped", RuleStatus.CANDIDATE: "not verified"}
 
 
 def tidy(text: Any, limit: int) -> str:
@@ -30,10 +30,6 @@ def tidy(text: Any, limit: int) -> str:
     characters without a space (a reason may quote a garbage predictor name whole)."""
     line = re.sub(rf"\S{{{PREDICTOR_CHARS + 1},}}", lambda m: m.group(0)[:PREDICTOR_CHARS] + "…", str(text))
     return clip_text(line, limit)
-
-
-def fmt_score(score: float | None) -> str:
-    return "n/a" if score is None else f"{score:.3f}"
 
 
 def fmt_gain(gain: float | None) -> str:
@@ -49,7 +45,7 @@ def fmt_ci(ci: Any) -> str:
 
 def rule_gain(rule: Rule) -> str:
     """The measured gain; "not measured" for a rule dropped before it ran on the valset."""
-    if rule.status != ACCEPTED and not rule.evaluated_on:
+    if rule.status != RuleStatus.ACCEPTED and not rule.evaluated_on:
         return "not measured"
     return fmt_gain(rule.gain)
 
@@ -86,7 +82,7 @@ def predictor_label(name: str) -> str:
 
 def status_word(rule: Rule, kept_ids: set[str]) -> str:
     """kept, dropped, not verified; an accepted rule left out of the returned program is "accepted, not returned"."""
-    if rule.status == ACCEPTED and rule.id not in kept_ids:
+    if rule.status == RuleStatus.ACCEPTED and rule.id not in kept_ids:
         return "accepted, not returned"
     return STATUS_WORDS.get(rule.status, str(rule.status))
 
@@ -94,13 +90,13 @@ def status_word(rule: Rule, kept_ids: set[str]) -> str:
 def adherence_note(rule: Rule) -> str:
     """Does the student act on the rule? "" when it was not measured."""
     adherence = rule.adherence
-    if not adherence:
+    if adherence is None:
         return ""
-    where, n = adherence.get("where", "examples"), adherence.get("examples", 0)
+    where, n = adherence.where, adherence.examples
     if not n:
         return f"adherence not measured (no {where})"
-    counts = f"output changed on {adherence.get('changed', 0)} of {n} {where}, fixed {adherence.get('fixed', 0)}"
-    return f"student ignores it: {counts}" if adherence.get("ignored") else f"followed: {counts}"
+    counts = f"output changed on {adherence.changed} of {n} {where}, fixed {adherence.fixed}"
+    return f"student ignores it: {counts}" if adherence.ignored else f"followed: {counts}"
 
 
 def ablation_note(rule: Rule, min_gain: float) -> str:
@@ -118,7 +114,7 @@ def ablation_note(rule: Rule, min_gain: float) -> str:
 def flags(rule: Rule, min_gain: float) -> list[str]:
     """Short warnings for a kept rule: the student ignores it, or it no longer adds anything."""
     out = []
-    if rule.adherence and rule.adherence.get("ignored"):
+    if rule.adherence is not None and rule.adherence.ignored:
         out.append("student ignores it")
     if rule.ablation_gain is not None and rule.ablation_gain < min_gain:
         out.append("adds nothing once the others are in" if rule.ablation_gain <= 0 else "adds less than min_gain")
@@ -155,7 +151,7 @@ def why_nothing_learned(result: ResultView) -> str | None:
         return "the student made no mistakes on the trainset: there was nothing to learn from"
     if not result.rules:
         return _no_candidates(result)
-    unverified = [r for r in result.rules if r.status == CANDIDATE]
+    unverified = [r for r in result.rules if r.status == RuleStatus.CANDIDATE]
     if unverified and result.stopped:
         return (f"the run stopped before {len(unverified)} candidate rule(s) were verified "
                 f"({tidy(result.stopped, 160)})")
@@ -184,7 +180,7 @@ def budget_rows(result: ResultView) -> list[dict[str, Any]]:
     totals = result.usage.totals()
     budgets = result.budgets or {}
     rows: list[dict[str, Any]] = []
-    for role, key in ((STUDENT, "student_calls"), (TEACHER, "teacher_calls")):
+    for role, key in ((Role.STUDENT, "student_calls"), (Role.TEACHER, "teacher_calls")):
         total = totals.get(str(role), {})
         rows.append({"what": f"{role} calls", "used": total.get("calls", 0), "limit": budgets.get(key),
                      "cache_hits": total.get("cache_hits", 0),
@@ -298,7 +294,7 @@ def summary_lines(result: ResultView) -> list[str]:
     lines += [_rejected_line(r) for r in rejected[:MAX_LISTED_REJECTED]] or ["  (none)"]
     if len(rejected) > MAX_LISTED_REJECTED:
         lines.append(f"  ... and {len(rejected) - MAX_LISTED_REJECTED} more (see report())")
-    unverified = [r for r in result.rules if r.status == CANDIDATE]
+    unverified = [r for r in result.rules if r.status == RuleStatus.CANDIDATE]
     if unverified:
         lines.append(f"not verified ({len(unverified)}): the run stopped before they were measured")
     return lines + spend_lines(result) + usage_lines(result)
@@ -310,7 +306,7 @@ def ordered_rules(result: ResultView) -> list[Rule]:
     the kept record's place (see ``proposed_again``)."""
     kept = kept_rules(result)
     kept_ids = {r.id for r in kept}
-    rank = {ACCEPTED: 0, REJECTED: 1, CANDIDATE: 2}
+    rank = {RuleStatus.ACCEPTED: 0, RuleStatus.REJECTED: 1, RuleStatus.CANDIDATE: 2}
     rest = sorted((r for r in result.rules if r.id not in kept_ids), key=lambda r: (rank.get(r.status, 3), r.round))
     return kept + rest
 
@@ -320,7 +316,7 @@ def kept_rules(result: ResultView) -> list[Rule]:
     a later record of the same rule (proposed again, rejected as already in force) never stands in for one."""
     accepted: dict[str, Rule] = {}
     for rule in result.rules:
-        if rule.status == ACCEPTED:
+        if rule.status == RuleStatus.ACCEPTED:
             accepted.setdefault(rule.id, rule)
     return [accepted.get(r.id, r) for r in result.ruleset]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..records import BatchReply, Mistake, RoundSummary
+from ..records import BatchReply, Mistake, RoundSummary, TrajectoryStep
 from ..rules import Rule, RuleSet
 from ..runtime.ledger import Ledger
 
@@ -28,7 +28,7 @@ class ResultView(Protocol):
     min_gain: float
     budgets: dict[str, float | int | None]
     cost_estimate: dict[str, float | None]
-    trajectory: list[dict[str, Any]]
+    trajectory: list[TrajectoryStep]
 
     @property
     def accepted_rules(self) -> Sequence[Rule]: ...

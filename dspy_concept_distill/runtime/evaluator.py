@@ -21,11 +21,11 @@ import dspy
 from dspy.utils.exceptions import AdapterParseError, LMError, LMInvalidRequestError, LMUnsupportedFeatureError
 
 from ..errors import StudentLMError
-from ..records import EXCEPTION, METRIC_ERROR, PARSE_FAILURE, Outcome
+from ..records import ErrorKind, Outcome, Step
 from ..rules import RuleSet, render_instructions
 from .account import RequiredAccount
 from .executor import Executor, StopRequestedError, StopSignal
-from .metering import STUDENT, Budget, BudgetExhaustedError, Meter
+from .metering import Budget, BudgetExhaustedError, Meter, Role
 from .metric import MetricAdapter
 from .progress import progress
 
@@ -121,7 +121,7 @@ class Evaluator:
         self.stop = stop
         self.cache = cache
         self.failure_score = failure_score
-        self.account = account or RequiredAccount(lambda: budget.limit(STUDENT))  # what the decisions may spend
+        self.account = account or RequiredAccount(lambda: budget.limit(Role.STUDENT))  # what the decisions may spend
         self._variants: dict[str, tuple[dspy.Module, dict[int, str]]] = {}
         self._keys: dict[RuleSet, str] = {}
         self._example_keys: dict[int, tuple[dspy.Example, str]] = {}  # by id; holding the example keeps its id unique
@@ -265,10 +265,10 @@ class Evaluator:
              phase_name: str) -> Outcome | _NotRun | BaseException:
         if self.stop.requested:
             return _NotRun(StopRequestedError(f"stopped on request: {self.stop.reason}"))
-        if self.budget.remaining(STUDENT) == 0:
-            return _NotRun(BudgetExhaustedError(STUDENT, self.budget.limit(STUDENT) or 0))
+        if self.budget.remaining(Role.STUDENT) == 0:
+            return _NotRun(BudgetExhaustedError(Role.STUDENT, self.budget.limit(Role.STUDENT) or 0))
         program, names = self._variant(key[0], ruleset)
-        meter = Meter(self.budget, STUDENT, phase_name)
+        meter = Meter(self.budget, Role.STUDENT, phase_name)
         result = self._run_program(program, names, example, meter)
         if meter.refusals or isinstance(result, BudgetExhaustedError):
             return _NotRun(meter.refusals[0] if meter.refusals else result)
@@ -291,20 +291,20 @@ class Evaluator:
         except BudgetExhaustedError as exc:
             return exc
         except AdapterParseError as exc:
-            return self._failure(trace, names, PARSE_FAILURE, exc, raw=exc.lm_response,
+            return self._failure(trace, names, ErrorKind.PARSE, exc, raw=exc.lm_response,
                                  failed=_predictor_for_signature(program, exc.signature), calls=meter.calls)
         except Exception as exc:
             if is_lm_infrastructure_error(exc):
                 logger.info("student LM failure on an example: %s", exc)
                 return exc
-            return self._failure(trace, names, EXCEPTION, exc, calls=meter.calls)  # raised by program code
+            return self._failure(trace, names, ErrorKind.EXCEPTION, exc, calls=meter.calls)  # raised by program code
         steps = _steps(trace, names)
         calls = meter.calls
         try:
             score, feedback = self.metric(example, prediction)
         except Exception as exc:
             self._warn_metric(exc)
-            return Outcome(score=self.failure_score, steps=steps, error=_short_error(exc), error_kind=METRIC_ERROR,
+            return Outcome(score=self.failure_score, steps=steps, error=_short_error(exc), error_kind=ErrorKind.METRIC,
                            calls=calls)
         return Outcome(score=score, feedback=feedback, steps=steps, calls=calls)
 
@@ -333,7 +333,7 @@ def _call_once_usable(futures: Sequence[Future], callback: Callable[[], None]) -
         if not isinstance(outcome, Outcome):
             return
         with lock:
-            seen.update({METRIC_ERROR, EXCEPTION} - {outcome.error_kind})
+            seen.update({ErrorKind.METRIC, ErrorKind.EXCEPTION} - {outcome.error_kind})
             if called[0] or len(seen) < 2:
                 return
             called[0] = True
@@ -354,12 +354,11 @@ def raise_if_incomplete(results: Sequence[Any], total: int) -> None:
         raise stops[0] if stops else not_run[0]
 
 
-def _steps(trace: list[Any], names: dict[int, str]) -> list[dict[str, Any]]:
+def _steps(trace: list[Any], names: dict[int, str]) -> list[Step]:
     steps = []
     for predictor, inputs, prediction in trace:
         outputs = dict(prediction.items()) if hasattr(prediction, "items") else {"output": prediction}
-        steps.append({"predictor": names.get(id(predictor), type(predictor).__name__),
-                      "inputs": _plain(inputs), "outputs": _plain(outputs)})
+        steps.append(Step(names.get(id(predictor), type(predictor).__name__), _plain(inputs), _plain(outputs)))
     return steps
 
 

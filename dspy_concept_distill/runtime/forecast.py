@@ -13,7 +13,7 @@ import dspy
 
 from ..records import CallBounds, CostForecast, Limits, Outcome
 from .ledger import Ledger
-from .metering import STUDENT, TEACHER, Budget
+from .metering import Budget, Role
 from .pricing import rates
 
 logger = logging.getLogger(__name__)
@@ -74,14 +74,14 @@ def project(bounds: CallBounds, *, program: dspy.Module, example: dspy.Example, 
     student_model = getattr(student, "model", "?")
     low = _usd(student_model, bounds.student_low, prompt, out_low)
     high = _usd(student_model, bounds.student_high, prompt, out_high)
-    budget.expect(STUDENT, prompt / predictors + out_high, _usd(student_model, 1, prompt, out_high))
+    budget.expect(Role.STUDENT, prompt / predictors + out_high, _usd(student_model, 1, prompt, out_high))
     if teacher is not None:
         teacher_model = getattr(teacher, "model", "?")
         teacher_prompt = predictors * 150 + mistakes_per_batch * 400 + 900
         teacher_out = (getattr(teacher, "kwargs", {}) or {}).get("max_tokens") or TEACHER_OUTPUT_TOKENS
         t_cost = _usd(teacher_model, bounds.teacher, teacher_prompt, teacher_out)
         t_low = _usd(teacher_model, max(1, bounds.teacher // 4), teacher_prompt, teacher_out // 2)
-        budget.expect(TEACHER, teacher_prompt + teacher_out, _usd(teacher_model, 1, teacher_prompt, teacher_out))
+        budget.expect(Role.TEACHER, teacher_prompt + teacher_out, _usd(teacher_model, 1, teacher_prompt, teacher_out))
         low = None if low is None or t_low is None else low + t_low
         high = None if high is None or t_cost is None else high + t_cost
     runs = ""
@@ -102,7 +102,7 @@ def project(bounds: CallBounds, *, program: dspy.Module, example: dspy.Example, 
 def refine(ledger: Ledger, limits: Limits) -> None:
     """After the first pass: the calls per program run measured (and the budget in runs they converted), then the
     projection again from the tokens the student actually used per request."""
-    calls, tokens, cost = ledger.spend(STUDENT)
+    calls, tokens, cost = ledger.spend(Role.STUDENT)
     measured = ""
     if limits.calls_per_run is not None:
         measured = f"{limits.calls_per_run:.1f} LM calls per program run measured"
@@ -115,11 +115,11 @@ def refine(ledger: Ledger, limits: Limits) -> None:
             logger.info("after the trainset run: %s", measured.rstrip("; "))
         return
     per_call = tokens / calls
-    remaining = None if limits.student_calls is None else max(0, limits.student_calls - ledger.calls(STUDENT))
+    remaining = None if limits.student_calls is None else max(0, limits.student_calls - ledger.calls(Role.STUDENT))
     left = "no limit on student calls" if remaining is None else f"at most {remaining} student calls left"
     if cost and remaining is not None:
         logger.info("after the trainset run: %s%.0f tokens and $%.5f per student call measured; the rest of the run "
                     "costs at most $%.4f for the student (%d calls left in its budget), plus $%.4f spent", measured,
-                    per_call, cost / calls, cost / calls * remaining, remaining, cost + ledger.spend(TEACHER)[2])
+                    per_call, cost / calls, cost / calls * remaining, remaining, cost + ledger.spend(Role.TEACHER)[2])
     else:
         logger.info("after the trainset run: %s%.0f tokens per student call measured; %s", measured, per_call, left)

@@ -41,8 +41,8 @@ from .ledger import Ledger
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MAX_RETRY_DELAY", "METER_KEY", "STUDENT", "TEACHER", "Budget", "BudgetExhaustedError", "Meter", "Role",
-           "RunClosedError", "install", "metered", "metering", "phase", "retry_delay"]
+__all__ = ["MAX_RETRY_DELAY", "METER_KEY", "Budget", "BudgetExhaustedError", "Meter", "Role", "RunClosedError",
+           "install", "metered", "metering", "phase", "retry_delay"]
 
 
 class Role(StrEnum):
@@ -50,8 +50,6 @@ class Role(StrEnum):
     TEACHER = "teacher"
 
 
-STUDENT = Role.STUDENT
-TEACHER = Role.TEACHER
 MAX_RETRY_DELAY = 30.0
 METER_KEY = "_cd_meter"  # the dspy.context key of the active meter
 
@@ -83,11 +81,11 @@ class Budget:
                  parent_tracker: Any = None, *, max_tokens: int | None = None,
                  max_cost_usd: float | None = None) -> None:
         self.ledger = ledger
-        self._limits: dict[str, int | None] = {STUDENT: max_student_calls, TEACHER: max_teacher_calls}
+        self._limits: dict[str, int | None] = {Role.STUDENT: max_student_calls, Role.TEACHER: max_teacher_calls}
         self.max_tokens, self.max_cost_usd = max_tokens, max_cost_usd
         self._expected: dict[str, tuple[float, float]] = {}  # role -> (tokens, USD) per request before any is seen
         self.parent_tracker = parent_tracker
-        self._in_flight = {STUDENT: 0, TEACHER: 0}
+        self._in_flight = {Role.STUDENT: 0, Role.TEACHER: 0}
         self._exhausted: set[str] = set()
         self.last_refusal: BudgetExhaustedError | None = None
         self._refused: dict[str, BudgetExhaustedError] = {}

@@ -106,9 +106,11 @@ class SimulatedWorld:
         flip_rate: float = 0.0,
         parse_failure_categories: Sequence[str] = (),
         bad_teacher_calls: Sequence[int] = (),
+        distractors_first: bool = False,
         seed: int = 0,
     ) -> None:
         self.concepts = list(default_concepts() if concepts is None else concepts)
+        self.distractors_first = distractors_first  # the teacher proposes its distractors before the helpful rules
         self.distractors = list(default_distractors() if distractors is None else distractors)
         self.flip_rate = flip_rate
         self.parse_failure_categories = set(parse_failure_categories)
@@ -122,13 +124,19 @@ class SimulatedWorld:
     def concept(self, category: str) -> Concept | None:
         return next((c for c in self.concepts if c.name == category), None)
 
+    def example_concept(self, category: str) -> Concept | None:
+        """The concept whose template words the questions of ``category`` (None for ``plain``); a world with other
+        kinds of category overrides it."""
+        concept = self.concept(category)
+        if category != PLAIN and concept is None:
+            raise ValueError(f"unknown category {category!r}")
+        return concept
+
     def make_examples(self, per_category: dict[str, int]) -> list[dspy.Example]:
         """New examples (fresh question ids), ``per_category[name]`` of each, shuffled."""
         made = []
         for category, count in per_category.items():
-            concept = self.concept(category)
-            if category != PLAIN and concept is None:
-                raise ValueError(f"unknown category {category!r}")
+            concept = self.example_concept(category)
             for _ in range(count):
                 qid, a, b = self._next_qid, self._rng.randint(11, 60), self._rng.randint(11, 60)
                 self._next_qid += 1
@@ -253,7 +261,8 @@ class ScriptedTeacherEngine(ScriptedEngine):
     It finds the simulated examples anywhere in the ``mistakes`` input; mistake ``k`` is the ``k``-th example to
     appear. Each call: the helpful rule for every category among those mistakes (its paraphrase, a near-duplicate,
     when the call is a sampled rollout at temperature > 0, as Concept Distillation's later batches are), then the
-    distractors, starting at one picked from the mistakes shown, cut to ``max_rules``. It keeps no memory between
+    distractors, starting at one picked from the mistakes shown (the distractors first with
+    ``world.distractors_first``), cut to ``max_rules``. It keeps no memory between
     calls, so its replies do not depend on the order in which parallel calls arrive. Calls listed in
     ``world.bad_teacher_calls`` (0-based, counting DSPy's JSON-fallback calls) get an unparseable reply.
     """
@@ -283,10 +292,12 @@ class ScriptedTeacherEngine(ScriptedEngine):
             rules.append({"predictor": predictor_for(task, concept.field), "rule": text, "mistakes": numbers})
         distractors = self.world.distractors
         start = sum(ex.qid for ex in examples) % len(distractors) if distractors else 0
+        proposed = []
         for distractor in distractors[start:] + distractors[:start]:
             fixed = [n for c, ns in by_category.items() if c in distractor.fixes for n in ns]
-            rules.append({"predictor": predictor_for(task, distractor.field), "rule": distractor.rule,
-                          "mistakes": fixed or [1]})
+            proposed.append({"predictor": predictor_for(task, distractor.field), "rule": distractor.rule,
+                             "mistakes": fixed or [1]})
+        rules = proposed + rules if self.world.distractors_first else rules + proposed
         limit = re.search(r"\d+", values.get("max_rules", ""))
         if limit:
             rules = rules[: int(limit.group())]

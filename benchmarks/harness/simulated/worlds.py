@@ -58,7 +58,6 @@ from dspy_concept_distill.testing import (
     Distractor,
     Prompt,
     ScriptedTeacherEngine,
-    SimExample,
     SimulatedStudentEngine,
     SimulatedWorld,
     format_reply,
@@ -321,29 +320,12 @@ class SubgroupWorld(SimulatedWorld):
         super().__init__(concepts, distractors, **kwargs)
         self.easy, self.hard, self.subgroup = frozenset(easy), frozenset(hard), subgroup
 
-    def _template_concept(self, category: str) -> Concept:
-        kind = "easy" if category in self.easy else "hard"
-        return Concept(category, "", "", template=_OTHER_TEMPLATES[kind])
-
-    def make_examples(self, per_category: dict[str, int]) -> list[dspy.Example]:
-        """New examples as the concept world makes them, ``easy`` and ``hard`` categories included."""
-        made = []
-        for category, count in per_category.items():
-            concept = self.concept(category)
-            if category in self.easy | self.hard:
-                concept = self._template_concept(category)
-            elif category != PLAIN and concept is None:
-                raise ValueError(f"unknown category {category!r}")
-            for _ in range(count):
-                qid, a, b = self._next_qid, self._rng.randint(11, 60), self._rng.randint(11, 60)
-                self._next_qid += 1
-                template = concept.template if concept else "What is the total?"
-                question = f"Q{qid}: There are {a} red and {b} blue items. {template}"
-                made.append(SimExample(qid, category, question, a + b + 3 * qid))
-        self._rng.shuffle(made)
-        for ex in made:
-            self._examples[ex.qid] = ex
-        return [ex.to_example() for ex in made]
+    def example_concept(self, category: str) -> Concept | None:
+        """``easy`` and ``hard`` categories have questions of their own; the others are the concept world's."""
+        if category in self.easy | self.hard:
+            kind = "easy" if category in self.easy else "hard"
+            return Concept(category, "", "", template=_OTHER_TEMPLATES[kind])
+        return super().example_concept(category)
 
     def stage_ok(self, category: str, instructions: str, fields: Sequence[str]) -> bool:
         if category in self.hard:
