@@ -383,6 +383,10 @@ class ConceptDistillation(Teleprompter):
     def _round(self, state: CompileState, round_index: int) -> bool:
         """Mistakes, induction, verification; returns whether another round can help."""
         number = round_index + 1
+        if round_index and not self._room_for_round(state):
+            logger.info("round %d not started: the student budget left would not pay for its trainset pass and the "
+                        "confirmation of the rules to return", number)
+            return False
         found = self._collect_mistakes(state, round_index)
         if not found.mistakes:
             logger.info("round %d: no mistakes left to learn from", number)
@@ -519,6 +523,14 @@ class ConceptDistillation(Teleprompter):
     def _verifier(self, state: CompileState, *, screen: bool) -> Verifier:
         return Verifier(state.evaluator, state.raced, state.train_runs, self._selection_settings(state, screen=screen),
                         state.rng, account=state.evaluator.account, predictors=state.names, progress=progress)
+
+    @classmethod
+    def _room_for_round(cls, state: CompileState) -> bool:
+        """Whether the budget left pays for a further round's trainset pass and still leaves the confirmation of the
+        rules to return its runs (a round that ate them would leave nothing to confirm what is already won)."""
+        trainset_pass = state.evaluator.unbooked([(state.current, ex) for ex in state.train_runs])
+        runs = trainset_pass + cls._confirmation_runs(state)
+        return state.evaluator.account.left() >= runs * (state.limits.calls_per_run or 1.0)
 
     @staticmethod
     def _confirmation_runs(state: CompileState) -> int:

@@ -484,3 +484,58 @@ def test_the_teacher_reads_only_predictor_fields_and_a_metric_failure_as_the_met
         assert not any(marker in p for p in prompts)
     assert any("The metric failed on this output" in p for p in prompts)
     assert not any("The program raised" in p for p in prompts)
+
+
+def test_a_further_round_is_not_started_when_it_would_eat_the_confirmation_of_what_is_won(caplog):
+    # one candidate per round: round 1 accepts a rule; a second round's trainset pass would leave too little to run
+    # the held-back half of the 80-example valset for the starting instructions and the rules to return
+    world = SimulatedWorld()
+    train, val = world.split(40, 80)
+    student, teacher = world.student_lm(), world.teacher_lm()
+    dspy.configure(lm=student)
+    with caplog.at_level(logging.INFO, logger="dspy_concept_distill"):
+        optimized = ConceptDistillation(metric=world.metric, teacher_lm=teacher, auto="medium", num_batches=1,
+                                        max_rules_per_batch=1, max_metric_calls=220, num_threads=1).compile(
+            dspy.ChainOfThought("question -> answer: float"), trainset=train, valset=val)
+    messages = [r.getMessage() for r in caplog.records]
+    result = optimized.distillation
+    assert any(m.startswith("round 2 not started: the student budget left") for m in messages)
+    assert not any("cannot run the 40 held-back valset examples" in m for m in messages)  # the confirmation ran
+    assert len(result.accepted_rules) == 1 and len(result.ruleset) == 1
+    assert result.final_score > result.baseline_score
+
+
+def test_without_budget_for_the_held_back_half_the_returned_rules_are_checked_strictly_on_the_valset(caplog):
+    from dspy_concept_distill.phases.statistics import SelectionSettings
+    from dspy_concept_distill.phases.verification import returned_rules
+    from dspy_concept_distill.rules import Rule
+
+    class NoBudget:
+        def left(self) -> float:
+            return 0.0
+
+    rule = Rule(text="Always show the unit.", predictor="predict")
+    accepted = RuleSet([rule])
+    valset = [dspy.Example(question=str(i)).with_inputs("question") for i in range(20)]
+    baseline = [0.0] * 12 + [1.0] * 8
+
+    class CachedOnly:  # the evaluator's cached valset scores; no budget left to run anything
+        account = NoBudget()
+
+        def scores(self, ruleset, examples):
+            return [1.0] * 20 if len(ruleset) else [None] * len(examples)
+
+        def run(self, jobs, phase, desc=None, on_usable=None):
+            raise AssertionError("nothing may run without budget")
+
+    settings = SelectionSettings(min_gain=0.0, confidence_z=1.0, futility_z=3.0, screen_size=0, max_score=1.0,
+                                 prior_variance=0.0, final_z=1.0, strict_z=1.5)
+    held_back = [dspy.Example(question=f"h{i}").with_inputs("question") for i in range(20)]
+    with caplog.at_level(logging.INFO, logger="dspy_concept_distill"):
+        kept, note = returned_rules(CachedOnly(), valset, [], accepted, baseline, settings, held_back=held_back)
+    assert kept == accepted and note is None  # +0.6 on every valset example passes the strict test
+    assert any("cannot run the 20 held-back valset examples" in r.getMessage() for r in caplog.records)
+    losing = [0.0] * 12 + [1.0] * 8
+    CachedOnly.scores = lambda self, ruleset, examples: losing if len(ruleset) else [None] * len(examples)
+    kept, note = returned_rules(CachedOnly(), valset, [], accepted, baseline, settings, held_back=held_back)
+    assert not len(kept) and note  # no gain on the valset: the starting instructions come back

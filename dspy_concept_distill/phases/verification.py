@@ -241,15 +241,20 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
     optimistic (the best of many noisy measurements, and any prompt change re-draws answers the starting prompt got
     wrong by chance).
 
-    With ``held_back`` valset examples, a prefix passes when its gain there, against the starting instructions run
-    there too, is shown at ``final_z``: an unbiased confirmation. Without, it passes on the valset alone only at the
-    strict ``strict_z``, else on the valset and the trainset together at ``final_z`` (one trainset pass per prefix,
-    when the account can pay for it and the starting instructions' trainset scores are known). Every run is booked
+    With ``held_back`` valset examples and the budget to run them, a prefix passes when its gain there, against the
+    starting instructions run there too, is shown at ``final_z``: an unbiased confirmation. Without, it passes on the
+    valset alone only at the strict ``strict_z``, else (no held-back examples) on the valset and the trainset together
+    at ``final_z`` (one trainset pass per prefix, when the account can pay for it and the starting instructions'
+    trainset scores are known). Every run is booked
     as required work. The starting instructions (no rule) when no prefix passes; the second value says why rules
     were left out, or is None."""
     settings = replace(settings, prior_variance=prior_variance(baseline, settings.max_score))
-    if held_back:
+    if held_back and evaluator.account.left() >= 2 * len(held_back) * calls_per_run:
         return _confirmed_on_held_back(evaluator, held_back, accepted, settings, calls_per_run)
+    if held_back:  # the budget cannot pay for the confirmation: the strict valset test decides, on cached scores
+        logger.info("the budget left cannot run the %d held-back valset examples: the rules to return are checked "
+                    "strictly on the valset", len(held_back))
+        trainset = ()
     strict = replace(settings, final_z=max(settings.final_z, settings.strict_z))
     start = evaluator.scores(RuleSet(), trainset)
     confirm = bool(trainset) and all(s is not None for s in start)
@@ -278,8 +283,6 @@ def returned_rules(evaluator: Evaluator, valset: Sequence[dspy.Example], trainse
 def _confirmed_on_held_back(evaluator: Evaluator, held_back: Sequence[dspy.Example], accepted: RuleSet,
                             settings: SelectionSettings, calls_per_run: float) -> tuple[RuleSet, str | None]:
     rules, n = list(accepted), len(held_back)
-    if evaluator.account.left() < 2 * n * calls_per_run:
-        return RuleSet(), _left_out(len(rules), 0, None)
     try:
         start = [o.score for o in evaluator.run([(RuleSet(), ex) for ex in held_back], phase="verification")]
         for k in range(len(rules), 0, -1):

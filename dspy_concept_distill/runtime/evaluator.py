@@ -140,6 +140,12 @@ class Evaluator:
                 self._keys[ruleset] = variant_key(self.instructions_for(ruleset))
             return self._keys[ruleset]
 
+    def unbooked(self, jobs: Sequence[tuple[RuleSet, dspy.Example]]) -> int:
+        """How many distinct (ruleset, example) pairs among ``jobs`` the account has not booked yet: the program runs
+        running them as required work would still cost."""
+        keys = {(self.key(ruleset), self.example_key_of(example)) for ruleset, example in jobs}
+        return sum(not self.account.charged(key) for key in keys)
+
     def variant(self, ruleset: RuleSet) -> tuple[dspy.Module, dict[int, str]]:
         """The runnable variant and its predictors' names by ``id``."""
         return self._variant(self.key(ruleset), ruleset)
