@@ -45,3 +45,32 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     assert 'id="dspy_concept_distill.ConceptDistillation.compile"' in api  # the API page rendered the docstrings
     started = re.sub(r"<[^>]+>", "", (tmp_path / "site" / "getting-started" / "index.html").read_text())
     assert "python -m pytest" in started  # the README's test command, included as a snippet
+
+
+def _preset_table(fields: list[str]) -> str:
+    from dspy_concept_distill.settings import PRESETS
+
+    def cell(value: object) -> str:
+        return ("yes" if value else "no") if isinstance(value, bool) else f"{value:g}"
+
+    lines = ["| preset | " + " | ".join(f"`{name}`" for name in fields) + " |", "|---|" + "---|" * len(fields)]
+    lines += [f"| `{preset}` | " + " | ".join(cell(getattr(values, name)) for name in fields) + " |"
+              for preset, values in PRESETS.items()]
+    return "\n".join(lines)
+
+
+def test_parameters_page_preset_tables_match_the_code() -> None:
+    """docs/parameters.md's preset tables are settings.PRESETS; on a change, paste the tables the message shows."""
+    from dspy_concept_distill.phases.statistics import HOLD_BACK_MAX, HOLD_BACK_MIN
+
+    page = (ROOT / "docs" / "parameters.md").read_text()
+    tables = {"presets": ["rounds", "num_batches", "max_candidates", "screen_size", "confidence_z", "futility_z",
+                          "window", "extend", "final_z", "strict_z", "hold"],
+              "budget": ["train_passes", "val_passes", "predictor_runs", "base_runs"]}
+    for name, fields in tables.items():
+        found = re.search(rf"<!-- {name}-table:start -->\n(.*?)\n<!-- {name}-table:end -->", page, re.S)
+        assert found, f"docs/parameters.md has no {name}-table markers"
+        expected = _preset_table(fields)
+        assert found.group(1) == expected, f"docs/parameters.md's {name} table is stale; it should read:\n{expected}"
+    for text in (page, (ROOT / "docs" / "how-it-works.md").read_text()):
+        assert f"{HOLD_BACK_MIN} valset examples on" in text and f"at most {HOLD_BACK_MAX}" in text
