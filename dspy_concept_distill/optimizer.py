@@ -80,9 +80,10 @@ class ConceptDistillation(Teleprompter):
         num_batches: teacher calls per round, each on a different batch of mistakes.
         mistakes_per_batch: mistakes the teacher sees per call.
         max_rules_per_batch: rules the teacher may propose per call.
-        max_candidates: candidate rules verified per round (after merging duplicates); the best supported first.
-        screen_size: before using the valset, each candidate must fix at least one of its first ``screen_size``
-            source mistakes on the trainset (0 turns the screen off).
+        max_candidates: candidate rules verified per round (after merging duplicates), in the teacher's order of
+            preference, more supported first among equals; the rest are rejected as not verified.
+        screen_size: before using the valset, each candidate is run on its first ``screen_size`` source mistakes on
+            the trainset, and candidates that fix more of them are raced first (0 turns the screen off).
         min_gain: the rise of the mean valset score a rule must be shown to exceed: it is accepted when the lower
             confidence bound of its gain clears this (default 0: any gain shown to be real, in units of the
             metric's own noise).
@@ -179,9 +180,9 @@ class ConceptDistillation(Teleprompter):
     def _limits(self, n_train: int, n_val: int, rounds: int, n_predictors: int = 1) -> Limits:
         """The run's hard limits. The student budget is in program runs (``max_metric_calls``, or the preset's:
         passes over the trainset examples the student runs on and over the valset examples raced, two runs per
-        held-back valset example, and runs per predictor beyond the first) unless ``max_student_calls`` gives it in
-        LM calls; runs become LM calls once the first pass has measured the calls one run makes
-        (``Limits.converted``)."""
+        held-back valset example, runs per predictor beyond the first and a base, with the reserve for work ahead on
+        top) unless ``max_student_calls`` gives it in LM calls; runs become LM calls once the first pass has measured
+        the calls one run makes (``Limits.converted``)."""
         teacher = self.max_teacher_calls
         if teacher is None:
             teacher = self._teacher_calls_bound(rounds)
@@ -195,7 +196,7 @@ class ConceptDistillation(Teleprompter):
                 raced = n_val - held if preset.base_runs else n_val  # light: a pass for every valset example
                 runs = (preset.train_passes * sample + preset.val_passes * raced + 2 * held
                         + preset.predictor_runs * (n_predictors - 1) + preset.base_runs)
-                runs /= 1 - SPECULATION_SHARE  # work ahead's reserve comes on top of a preset's runs
+                runs = math.ceil(runs / (1 - SPECULATION_SHARE))  # work ahead's reserve on top of a preset's runs
         return Limits(self.max_student_calls, teacher, self.max_tokens, self.max_cost_usd, program_runs=runs)
 
     def _train_sample(self) -> int:

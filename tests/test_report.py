@@ -272,7 +272,7 @@ def test_summary_says_why_nothing_was_learned():
 
 def test_summary_says_when_accepted_rules_were_not_returned():
     result = make_result(ruleset=RuleSet(), final_score=0.5)
-    assert "could not be shown to beat the baseline" in result.summary()
+    assert "the final check could not show that they beat the original instructions" in result.summary()
     assert "accepted, not returned" in result.to_html()
 
 

@@ -200,9 +200,12 @@ class Verifier:
         for rule, race in selection.accepted:
             decision = selection.decisions[rule.id]
             low, high = paired_ci([race.diffs[i] for i in range(len(race.base))])
+            n_val = len(race.base)
+            where = ("the valset score" if decision.seen <= n_val else
+                     f"the score on {n_val} valset and {decision.seen - n_val} trainset examples together")
             result.verdicts.append(RuleVerdict.accept(
                 rule, gain=decision.gain, evaluated_on=decision.seen,
-                reason=f"raised the valset score by {decision.gain:+.3f} over the {len(race.current)} rule(s) in force "
+                reason=f"raised {where} by {decision.gain:+.3f} over the {len(race.current)} rule(s) in force "
                        f"(lower confidence bound {decision.lower:+.3f})",
                 gain_ci=(low, high), adherence=self._adherence(rule, race, mistakes)))
             result.decisions[rule.id] = decision
@@ -292,20 +295,24 @@ def _confirmed_on_held_back(evaluator: Evaluator, held_back: Sequence[dspy.Examp
             scores = [o.score for o in evaluator.run([(prefix, ex) for ex in held_back], phase="verification")]
             shown, lower = shown_gain(scores, start, settings)
             if shown:
-                return prefix, _left_out(len(rules), k, lower)
+                return prefix, _left_out(len(rules), k, lower, HELD_BACK)
     except STOPPING_ERRORS as exc:
         logger.warning("the confirmation on the held-back valset examples stopped early: %s", exc)
-    return RuleSet(), _left_out(len(rules), 0, None)
+    return RuleSet(), _left_out(len(rules), 0, None, HELD_BACK)
 
 
-def _left_out(accepted: int, kept: int, lower: float | None) -> str | None:
+HELD_BACK = "on the held-back valset examples"
+STRICT = "on the valset at the strict bound, nor with a trainset pass"
+
+
+def _left_out(accepted: int, kept: int, lower: float | None, where: str = STRICT) -> str | None:
     if kept == accepted:
         return None
     if kept:
         return (f"left out: the gain of the {accepted} accepted rules over the starting instructions was not shown "
-                f"to be real on fresh examples; the first {kept} show it (lower confidence bound {lower:+.3f})")
+                f"to be real {where}; the first {kept} show it (lower confidence bound {lower:+.3f})")
     return (f"left out: the gain of the {accepted} accepted rule(s) over the starting instructions was not shown to "
-            "be real on fresh examples")
+            f"be real {where}")
 
 
 def limit_candidates(pending: list[Rule], limit: int) -> tuple[list[Rule], list[RuleVerdict]]:

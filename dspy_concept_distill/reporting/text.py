@@ -143,8 +143,9 @@ def why_nothing_learned(result: ResultView) -> str | None:
     if len(result.ruleset):
         return None
     if result.accepted_rules:
-        return ("rules were accepted, but the final rule set could not be shown to beat the baseline on the "
-                "valset, so the original instructions are returned")
+        return ("rules were accepted, but the final check could not show that they beat the original instructions "
+                "(on the held-back valset examples, or strictly on the valset), so the original instructions are "
+                "returned")
     if not result.mistakes and not result.rules:
         if result.stopped:
             return f"the run stopped before the student's mistakes were collected ({tidy(result.stopped, 160)})"
