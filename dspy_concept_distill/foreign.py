@@ -104,7 +104,8 @@ FOREIGN_PARAMETERS: dict[str, Foreign] = {
                               "valset size), or a preset with auto="),
     "num_trials": Foreign(WARN, "auto or max_metric_calls", _BUDGET),  # MIPROv2 compile
     "bsize": Foreign(WARN, "mistakes_per_batch", "SIMBA's minibatch; the teacher reads mistakes_per_batch mistakes "
-                     "per call and rules are raced on the whole valset"),
+                     "per call and rules are raced on the valset (half of a valset of 60 or more; the other half "
+                     "checks the returned rules)"),
     # demos
     "max_bootstrapped_demos": Foreign(WARN, "nothing", _NO_DEMOS, same_here=(0,)),
     "max_labeled_demos": Foreign(WARN, "nothing", _NO_DEMOS, same_here=(0,)),

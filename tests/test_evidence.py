@@ -144,7 +144,7 @@ def test_verbose_shows_debug_lines_on_stderr_and_leaves_the_logger_as_it_was(wor
     before = (package.level, list(package.handlers))
     compile_world(world, verbose=True)
     err = capsys.readouterr().err
-    assert "before the run: student 40-120 LM calls" in err
+    assert "before the run: student 40-127 LM calls" in err
     assert "concept distillation done" in err
     assert "DEBUG dspy_concept_distill.state: run closed" in err  # what verbose adds to the INFO lines always shown
     assert (package.level, package.handlers) == before  # no handler of its own: no line twice (tests/test_logging.py)

@@ -441,10 +441,11 @@ def test_an_unwritable_checkpoint_dir_fails_before_any_lm_call(tmp_path):
 
 def test_a_generator_trainset_and_valset_work_like_lists():
     setup = Setup()
-    _, from_lists = setup.compile()
+    _, from_lists = setup.compile(num_threads=1)  # one thread: no work run ahead, so the call counts are exact
     again = Setup()
-    optimized = again.optimizer().compile(dspy.ChainOfThought(SIGNATURE), trainset=(ex for ex in again.train),
-                                          valset=(ex for ex in again.val))
+    optimized = again.optimizer(num_threads=1).compile(dspy.ChainOfThought(SIGNATURE),
+                                                       trainset=(ex for ex in again.train),
+                                                       valset=(ex for ex in again.val))
     assert [r.text for r in optimized.distillation.accepted_rules] == [r.text for r in from_lists.accepted_rules]
     assert again.student.received == setup.student.received
 
@@ -482,9 +483,9 @@ def test_an_empty_rule_set_is_refused_before_any_call():
 def test_cache_hits_are_counted_and_shown_apart_from_paid_calls():
     dspy.configure_cache(enable_disk_cache=False, enable_memory_cache=True)
     setup = Setup()
-    first = setup.compile()[1]
+    first = setup.compile(num_threads=1)[1]  # one thread: no work run ahead, so both compiles ask for the same pairs
     paid = setup.student.received
-    second = setup.compile()[1]
+    second = setup.compile(num_threads=1)[1]
     assert setup.student.received == paid and second.student_calls == 0  # DSPy's cache answered everything
     hits = sum(row.cache_hits for row in second.usage.rows() if row.role == "student")
     assert hits == first.student_calls > 0

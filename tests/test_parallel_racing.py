@@ -4,6 +4,7 @@ than the required-work account's reserve, so the student budget always has room 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ from dspy_concept_distill.phases.statistics import SelectionSettings
 from dspy_concept_distill.records import Outcome
 from dspy_concept_distill.rules import Rule, RuleSet
 from dspy_concept_distill.runtime.account import RequiredAccount
+from dspy_concept_distill.settings import PRESETS
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedTask
 from dspy_concept_distill.testing.scripted import Prompt
 
@@ -239,6 +241,9 @@ def test_the_next_rounds_trainset_runs_started_during_verification_are_booked_as
         return submitted
 
     monkeypatch.setattr(racing.Racer, "_ahead", spy)
+    # a wide window and a stricter bound: round 1's races end with one leader and the rest of the window decided
+    monkeypatch.setitem(PRESETS, "heavy", dataclasses.replace(PRESETS["heavy"], window=6, confidence_z=0.6,
+                                                              val_passes=8, hold=True))
     one, decisions, _ = _compile(task, 1, auto="heavy")
     assert ahead == []  # at one thread nothing runs ahead
     many, same_decisions, _ = _compile(task, 16, auto="heavy")

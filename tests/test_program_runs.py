@@ -57,7 +57,7 @@ def test_the_default_preset_races_the_same_candidates_for_a_five_call_program():
     assert five.accepted_rules and fates(five) == fates(one)
     assert five.stopped is None and one.stopped is None
     assert five.student_calls == five_lm.engine.calls == 5 * one.student_calls
-    runs = 20 + 5 * 20  # auto="light": the trainset once and the valset five times
+    runs = math.ceil((20 + 5 * 20) / 0.95)  # auto="light": the trainset once and the valset five times, reserve on top
     assert one.budgets["program_runs"] == five.budgets["program_runs"] == runs
     assert one.budgets["calls_per_run"] == 1 and five.budgets["calls_per_run"] == 5
     assert one.budgets["student_calls"] == runs and five.budgets["student_calls"] == 5 * runs
@@ -95,8 +95,8 @@ def test_the_projection_says_the_budget_is_in_program_runs_and_how_it_was_conver
         compile_with(FiveCalls())
     before = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("before the run"))
     after = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("after the trainset run"))
-    assert "120 program runs" in before and "per run" in before
-    assert "5.0 LM calls per program run" in after and "600 LM calls" in after
+    assert "127 program runs" in before and "per run" in before  # 20 + 5 x 20, with the 5% reserve on top
+    assert "5.0 LM calls per program run" in after and "635 LM calls" in after
 
 
 def test_limits_and_the_forecast_are_frozen_records():
