@@ -189,7 +189,8 @@ def split_instructions(instructions: str) -> tuple[str, list[str]]:
     instructions unchanged and no rules when they end in no such list (or in one followed by other text). Lists
     stacked by an earlier version (the header more than once, each list numbered from 1) are read as one, each rule
     once."""
-    base, texts = instructions, list[str]()
+    base = instructions
+    texts: list[str] = []
     while True:
         head, sep, block = base.rpartition(RULES_HEADER + "\n")
         if not sep or (head and not head.endswith("\n\n")):
