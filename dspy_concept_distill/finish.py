@@ -120,9 +120,10 @@ def _candidates(state: CompileState, student: dspy.Module, current: RuleSet,
     out = []
     for ruleset in _prefixes(current):
         scores = state.evaluator.scores(ruleset, state.raced)
-        if all(s is not None for s in scores):
+        measured = [s for s in scores if s is not None]
+        if len(measured) == len(scores):
             program = optimized if ruleset == current else ruleset.apply(student, state.base_instructions)
-            out.append({"score": mean_score(scores), "program": program, "rules": ruleset})
+            out.append({"score": mean_score(measured), "program": program, "rules": ruleset})
     out.sort(key=lambda c: (-c["score"], len(c["rules"])))
     return out
 

@@ -160,12 +160,12 @@ class ConceptDistillation(Teleprompter):
         self.log_dir = log_dir
         self.verbose = verbose
         self.on_failure = on_failure
-        vars(self).update(translated)
+        vars(self).update(translated)  # type: ignore[attr-defined]  # typeshed: vars() overload for classes (untyped base)
 
     # -- settings -------------------------------------------------------------------------------------------------
     def _with(self, changes: dict[str, Any]) -> ConceptDistillation:
         """A copy of this optimizer with ``changes`` to its parameters, checked as the constructor checks them."""
-        changed = copy.copy(self)
+        changed: Any = copy.copy(self)
         vars(changed).update(changes)
         validate_params(type(self).__init__, vars(changed), {})
         return changed

@@ -189,14 +189,15 @@ def split_instructions(instructions: str) -> tuple[str, list[str]]:
     instructions unchanged and no rules when they end in no such list (or in one followed by other text). Lists
     stacked by an earlier version (the header more than once, each list numbered from 1) are read as one, each rule
     once."""
-    base, texts = instructions, []
+    base = instructions
+    texts: list[str] = []
     while True:
         head, sep, block = base.rpartition(RULES_HEADER + "\n")
         if not sep or (head and not head.endswith("\n\n")):
             break
         lines = block.rstrip("\n").split("\n")
-        found = [_RULE_LINE.match(line) for line in lines]
-        if not lines or not all(found) or [int(m.group(1)) for m in found] != list(range(1, len(lines) + 1)):
+        found = [m for m in map(_RULE_LINE.match, lines) if m is not None]
+        if not lines or len(found) != len(lines) or [int(m.group(1)) for m in found] != list(range(1, len(lines) + 1)):
             break
         base, texts = head[:-2] if head else "", [m.group(2) for m in found] + texts
     unique: dict[str, str] = {}

@@ -160,7 +160,7 @@ def inherited_rules(program: dspy.Module) -> tuple[dict[str, str], list[Rule]]:
         base[name], texts = split_instructions(predictor.signature.instructions)
         for text in texts:
             found = earlier.get((name, text.lower()))
-            origin = {"source": "the program's instructions", "earlier": None}
+            origin: dict[str, Any] = {"source": "the program's instructions", "earlier": None}
             if found is not None:
                 origin = {"source": "an earlier compile (program.distillation)",
                           "earlier": {k: copy.deepcopy(getattr(found, k)) for k in EARLIER_FIELDS}}

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import tomllib
 from importlib.metadata import version
-from pathlib import Path
 
 from packaging.requirements import Requirement
+
+from tests.helpers import REPO
 
 COMPROMISED_LITELLM = ("1.82.7", "1.82.8", "1.107.0")
 
 
 def test_compromised_litellm_releases_are_excluded():
-    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     litellm = [Requirement(d) for d in project["dependencies"] if Requirement(d).name == "litellm"]
     assert len(litellm) == 1
     for release in COMPROMISED_LITELLM:

@@ -10,7 +10,6 @@ import logging
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import dspy
 import pytest
@@ -26,8 +25,8 @@ from dspy_concept_distill import (
 )
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedWorld
 from dspy_concept_distill.testing.faults import FaultyEngine
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SIGNATURE = "question -> answer: float"
 
 

@@ -1,7 +1,7 @@
 """The optimizer's promises under faults (issue 7), end to end with the fault-injecting engine of testing/faults.py in
 front of the scripted student and teacher: NaN and infinite metrics, exact hard budgets under retries and at 32
 threads, stop requests (stop file, SIGTERM, Ctrl-C), failures that must not be silent, and no surprises (verify's own
-state, cache hits shown apart, no network). Crash and resume are in test_checkpoint.py."""
+state, cache hits shown apart, no network). Crash and resume are in persistence/test_checkpoint.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import dspy
 import pytest
@@ -47,8 +46,8 @@ from dspy_concept_distill.testing.faults import (
     first_tries,
     guarded_signals,
 )
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SIGNATURE = "question -> answer: float"
 N = 10
 
@@ -90,7 +89,7 @@ class Setup:
 
 @pytest.fixture
 def no_backoff(monkeypatch):
-    """Retries without waiting (the back-off policy itself is tested in test_budget.py)."""
+    """Retries without waiting (the back-off policy itself is tested in runtime/test_budget.py)."""
     monkeypatch.setattr(metering, "MAX_RETRY_DELAY", 0.0)
 
 

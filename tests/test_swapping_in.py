@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from pathlib import Path
 
 import dspy
 import pytest
@@ -15,13 +14,14 @@ from dspy.teleprompt import COPRO, GEPA, SIMBA, BootstrapFewShot, InferRules, MI
 
 from dspy_concept_distill import ConceptDistillation
 from dspy_concept_distill.foreign import FOREIGN_PARAMETERS, IGNORE, MAP, REFUSE, markdown_table
+from tests.helpers import REPO
 
 OPTIMIZERS = {"COPRO": COPRO, "MIPROv2": MIPROv2, "GEPA": GEPA, "SIMBA": SIMBA, "InferRules": InferRules}
 # InferRules(**kwargs) hands them to BootstrapFewShot; COPRO(**_kwargs) swallows them (nothing to walk).
 KWARGS_GO_TO = {("InferRules", "__init__"): BootstrapFewShot.__init__}
 OURS = {"__init__": set(inspect.signature(ConceptDistillation.__init__).parameters) - {"self", "kwargs"},
         "compile": {"student", "trainset", "teacher", "valset"}}
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "swapping-in.md"
+DOCS = REPO / "docs" / "swapping-in.md"
 
 
 def their_parameters(method: str) -> list[tuple[str, str, object]]:

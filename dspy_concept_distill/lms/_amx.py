@@ -62,7 +62,7 @@ def model_defaults(**fields: Any) -> Iterator[None]:
     if not fields:
         yield
         return
-    bindings = importlib.import_module("llama_cpp.llama_cpp")
+    bindings: Any = importlib.import_module("llama_cpp.llama_cpp")  # untyped ctypes bindings
     with _PATCH_LOCK:
         original = bindings.llama_model_default_params
         bindings.llama_model_default_params = _defaults_with(original, fields)
@@ -77,6 +77,6 @@ def patch_for_process(use_extra_bufts: bool | None = None) -> bool:
     ``use_extra_bufts`` as :func:`extra_buffers_wanted` decides. Returns the value used."""
     fields = load_fields(use_extra_bufts)
     if fields:
-        bindings = importlib.import_module("llama_cpp.llama_cpp")
+        bindings: Any = importlib.import_module("llama_cpp.llama_cpp")  # untyped ctypes bindings
         bindings.llama_model_default_params = _defaults_with(bindings.llama_model_default_params, fields)
     return not fields

@@ -109,6 +109,7 @@ def _amx_module() -> Any:
         from . import _amx
     except ImportError:  # run by path: no package
         spec = importlib.util.spec_from_file_location("_cd_amx", Path(__file__).with_name("_amx.py"))
+        assert spec is not None and spec.loader is not None, "a .py file beside this one always has a loader"
         _amx = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(_amx)
     return _amx

@@ -115,10 +115,11 @@ def _block_aligned_llama_class() -> type:
     the same batch as in a fresh run, so outputs depend on the request alone, while a shared prefix
     (DSPy's system message) is still not recomputed.
     """
-    llama_cpp = _import_llama_cpp()
+    llama_cpp: Any = _import_llama_cpp()
 
     class BlockAlignedLlama(llama_cpp.Llama):
         _aligned_tokens = 0  # prompt tokens at the start of the cache computed in whole, aligned blocks
+        n_tokens: int  # Llama's: tokens in its cache
 
         def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:
             tokens = list(tokens)

@@ -134,7 +134,7 @@ class LiteLLMRouterEngine:
 class AsyncLiteLLMRouterEngine(LiteLLMRouterEngine):
     """The async counterpart DSPy uses for ``acall``: ``router.acompletion``."""
 
-    async def complete(self, request: Request) -> Response:  # type: ignore[override]
+    async def complete(self, request: Request) -> Response:
         """One attempt through the Router, awaited."""
         arguments = _arguments(request, self.model_group)
         with _errors(request.model):

@@ -54,7 +54,7 @@ def fingerprint(program: dspy.Module, base_instructions: dict[str, str], trainse
         "program": {
             "dspy": dspy.__version__,
             "adapter": _qualname(type(dspy.settings.adapter)) if dspy.settings.adapter is not None else None,
-            "classes": sorted({_class_identity(type(m)) for _, m in program.named_sub_modules()}),
+            "classes": sorted({_class_identity(type(m)) for _, m in program.named_sub_modules()}),  # type: ignore[arg-type]  # mypy: type[Any] is hashable
             "predictors": {name: {"instructions": base_instructions[name], "fields": _fields(p.signature),
                                   "demos": [_plain(d) for d in p.demos]} for name, p in predictors},
         },
@@ -124,7 +124,8 @@ def _callable(fn: Any, depth: int) -> Any:
         cells = [cell.cell_contents for cell in fn.__closure__ or () if _cell_filled(cell)]
         return {"code": _source(fn), "defaults": _settings(fn.__defaults__, depth),
                 "kwdefaults": _settings(fn.__kwdefaults__, depth), "closure": _settings(cells, depth - 1)}
-    return {"class": _class_identity(type(fn)), "settings": _settings(fn, depth - 1)}
+    return {"class": _class_identity(type(fn)),  # type: ignore[arg-type]  # mypy: type[Any] is hashable
+            "settings": _settings(fn, depth - 1)}
 
 
 def _cell_filled(cell: Any) -> bool:

@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from ..records import BatchReply, ErrorKind, Outcome
 from ..runtime.evaluator import EvalCache
@@ -48,7 +48,7 @@ class Journal:
     def __init__(self, directory: str | os.PathLike[str] | None, name: str, fingerprint: str) -> None:
         self.path = Path(directory) / f"{name}.jsonl" if directory is not None else None
         self.fingerprint = fingerprint
-        self._handle = None
+        self._handle: TextIO | None = None
         self._synced = time.monotonic()
         self._lock = threading.Lock()
 
@@ -69,17 +69,17 @@ class Journal:
         if self.path is None or not self.path.exists():
             return Resumed()
         with folded_warnings():
-            return self._load()
+            return self._load(self.path)
 
-    def _load(self) -> Resumed:
+    def _load(self, path: Path) -> Resumed:
         try:
-            lines = self.path.read_bytes().decode("utf-8").split("\n")
+            lines = path.read_bytes().decode("utf-8").split("\n")
         except (OSError, UnicodeDecodeError) as exc:
             logger.warning("ignoring unreadable checkpoint %s (%s); starting afresh", self.path, exc)
             return Resumed()
         if lines and lines[-1] == "":
             lines.pop()  # the newline that ends the last record
-        records = _parse_lines(lines, self.path)
+        records = _parse_lines(lines, path)
         header = records[0] if records and records[0][0] == 1 else (0, {})
         if not self._matches(header[1]):
             return Resumed()

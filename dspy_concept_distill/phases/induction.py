@@ -91,7 +91,8 @@ def induction_signature(max_rules: int, batch_size: int, *, schema_caps: bool = 
         __validators__={"keep_first_diagnoses": _keep_first("diagnoses", batch_size, "diagnoses"),
                         "keep_first_rules": _keep_first("rules", max_rules, "rules")},
         diagnoses=(list[str], capped(batch_size, "for each mistake in order, one or two sentences on its cause")),
-        rules=(list[rule_model], capped(max_rules, "candidate rules, best first")),
+        # rule_model is a class made at run time: mypy cannot take it as a type
+        rules=(list[rule_model], capped(max_rules, "candidate rules, best first")),  # type: ignore[valid-type]
     )
     return InduceConcepts.with_updated_fields("analysis", type_=analysis_model)
 

@@ -363,7 +363,8 @@ class Racer:
                 if room > 0:
                     room -= self._ahead(race.candidate, self.valset[index], "verification")
         final = self._predicted_end() if room > 0 and self.next_trainset is not None else None
-        for example in self.next_trainset or [] if final is not None else []:
-            if room <= 0:
-                return
-            room -= self._ahead(final, example, "mistakes")
+        if final is not None:
+            for example in self.next_trainset or []:
+                if room <= 0:
+                    return
+                room -= self._ahead(final, example, "mistakes")

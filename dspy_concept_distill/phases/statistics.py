@@ -129,6 +129,7 @@ def racing_order(base_scores: Sequence[float], max_score: float, rng: random.Ran
     passing = [i for i, s in enumerate(base_scores) if s >= max_score - EPS]
     rng.shuffle(failing)
     rng.shuffle(passing)
+    order: list[int]
     order, fi, pi, n = [], 0, 0, len(base_scores)
     while fi < len(failing) or pi < len(passing):
         want_f = (len(order) + 1) * len(failing) / n  # take from the stratum furthest behind its share

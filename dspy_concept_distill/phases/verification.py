@@ -121,6 +121,7 @@ class Verifier:
             except STOPPING_ERRORS as exc:
                 logger.info("screening stopped early (%s); ordering by what was measured", exc)
             for rule in candidates:
+                pairs: list[tuple[Any, Any]]
                 pairs = [(self.evaluator.cached(current.with_rule(rule), ex), self.evaluator.cached(current, ex))
                          for ex in plan[rule.id]]
                 pairs = [(new, old) for new, old in pairs if new is not None and old is not None]
@@ -139,7 +140,7 @@ class Verifier:
         may follow) can be run ahead on idle threads with the rules predicted to be in force at the end. ``hold``
         program runs of the budget are left for the confirmation of the returned rules."""
         result = VerificationResult(current, None, list(candidates))
-        bar = None
+        bar: Any = None
         selection: Selection | None = None
         try:
             result.scores = self.base_scores(current)
@@ -197,6 +198,7 @@ class Verifier:
         """The selection's decisions as verdicts: the accepted rules in the order they joined, then the rejected."""
         result.placements = list(selection.placements)
         result.raced_against = {rule_id: race.current for rule_id, race in selection.races.items() if race.own}
+        decision: Decision | None
         for rule, race in selection.accepted:
             decision = selection.decisions[rule.id]
             low, high = paired_ci([race.diffs[i] for i in range(len(race.base))])

@@ -49,7 +49,10 @@ def log_to_mlflow(result: ResultView, *, params: Mapping[str, Any] | None = None
             run = mlflow.start_run(run_name=RUN_NAME)
         try:
             for what, step in (("parameters", _log_params), ("metrics", _log_metrics), ("artifacts", _log_artifacts)):
-                _attempt(what, lambda step=step: step(mlflow, result, dict(params or {}), prefix))
+                def log(step: Callable[[Any, ResultView, dict[str, Any], str], None] = step) -> None:
+                    step(mlflow, result, dict(params or {}), prefix)
+
+                _attempt(what, log)
         finally:
             if own:
                 mlflow.end_run()

@@ -81,8 +81,8 @@ class DistillationResult:
                 "round": display_round(r.round), "predictor": r.predictor, "rule": r.text, "status": r.status,
                 "gain": r.gain, "evaluated_on": r.evaluated_on, "reason": r.reason,
                 "source_mistakes": len(r.source_mistakes), "duplicates_merged": len(r.duplicates), "id": r.id,
-                "kept": r.id in kept, "gain_ci_low": (r.gain_ci or [None, None])[0],
-                "gain_ci_high": (r.gain_ci or [None, None])[1],
+                "kept": r.id in kept, "gain_ci_low": r.gain_ci[0] if r.gain_ci else None,
+                "gain_ci_high": r.gain_ci[1] if r.gain_ci else None,
                 "ignored_by_student": None if r.adherence is None else r.adherence.ignored,
                 "ablation_gain": r.ablation_gain, "inherited": r.inherited is not None,
             }

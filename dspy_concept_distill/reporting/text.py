@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from ..rules import Rule, RuleStatus
@@ -128,7 +129,7 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"[-+]?\d[\d.,]*", "#", text)
 
 
-def most_common_reason(rules: list[Rule]) -> tuple[str, int] | None:
+def most_common_reason(rules: Sequence[Rule]) -> tuple[str, int] | None:
     """(an example of the most common kind of reason, how many rules share that kind)."""
     reasons = [r.reason for r in rules if r.reason]
     if not reasons:

@@ -276,8 +276,10 @@ class Evaluator:
         program, names = self._variant(key[0], ruleset)
         meter = Meter(self.budget, Role.STUDENT, phase_name)
         result = self._run_program(program, names, example, meter)
-        if meter.refusals or isinstance(result, BudgetExhaustedError):
-            return _NotRun(meter.refusals[0] if meter.refusals else result)
+        if meter.refusals:
+            return _NotRun(meter.refusals[0])
+        if isinstance(result, BudgetExhaustedError):
+            return _NotRun(result)
         if isinstance(result, Outcome):
             self.cache.put(key, result)
         elif is_lm_infrastructure_error(result) and not len(self.cache):

@@ -163,7 +163,8 @@ class Executor:
     def map(self, fn: Callable[[Any], T], items: Iterable[Any], *, urgent: bool = False) -> list[T]:
         """``fn`` on every item, in parallel; results in input order. Exceptions propagate after all finished."""
         futures = [self.submit(fn, item, urgent=urgent) for item in items]
-        results, first_error = [], None
+        results: list[Any] = []  # a None in place of each failed job, then raised before they are returned
+        first_error: BaseException | None = None
         for future in futures:
             try:
                 results.append(future.result())

@@ -85,7 +85,7 @@ class Budget:
         self.max_tokens, self.max_cost_usd = max_tokens, max_cost_usd
         self._expected: dict[str, tuple[float, float]] = {}  # role -> (tokens, USD) per request before any is seen
         self.parent_tracker = parent_tracker
-        self._in_flight = {Role.STUDENT: 0, Role.TEACHER: 0}
+        self._in_flight: dict[str, int] = {Role.STUDENT: 0, Role.TEACHER: 0}
         self._exhausted: set[str] = set()
         self.last_refusal: BudgetExhaustedError | None = None
         self._refused: dict[str, BudgetExhaustedError] = {}
@@ -121,10 +121,10 @@ class Budget:
                 self._exhausted.add(role)
                 error = self.last_refusal = self._refused[role] = BudgetExhaustedError(role, limit)
                 raise error
-            if (error := self._spend_refusal(role)) is not None:
+            if (refused := self._spend_refusal(role)) is not None:
                 self._exhausted.add(role)
-                self.last_refusal = self._refused[role] = error
-                raise error
+                self.last_refusal = self._refused[role] = refused
+                raise refused
             self._in_flight[role] += 1
 
     def _spend_refusal(self, role: str) -> BudgetExhaustedError | None:
@@ -380,9 +380,9 @@ def install() -> None:
         return
     with _install_lock:
         if not hasattr(vars(base)["__call__"], "_cd_dspy"):
-            base.__call__ = _entry(vars(base)["__call__"])  # type: ignore[method-assign]
+            base.__call__ = _entry(vars(base)["__call__"])
         if not hasattr(vars(base)["acall"], "_cd_dspy"):
-            base.acall = _async_entry(vars(base)["acall"])  # type: ignore[method-assign]
+            base.acall = _async_entry(vars(base)["acall"])
 
 
 @contextmanager

@@ -170,10 +170,12 @@ class FaultyEngine(SharedEngineState):
             os.kill(os.getpid(), _SIGNALS[kind])
             time.sleep(0.05)  # let the handler run in the main thread before the reply goes back
         if kind in (STALL, TIMEOUT):
+            assert fault is not None
             time.sleep(fault.seconds)
         if kind == TIMEOUT:
             raise LMTimeout(f"request {index} timed out (injected)")
         if kind == RATE_LIMIT:
+            assert fault is not None
             raise RateLimitError(f"request {index}: rate limited (injected)", retry_after=fault.retry_after,
                                  status=429)
         if kind == SERVER_ERROR:
@@ -191,6 +193,7 @@ class FaultyEngine(SharedEngineState):
     def _reply(self, request: Any, prompt: Prompt, index: int) -> Response:
         if self.inner is not None:
             return self.inner.complete(request)
+        assert self._reply_fn is not None  # the constructor refuses neither an engine nor a reply function
         return _response(self.model, self._reply_fn(prompt, index), prompt)
 
 

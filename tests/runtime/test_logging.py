@@ -14,14 +14,13 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import dspy
 import pytest
 
 from dspy_concept_distill import ConceptDistillation
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR) (\S+): (.*)$")
 
 PRELUDE = """
@@ -44,9 +43,9 @@ def compile_world(world, *, valset=True, **kwargs):
 
 def run_script(body: str) -> tuple[str, list[str]]:
     """Run ``body`` as a plain script (stderr not a terminal); its stdout and its stderr lines."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(body)], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300)
+                          env=env, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, done.stderr.splitlines()
 

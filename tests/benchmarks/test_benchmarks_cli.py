@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks import cli
+from tests.helpers import REPO
 
-REPOSITORY = Path(__file__).resolve().parent.parent
-BENCHMARKS = REPOSITORY / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 
 
 def test_help_lists_every_command_without_importing_dspy():
@@ -30,12 +30,12 @@ def test_help_lists_every_command_without_importing_dspy():
             pass
         print("dspy imported:", "dspy" in sys.modules)
     """)
-    done = subprocess.run([sys.executable, "-c", check], cwd=REPOSITORY, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     for name in cli.COMMANDS:
         assert re.search(rf"^\s+{re.escape(name)}\b", done.stdout, flags=re.M), name
     assert "dspy imported: False" in done.stdout
-    run = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPOSITORY, capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--help"], cwd=REPO, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0 and all(name in run.stdout for name in cli.COMMANDS)
 
@@ -57,7 +57,7 @@ def test_an_unknown_command_is_a_usage_error(capsys):
 
 
 def test_the_readme_main_command_is_the_run_command_with_its_defaults():
-    readme = (REPOSITORY / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     block = re.search(r"<!-- main-command -->\s*```bash\n(.*?)\n```\s*<!-- /main-command -->", readme, flags=re.S)
     assert block, "README.md has no main-command block"
     install, command = (part.strip() for part in block.group(1).split("&&"))
@@ -72,7 +72,7 @@ def test_the_readme_main_command_is_the_run_command_with_its_defaults():
 
 def _imports(path: Path) -> list[str]:
     """Absolute names of the modules ``path`` imports (relative imports resolved against its package)."""
-    package = ".".join(path.relative_to(REPOSITORY).with_suffix("").parts[:-1])
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
     names = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):

@@ -12,10 +12,10 @@ import sys
 
 import dspy
 import pytest
-from test_report import make_result
 
 from dspy_concept_distill import ConceptDistillation, RuleSet
 from dspy_concept_distill.reporting.mlflow import ARTIFACT_DIR, log_to_mlflow
+from tests.reporting.results import make_result
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # offline: no usage pings from MLflow 3
 

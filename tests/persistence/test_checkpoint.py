@@ -24,8 +24,8 @@ from dspy_concept_distill.persistence.journal import Journal, Resumed
 from dspy_concept_distill.records import BatchReply, Outcome, Proposal, Step
 from dspy_concept_distill.testing import ScriptedTeacherEngine, SimulatedStudentEngine, SimulatedWorld
 from dspy_concept_distill.testing.faults import FaultyEngine
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SIGNATURE = "question -> answer: float"
 THREADS = 2
 N = 10  # training and validation examples: requests 0-9 run the trainset, 10-19 the baseline, 20-22 the teacher

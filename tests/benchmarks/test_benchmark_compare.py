@@ -35,11 +35,6 @@ def rules_listed(instruction: str) -> list[str]:
     return [line[2:] for line in instruction.splitlines() if line.startswith("- ")]
 
 
-@pytest.fixture
-def world() -> SimulatedWorld:
-    return SimulatedWorld()
-
-
 def test_copro_signatures_get_one_parseable_instruction_per_requested_completion(world):
     lm = proposer_lm(world, seed=1)
     with dspy.context(lm=lm):

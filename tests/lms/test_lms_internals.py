@@ -4,7 +4,7 @@
 prompt is evaluated in aligned blocks; ``lms/_llama_server.py`` wraps ``llama_cpp.server``'s app through its
 ``__main__`` module. pyproject.toml bounds llama-cpp-python below 0.4, but patch releases change these
 internals too: an upgrade that touches them must fail here, loudly, until someone re-checks the override
-(``test_outputs_do_not_depend_on_earlier_calls`` in tests/test_lms_llama_cpp.py, real model) and updates
+(``test_outputs_do_not_depend_on_earlier_calls`` in tests/lms/test_lms_llama_cpp.py, real model) and updates
 the pins below.
 """
 
@@ -26,7 +26,7 @@ VERIFIED_SOURCES = {
 }
 RECHECK = ("llama-cpp-python changed {name}, whose internals lms/_runtime.py's BlockAlignedLlama relies on "
            "(prefix reuse through n_tokens/_input_ids, evaluation in n_batch blocks from n_tokens). Re-check the "
-           "override against the new source, run tests/test_lms_llama_cpp.py with the real model, then update "
+           "override against the new source, run tests/lms/test_lms_llama_cpp.py with the real model, then update "
            "VERIFIED_SOURCES.")
 
 

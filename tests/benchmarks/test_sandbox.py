@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness import sandbox
+from tests.helpers import REPO
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 TEST = textwrap.dedent("""
     def check(candidate):
@@ -130,7 +130,7 @@ def test_the_code_cannot_kill_its_parent():
         result = sandbox.run_python(code)
         print("survived;", result.stdout.replace(chr(10), " "), "timed out" if result.timed_out else "")
     """)
-    done = subprocess.run([sys.executable, "-c", helper], cwd=REPOSITORY, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", helper], cwd=REPO, capture_output=True, text=True, timeout=60)
     if done.stdout.startswith("unavailable"):
         pytest.skip("no isolated sandbox here")
     assert done.stdout.startswith("survived;"), (done.returncode, done.stdout, done.stderr)
@@ -230,7 +230,7 @@ def test_files_written_vanish_with_the_run_and_the_code_is_unprivileged(isolated
             open(os.path.join(folder, "{marker}"), "w").write("x")
         print("uid", os.getuid())
         try:  # hidden under an empty mount, or gone with /tmp when the clone lives there
-            print("repository", "hidden" if not os.listdir({str(REPOSITORY)!r}) else "visible")
+            print("repository", "hidden" if not os.listdir({str(REPO)!r}) else "visible")
         except FileNotFoundError:
             print("repository hidden")
         try:

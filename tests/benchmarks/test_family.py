@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import dspy
 import pytest
@@ -29,6 +28,7 @@ from benchmarks.harness.simulated.worlds import (
 )
 from dspy_concept_distill.phases.induction import InduceConcepts, induction_signature
 from dspy_concept_distill.testing import SimulatedTask
+from tests.helpers import REPO
 
 HELP = PoolRule("Convert every quantity to the same unit first.", "same unit", "helpful", effect=0.2)
 HARM = PoolRule("Answer with the number written out in words.", "written out in words", "harmful", effect=-0.2)
@@ -223,7 +223,7 @@ def test_new_kinds_are_deterministic_per_seed_with_the_stated_sizes_and_accuraci
 
 
 def test_issue6_tasks_keep_the_fingerprints_of_the_stored_results():
-    stored = json.loads((Path(__file__).parents[1] / "benchmarks/results/family_after.json").read_text())["tasks"]
+    stored = json.loads((REPO / "benchmarks/results/family_after.json").read_text())["tasks"]
     assert {t.name: t.fingerprint() for t in ISSUE6_TASKS} == {n: t["fingerprint"] for n, t in stored.items()}
     assert len({t.fingerprint() for t in TASKS}) == len(TASKS)
     assert TASKS_BY_NAME["multi-call"].fingerprint() != dataclasses.replace(

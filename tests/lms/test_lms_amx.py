@@ -1,6 +1,6 @@
 """lms/_amx.py: on a CPU with Intel AMX, llama.cpp loads models without its extra buffer types (its AMX kernels
 crash with a segmentation fault at the first decode); elsewhere nothing changes. The real-model tests in
-tests/test_lms_llama_cpp.py and tests/test_lms_server.py are the end-to-end check on such a machine."""
+tests/lms/test_lms_llama_cpp.py and tests/lms/test_lms_server.py are the end-to-end check on such a machine."""
 
 from __future__ import annotations
 
