@@ -63,7 +63,7 @@ def test_parameters_page_preset_tables_match_the_code() -> None:
     """docs/parameters.md's preset tables are settings.PRESETS; on a change, paste the tables the message shows."""
     from dspy_concept_distill.phases.statistics import HOLD_BACK_MAX, HOLD_BACK_MIN
 
-    page = (ROOT / "docs" / "parameters.md").read_text()
+    page = (REPO / "docs" / "parameters.md").read_text()
     tables = {"presets": ["rounds", "num_batches", "max_candidates", "screen_size", "confidence_z", "futility_z",
                           "window", "extend", "final_z", "strict_z", "hold"],
               "budget": ["train_passes", "val_passes", "predictor_runs", "base_runs"]}
@@ -72,5 +72,5 @@ def test_parameters_page_preset_tables_match_the_code() -> None:
         assert found, f"docs/parameters.md has no {name}-table markers"
         expected = _preset_table(fields)
         assert found.group(1) == expected, f"docs/parameters.md's {name} table is stale; it should read:\n{expected}"
-    for text in (page, (ROOT / "docs" / "how-it-works.md").read_text()):
+    for text in (page, (REPO / "docs" / "how-it-works.md").read_text()):
         assert f"{HOLD_BACK_MIN} valset examples on" in text and f"at most {HOLD_BACK_MAX}" in text
