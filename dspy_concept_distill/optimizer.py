@@ -193,7 +193,7 @@ class ConceptDistillation(Teleprompter):
             if runs is None:
                 held = held_back_size(n_val)
                 sample = min(n_train, self._train_sample())
-                raced = n_val - held if preset.base_runs else n_val  # light: a pass for every valset example
+                raced = n_val if preset.passes_over_whole_valset else n_val - held
                 runs = (preset.train_passes * sample + preset.val_passes * raced + 2 * held
                         + preset.predictor_runs * (n_predictors - 1) + preset.base_runs)
                 runs = math.ceil(runs / (1 - SPECULATION_SHARE))  # work ahead's reserve on top of a preset's runs

@@ -46,6 +46,7 @@ class Preset:
     val_passes: float  # ... plus runs per valset example raced (the held-back ones cost two runs each) ...
     predictor_runs: float  # ... plus this many per predictor beyond the first (placements, more candidates) ...
     base_runs: float  # ... plus this many
+    passes_over_whole_valset: bool = False  # val_passes count every valset example, the held-back ones too
 
 
 PRESETS: dict[str, Preset] = {
@@ -54,7 +55,7 @@ PRESETS: dict[str, Preset] = {
     # 0.75x COPRO (4, 2)'s program runs.
     "light": Preset(rounds=1, num_batches=5, max_candidates=12, screen_size=0, confidence_z=0.3, futility_z=3.0,
                     window=1, final_z=1.0, strict_z=1.5, extend=False, hold=False, train_passes=1, val_passes=5,
-                    predictor_runs=300, base_runs=0),
+                    predictor_runs=300, base_runs=0, passes_over_whole_valset=True),
     # medium: two rounds, three candidates raced side by side, near misses extended to the trainset, the returned
     # rules confirmed on the held-back half (or strictly on the valset); at most 0.6x GEPA light's program runs.
     "medium": Preset(rounds=2, num_batches=8, max_candidates=16, screen_size=0, confidence_z=0.3, futility_z=3.0,
