@@ -44,8 +44,10 @@ from .arguments import parse_list, parse_seeds
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", type=int, default=5000, help="training examples for the overhead case")
-    parser.add_argument("--val", type=int, default=50, help="validation examples for the overhead case")
+    parser.add_argument("--train", type=int, default=40, help="training examples for the overhead case (a compile "
+                        "runs the student on a sample of at least 40 of them)")
+    parser.add_argument("--val", type=int, default=5000, help="validation examples for the overhead case (its "
+                        "valset baseline is where a compile whose teacher proposes nothing makes thousands of calls)")
     parser.add_argument("--overhead-threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3, help="overhead runs of each kind; the best is reported")
     parser.add_argument("--threads", default="1,4,16,32", help="thread counts for the parallel case")
