@@ -1,6 +1,5 @@
 import json
 
-import dspy
 import pytest
 
 from dspy_concept_distill import Rule, RuleSet
@@ -14,16 +13,7 @@ from dspy_concept_distill.rules import (
     record_verdicts,
     render_instructions,
 )
-
-
-class TwoStep(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.plan = dspy.Predict("question -> plan")
-        self.solve = dspy.ChainOfThought("question, plan -> answer")
-
-    def forward(self, question):
-        return self.solve(question=question, plan=self.plan(question=question).plan)
+from tests.helpers import PlanAndSolve
 
 
 def test_a_verdict_is_written_into_the_rule_of_its_id_and_round_and_leaves_what_it_did_not_find():
@@ -67,7 +57,7 @@ def test_render_appends_numbered_rules_and_keeps_base_without_rules():
 
 
 def test_apply_targets_named_predictors_and_never_changes_the_original():
-    program = TwoStep()
+    program = PlanAndSolve()
     before = {n: (p.signature, p.signature.instructions) for n, p in program.named_predictors()}
     rules = RuleSet([Rule(text="Plan in units.", predictor="plan"),
                      Rule(text="Answer tersely.", predictor="solve.predict")])
@@ -83,7 +73,7 @@ def test_apply_targets_named_predictors_and_never_changes_the_original():
 
 def test_apply_refuses_rules_for_predictors_the_program_lacks():
     with pytest.raises(ValueError, match=r"\['nope'\]"):
-        RuleSet([Rule(text="X.", predictor="nope")]).apply(TwoStep())
+        RuleSet([Rule(text="X.", predictor="nope")]).apply(PlanAndSolve())
 
 
 def test_json_round_trip_keeps_every_field(tmp_path):
@@ -170,7 +160,7 @@ def numbered_lists(text: str) -> list[list[str]]:
 
 
 def test_applying_a_rule_set_to_a_program_that_has_it_changes_nothing():
-    program = TwoStep()
+    program = PlanAndSolve()
     rules = RuleSet([Rule(text="Plan in units.", predictor="plan"), Rule(text="Check units.", predictor="plan"),
                      Rule(text="Answer tersely.", predictor="solve.predict")])
     once = rules.apply(program)
@@ -182,7 +172,7 @@ def test_applying_a_rule_set_to_a_program_that_has_it_changes_nothing():
 
 
 def test_applying_new_rules_to_an_optimized_program_continues_its_list():
-    program = RuleSet([Rule(text="Plan in units.", predictor="plan")]).apply(TwoStep())
+    program = RuleSet([Rule(text="Plan in units.", predictor="plan")]).apply(PlanAndSolve())
     more = RuleSet([Rule(text="plan in units.", predictor="plan"), Rule(text="Name each quantity.", predictor="plan")])
     text = more.apply(program).plan.signature.instructions
     assert text.count(RULES_HEADER) == 1

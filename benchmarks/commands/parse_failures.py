@@ -1,23 +1,4 @@
-"""How often does a tiny local model break DSPy's output format, with and without constrained decoding?
-
-Runs SmolLM2-135M-Instruct (llama.cpp, temperature 0) through ``dspy.Predict("question -> answer: float")`` on the
-first N MultiArith questions, under these set-ups (the first three in process, the others over HTTP):
-
-* ``chat``          ChatAdapter, unconstrained engine, ChatAdapter's own retry through JSONAdapter on a parse failure
-                    (DSPy's default behaviour; the retry is unconstrained too, because the engine declares no
-                    response-format support).
-* ``chat-no-retry`` the same without the JSONAdapter retry: how often the model follows ChatAdapter's format at all.
-* ``json-grammar``  JSONAdapter, whose JSON schema for the signature reaches llama.cpp as a grammar.
-* ``http-json-object`` JSONAdapter through LiteLLM to llama-cpp-python's OpenAI-compatible server, with the plain
-                    ``openai/<name>`` LM: DSPy asks only for ``{"type": "json_object"}`` (any JSON). The state before
-                    ``openai_compatible_lm``.
-* ``http-json-schema`` the same with ``server.lm()``, which declares schema support: the signature's JSON schema goes
-                    over the wire and the server's grammar follows it.
-* ``http-chat``, ``http-chat-schema`` DSPy's default ChatAdapter over HTTP with each of those two LMs: its first try is
-                    free text, and its JSONAdapter retry asks for ``json_object`` or sends the schema.
-
-Predict, not ChainOfThought: the question here is format adherence, and a reasoning field would need far more
-tokens before the answer, so small budgets would turn truncation into parse failures and blur the comparison.
+"""How to run it:
 
     python -m benchmarks parse-failures --n 20
 
@@ -34,6 +15,9 @@ from pathlib import Path
 
 from ..harness.paths import shown
 from ..harness.real import parse_failures
+
+# the help: what is measured (said once, in the harness module), then how to run it
+__doc__ = f"{parse_failures.__doc__}\n{__doc__}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,19 +1,9 @@
-"""What racing ahead costs across the task family: requests a multi-threaded compile makes beyond the 1-thread
-run's, and a check that its decisions are the 1-thread run's (scripted LMs, NOT real models).
+"""How to run it:
 
     python -m benchmarks speculation                                  # every task, seeds 0-4, light and medium
     python -m benchmarks speculation --tasks diffuse-noisy --seeds 0-9 --threads 1,16,32 --jobs 2
 
-With more threads than a first chunk, verification races ahead on threads that would otherwise idle (see
-``dspy_concept_distill/racing.py``): later chunks of the candidate in front, candidates behind it against the rules
-they are predicted to meet, and the next round's trainset. A prediction that fails leaves requests whose outcomes no
-decision uses: those are the cost of racing ahead. A run's requests depend only on the outcomes in submission
-order, never on timing, so the scripted LMs here answer at once and the counts are the ones any latency gives.
-
-Per task and preset: the mean extra student requests per compile at each thread count relative to 1 thread (95% CI
-over seeds, t interval), the most seen, the extra as a share of the 1-thread run's requests, and whether every rule
-got the same status, reason, gain and examples seen, and the returned program the same oracle accuracy. Results go
-to ``benchmarks/results/local/speculation.{json,md}`` unless ``--out`` says otherwise.
+Results go to ``benchmarks/results/local/speculation.{json,md}`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +20,9 @@ from ..harness.paths import shown
 from ..harness.simulated import speculation
 from ..harness.simulated.tasks import TASKS_BY_NAME
 from .arguments import parse_list, parse_seeds
+
+# the help: what is measured (said once, in the harness module), then how to run it
+__doc__ = f"{speculation.__doc__}\n{__doc__}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

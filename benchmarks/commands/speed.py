@@ -1,30 +1,12 @@
-"""Speed of the optimizer itself, with scripted LMs (NOT real models) that answer at once or after a set latency.
+"""How to run it:
 
     python -m benchmarks speed                     # every measurement, results to benchmarks/results/local/
     python -m benchmarks speed --skip-parallel --profile /tmp/overhead.prof     # the overhead case under cProfile
     python -m benchmarks speed --out benchmarks/results/speed                   # the committed results
 
-a. Overhead per LM call (instant LM, ``--train`` training examples, one thread): a whole ConceptDistillation compile
-   (light preset) whose teacher proposes no rule, so the run is phase 1 (the trainset), the valset baseline and the
-   teacher's empty replies; against plain ``dspy.Evaluate`` of the same program on the same train + val examples
-   in the same process. For both: (wall time - time inside the LM engines) / requests. The engine time (the
-   scripted LMs reading prompts and writing replies) is taken out; what remains is DSPy's own work (adapters,
-   parsing, LM bookkeeping) plus, for the compile, the optimizer's. ``extra`` is the compile's figure minus
-   ``dspy.Evaluate``'s: the optimizer's own cost per call.
-b. Parallel efficiency (``--latency`` seconds per student request, 40 train / 40 val examples, auto="medium",
-   screen_size=0) at each of ``--threads``: efficiency = (requests x latency / threads) / wall time, i.e. the share
-   of the thread pool's time spent waiting on the LM; 1.0 means no idle thread and no overhead. The teacher answers
-   at once unless ``--teacher-latency`` is given (its requests then count in the numerator with their latency).
-   Each request is also logged with its phase and start/end times, to show where threads sit idle. With
-   ``--structure-latency`` (default 0.25 s; 0 turns it off) each multi-threaded run is repeated at that latency:
-   wall = waves x latency + fixed splits its wall time into sequential LM round trips (the critical path, set by
-   the optimizer's phase barriers and racing) and time that does not scale with latency (CPU work not hidden
-   behind waiting, late wake-ups on a busy machine). ``--latency-sigma`` draws each latency from a lognormal with
-   that mean instead (remote models answer in varying time).
-c. Parallel efficiency across the task family (``--family-threads``, default 16): every task of the family
-   (benchmarks/harness/simulated/tasks.py) compiled with a latency-simulating student, fixed and lognormal
-   (``--family-sigmas``), with efficiency and net efficiency per run (see speed_family.py beside it).
-   ``--skip-family`` leaves it out.
+``--train`` and ``--val`` size case a.; ``--latency``, ``--threads``, ``--teacher-latency``, ``--structure-latency``
+(default 0.25 s; 0 turns it off) and ``--latency-sigma`` set case b.; ``--family-threads`` (default 16) and
+``--family-sigmas`` set case c., which ``--skip-family`` leaves out.
 """
 
 from __future__ import annotations
@@ -41,6 +23,9 @@ from ..harness.paths import shown
 from ..harness.simulated import speed
 from ..harness.simulated.tasks import TASKS_BY_NAME
 from .arguments import parse_list, parse_seeds
+
+# the help: what is measured (said once, in the harness module), then how to run it
+__doc__ = f"{speed.__doc__}\n{__doc__}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

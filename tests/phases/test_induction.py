@@ -17,6 +17,7 @@ from dspy_concept_distill.rules import (
     RuleStatus,
     record_verdicts,
 )
+from tests.helpers import PlanAndSolve
 
 
 def mistake(i: int, gold=57, field: str = "answer") -> Mistake:
@@ -374,16 +375,6 @@ def test_candidates_come_in_the_teachers_order_of_preference_then_support():
     rules = proposed_rules(replies, [[mistake(1), mistake(2)]] * 3, predictor_names=["p"],
                                leak_checker=LeakChecker([]), known_rules=[], round_index=0)
     assert [r.text for r in rules] == [first["rule"], last["rule"]]  # mean position 1/3 before 2/3
-
-
-class PlanAndSolve(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.plan = dspy.Predict("question -> plan")
-        self.solve = dspy.ChainOfThought("question, plan -> answer")
-
-    def forward(self, question):
-        return self.solve(question=question, plan=self.plan(question=question).plan)
 
 
 def test_the_teacher_sees_only_fields_a_predictor_reads_or_writes_and_gold_only_for_outputs():

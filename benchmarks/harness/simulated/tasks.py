@@ -283,6 +283,18 @@ _TEMPTING = default_distractors()[0]  # fixes groups, breaks plain
 _WORDS = default_distractors()[1]  # breaks every category
 _NEUTRAL_D = default_distractors()[2:]
 
+
+def _plan_answer_rules() -> tuple[PoolRule, ...]:
+    """The pool of the two-predictor diffuse tasks (plan -> answer): a +20 rule that only helps in the plan, a +15
+    one that only helps in the answer, a harmful plan rule (-15), a neutral plan rule and two neutral ones."""
+    return (_rule("When planning, list every quantity with its unit first.", "list every quantity", "helpful", 0.20,
+                  "plan"),
+            _given_away(0.15),
+            _rule("When planning, skip the quantities that look small.", "skip the quantities", "harmful", -0.15,
+                  "plan"),
+            _rule("Keep the plan to at most three short steps.", "at most three short steps", "neutral", 0.0, "plan"),
+            *NEUTRAL[:2])
+
 TASKS: list[FamilyTask] = [
     _today("today", "Today's world (tests, README costs): 3 concepts of +20 each, a tempting rule, a harmful one, "
            "2 neutral; the diagnosing teacher names the missing concept of every mistake."),
@@ -307,14 +319,7 @@ TASKS: list[FamilyTask] = [
     FamilyTask("diffuse-2pred", "Two predictors (plan -> answer): a +20 rule that only helps in the plan, a +15 one "
                "that only helps in the answer, a harmful plan rule (-15); flip 0.05, 40/40.",
                "diffuse", "blind", 40, 40, predictors=2, flip_rate=0.05, baseline=0.35, redraw=0.3,
-               rules=(_rule("When planning, list every quantity with its unit first.", "list every quantity",
-                            "helpful", 0.20, "plan"),
-                      _given_away(0.15),
-                      _rule("When planning, skip the quantities that look small.", "skip the quantities", "harmful",
-                            -0.15, "plan"),
-                      _rule("Keep the plan to at most three short steps.", "at most three short steps", "neutral",
-                            0.0, "plan"),
-                      *NEUTRAL[:2])),
+               rules=_plan_answer_rules()),
     FamilyTask("concept-2pred", "Concept world with two predictors: the units concept (+25) acts only in the plan, "
                "leftover (+20) and groups (+15) only in the answer; tempting and neutral rules; teacher; 40/40.",
                "concept", "teacher", 40, 40, predictors=2,
@@ -388,14 +393,7 @@ ISSUE14_TASKS: list[FamilyTask] = [
                "every rule it writes: a +20 rule that acts only in the plan, a +15 one only in the answer, a harmful "
                "plan rule (-15), three neutral; redraw 0.3; 40/40; baseline 0.35.",
                "diffuse", "blind", 40, 40, predictors=2, baseline=0.35, redraw=0.3, placement="random",
-               rules=(_rule("When planning, list every quantity with its unit first.", "list every quantity",
-                            "helpful", 0.20, "plan"),
-                      _given_away(0.15),
-                      _rule("When planning, skip the quantities that look small.", "skip the quantities", "harmful",
-                            -0.15, "plan"),
-                      _rule("Keep the plan to at most three short steps.", "at most three short steps", "neutral",
-                            0.0, "plan"),
-                      *NEUTRAL[:2])),
+               rules=_plan_answer_rules()),
     FamilyTask("multi-call", "A ReAct-style agent: two rounds of think and look-up steps, then an answer step (5 LM "
                "calls per run); rules act only in the answer step (+20, +15, harmful -15, two neutral); a prompt "
                "change in any step re-draws 30% of the answers; blind; 30/30; baseline 0.40.",
